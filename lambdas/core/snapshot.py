@@ -1,0 +1,87 @@
+"""The instance snapshot: what the collect-resources SSM document reports.
+
+The document prints this model as one JSON line; `InstanceSnapshot.model_json_schema()`
+is the schema both sides agree on. All sizes are bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NonNegative = Field(ge=0)
+
+
+class GpuDevice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    index: int = Field(ge=0)
+    name: str
+    memory_total_bytes: int = NonNegative
+    memory_used_bytes: int = NonNegative
+
+
+class ServiceState(BaseModel):
+    """One systemd unit as the instance sees it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    unit: str
+    # systemctl's ActiveState: active, inactive, failed, activating, deactivating, unknown
+    state: str
+    main_pid: int | None = None
+    rss_bytes: int = NonNegative
+    gpu_memory_bytes: int = NonNegative
+    port: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("active", "activating", "reloading")
+
+
+class CachedModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    bytes: int = NonNegative
+    files: int = NonNegative
+
+
+class InstanceSnapshot(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: Literal[1] = 1
+    hostname: str
+    collected_at: datetime
+    cpus: int = Field(ge=1)
+    ram_total_bytes: int = NonNegative
+    ram_available_bytes: int = NonNegative
+    gpus: list[GpuDevice] = Field(default_factory=list)
+    services: list[ServiceState] = Field(default_factory=list)
+    listening_ports: list[int] = Field(default_factory=list)
+    models_root: str
+    disk_free_bytes: int = NonNegative
+    cached_models: list[CachedModel] = Field(default_factory=list)
+    runtime_version: str | None = None
+
+    def service(self, unit: str) -> ServiceState | None:
+        for service in self.services:
+            if service.unit == unit:
+                return service
+        return None
+
+    def cached(self, model: str) -> CachedModel | None:
+        for cached in self.cached_models:
+            if cached.name == model:
+                return cached
+        return None
+
+    @property
+    def gpu_total_bytes(self) -> int:
+        return sum(gpu.memory_total_bytes for gpu in self.gpus)
+
+    @property
+    def gpu_used_bytes(self) -> int:
+        return sum(gpu.memory_used_bytes for gpu in self.gpus)

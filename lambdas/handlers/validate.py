@@ -1,0 +1,38 @@
+"""Validate: parse the execution input, pick the instance, check model and instance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from core import aws
+from core.checks import check_instance_running, check_model_present, choose_instance
+from core.contracts import parse_request
+from core.settings import settings
+
+logger = Logger()
+
+
+@logger.inject_lambda_context(correlation_id_path="execution_name")
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    config = settings()
+    request = parse_request(event.get("input"))
+    instance_id = choose_instance(request.instance_id, config.instance_ids)
+    instance = check_instance_running(aws.client("ec2"), instance_id)
+    model = None
+    if request.mode == "deploy":
+        assert request.model is not None
+        model = check_model_present(aws.client("s3"), config.model_bucket, config.model_prefix, request.model)
+    logger.info("validated", extra={"instance_id": instance_id, "model": request.model, "mode": request.mode})
+    return {
+        "request": request.model_dump(mode="json"),
+        "instance_id": instance_id,
+        "instance": instance,
+        "model_source": model,
+        "execution": event.get("execution"),
+        "execution_name": event.get("execution_name"),
+        "started_at": event.get("started_at"),
+        "steps": {},
+    }

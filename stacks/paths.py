@@ -1,0 +1,11 @@
+"""Where the stack finds the files it packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
+LAMBDA_LAYER_DIR = PROJECT_ROOT / "build" / "lambda-layer"
+DOCUMENTS_DIR = PROJECT_ROOT / "ssm_documents"
+RUNTIME_DIR = PROJECT_ROOT / "instance_runtime"

@@ -1,0 +1,112 @@
+"""The reusable "run an SSM document on the instance" fragment.
+
+    <Step> (send) -> <Step>.Wait -> <Step>.Poll -> <Step>.Finished?
+        InProgress -> <Step>.Wait            (the command still runs)
+        Resend     -> <Step>.Again -> <Step> (the document ran but asks to be run again,
+                                             e.g. the health check while the model loads)
+        otherwise  -> <Step>.Result          (copies the outcome to $.steps.<key>)
+
+The step's Lambda answers both actions: `send` starts the command and returns a command
+reference with its deadline; `poll` reads the invocation and returns it with `status`,
+or raises the step's typed error. Nothing sleeps in a Lambda: waiting is Wait states.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, aws_lambda as lambda_, aws_stepfunctions as sfn, aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+TRANSIENT_ERRORS = [
+    "InvocationDoesNotExist",
+    "ThrottlingException",
+    "Lambda.TooManyRequestsException",
+    "Lambda.ServiceException",
+    "Lambda.SdkClientException",
+]
+
+
+def invoke(
+    scope: Construct,
+    name: str,
+    function: lambda_.IFunction,
+    payload: dict[str, object],
+    result_path: str | None,
+    *,
+    comment: str | None = None,
+) -> tasks.LambdaInvoke:
+    """A Lambda task whose result is the function's raw payload, with transient retries."""
+    task = tasks.LambdaInvoke(
+        scope,
+        name,
+        lambda_function=function,
+        payload=sfn.TaskInput.from_object(payload),
+        payload_response_only=True,
+        retry_on_service_exceptions=False,
+        result_path=result_path,
+        comment=comment,
+    )
+    task.add_retry(
+        errors=TRANSIENT_ERRORS,
+        interval=Duration.seconds(1),
+        max_attempts=4,
+        backoff_rate=2,
+    )
+    return task
+
+
+class RunOnInstance(sfn.StateMachineFragment):
+    def __init__(
+        self,
+        scope: Construct,
+        label: str,
+        *,
+        function: lambda_.IFunction,
+        result_key: str,
+        poll_seconds: int,
+        comment: str,
+    ) -> None:
+        super().__init__(scope, label)
+        send = invoke(
+            self,
+            label,
+            function,
+            {"action": "send", "state": sfn.JsonPath.entire_payload},
+            "$.command",
+            comment=comment,
+        )
+        wait = sfn.Wait(
+            self, f"{label}.Wait", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds))
+        )
+        again = sfn.Wait(
+            self, f"{label}.Again", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds))
+        )
+        poll = invoke(
+            self,
+            f"{label}.Poll",
+            function,
+            {"action": "poll", "command": sfn.JsonPath.object_at("$.command")},
+            "$.command",
+        )
+        result = sfn.Pass(
+            self, f"{label}.Result", input_path="$.command", result_path=f"$.steps.{result_key}"
+        )
+        finished = (
+            sfn.Choice(self, f"{label}.Finished?")
+            .when(sfn.Condition.string_equals("$.command.status", "InProgress"), wait)
+            .when(sfn.Condition.string_equals("$.command.status", "Resend"), again)
+            .otherwise(result)
+        )
+        send.next(wait)
+        wait.next(poll)
+        poll.next(finished)
+        again.next(send)
+        self._start = send
+        self._ends = [result]
+
+    @property
+    def start_state(self) -> sfn.State:
+        return self._start
+
+    @property
+    def end_states(self) -> list[sfn.INextable]:
+        return list(self._ends)

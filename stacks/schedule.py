@@ -1,0 +1,75 @@
+"""Scheduled validation: an EventBridge rule runs the machine in validate mode; an alarm
+on the metrics the validation publishes notifies an SNS topic."""
+
+from __future__ import annotations
+
+from aws_cdk import (
+    Duration,
+    aws_cloudwatch as cloudwatch,
+    aws_cloudwatch_actions as cw_actions,
+    aws_events as events,
+    aws_events_targets as targets,
+    aws_iam as iam,
+    aws_kms as kms,
+    aws_sns as sns,
+    aws_sns_subscriptions as subscriptions,
+    aws_stepfunctions as sfn,
+)
+from constructs import Construct
+
+METRICS_NAMESPACE = "AsobaModelDeploy"
+
+
+class ValidationSchedule(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        state_machine: sfn.IStateMachine,
+        rate_minutes: int,
+        instance_ids: list[str],
+        alarm_email: str,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        key = kms.Key(self, "TopicKey", enable_key_rotation=True, description="Encrypts validation alarms")
+        self.topic = sns.Topic(self, "Alarms", master_key=key, enforce_ssl=True)
+        key.grant_encrypt_decrypt(iam.ServicePrincipal("cloudwatch.amazonaws.com"))
+        if alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+
+        self.rules: list[events.Rule] = []
+        self.alarms: list[cloudwatch.Alarm] = []
+        for index, instance_id in enumerate(instance_ids):
+            rule = events.Rule(
+                self,
+                f"Every{rate_minutes}Minutes{index}",
+                schedule=events.Schedule.rate(Duration.minutes(rate_minutes)),
+                description=f"Validate {instance_id} every {rate_minutes} minutes",
+            )
+            rule.add_target(
+                targets.SfnStateMachine(
+                    state_machine,
+                    input=events.RuleTargetInput.from_object({"mode": "validate", "instance_id": instance_id}),
+                )
+            )
+            self.rules.append(rule)
+            # Missing data breaches: a validation that never reports is as bad as a failed one.
+            alarm = cloudwatch.Alarm(
+                self,
+                f"ValidationFailing{index}",
+                alarm_description=f"Scheduled validation of {instance_id} failed or did not report",
+                metric=cloudwatch.Metric(
+                    namespace=METRICS_NAMESPACE,
+                    metric_name="ValidationPassed",
+                    dimensions_map={"service": "Validation", "instance_id": instance_id},
+                    statistic="Minimum",
+                    period=Duration.minutes(rate_minutes),
+                ),
+                threshold=1,
+                comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            )
+            alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+            self.alarms.append(alarm)

@@ -1,0 +1,34 @@
+"""DynamoDB tables: the per-instance deployment lock and the deployment ledger."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy, aws_dynamodb as dynamodb
+from constructs import Construct
+
+
+class DeploymentTables(Construct):
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+        # One item per instance while a deployment holds it; `expires_at` is the TTL that
+        # frees an instance whose holder was stopped or timed out.
+        self.lock = dynamodb.TableV2(
+            self,
+            "Lock",
+            partition_key=dynamodb.Attribute(name="instance_id", type=dynamodb.AttributeType.STRING),
+            time_to_live_attribute="expires_at",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        # One item per execution (deploy, dry run, failure), newest last per instance.
+        self.ledger = dynamodb.TableV2(
+            self,
+            "Ledger",
+            partition_key=dynamodb.Attribute(name="instance_id", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="record_key", type=dynamodb.AttributeType.STRING),
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.RETAIN,
+        )
