@@ -29,13 +29,15 @@ class RuntimeSettings(BaseSettings):
         protected_namespaces=(),  # allow field names starting with "model_"
     )
 
-    model_path: Path = Field(description="Local model folder (safetensors + tokenizer), or a LoRA adapter folder.")
+    model_path: Path = Field(
+        description="Local model folder (safetensors + tokenizer), or a LoRA adapter folder."
+    )
     model_name: str | None = Field(
         default=None, description="Name reported in /status and /v1/models; defaults to the folder name."
     )
     base_model_path: Path | None = Field(
         default=None,
-        description="Base model folder for a LoRA adapter; defaults to the adapter's base_model_name_or_path.",
+        description="Base model folder of a LoRA adapter; default: its base_model_name_or_path.",
     )
     host: str = "0.0.0.0"
     port: int = Field(default=8001, ge=1, le=65535)
@@ -56,7 +58,9 @@ class RuntimeSettings(BaseSettings):
     queue_size: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running one.")
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503 answers.")
     shutdown_timeout_s: int = Field(default=30, ge=1, description="How long SIGTERM waits for generations.")
-    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads; default: torch's.")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch.set_num_threads; default: torch's."
+    )
     trust_remote_code: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False

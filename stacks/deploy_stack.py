@@ -9,8 +9,14 @@ from aws_cdk import (
     RemovalPolicy,
     Stack,
     Validations,
+)
+from aws_cdk import (
     aws_iam as iam,
+)
+from aws_cdk import (
     aws_logs as logs,
+)
+from aws_cdk import (
     aws_s3_assets as s3_assets,
 )
 from constructs import Construct
@@ -38,12 +44,17 @@ READS_MODELS = ("Validate", "Plan", "Validation")
 
 
 class ModelDeployStack(Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, config: DeployConfig, **kwargs: object) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: DeployConfig, **kwargs: object
+    ) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
         self.config = config
         state_machine_name = f"{self.stack_name}-deploy"
 
         documents = InstanceDocuments(self, "Documents")
+        missing = sorted({d for docs in INSTANCE_STEPS.values() for d in docs} - set(documents.names))
+        if missing:
+            raise FileNotFoundError(f"ssm_documents/ lacks {', '.join(m + '.yaml' for m in missing)}")
         tables = DeploymentTables(self, "Tables")
         runtime_bundle = s3_assets.Asset(
             self,
@@ -148,7 +159,8 @@ class ModelDeployStack(Stack):
             Acknowledgment(
                 id=(
                     "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:"
-                    f"{config.region}:{config.account or '<AWS::AccountId>'}:execution:{state_machine_name}:*]"
+                    f"{config.region}:{config.account or '<AWS::AccountId>'}:"
+                    f"execution:{state_machine_name}:*]"
                 ),
                 reason="Any execution of this state machine may hold the lock",
             )
@@ -224,9 +236,14 @@ class ModelDeployStack(Stack):
         policy = iam.ManagedPolicy(
             self,
             "InstanceAccess",
-            description="Attach to the GPU instance's role: read models and the runtime bundle, write command output",
+            description=(
+                "Attach to the GPU instance's role: read models and the runtime bundle, write command output"
+            ),
             statements=[
-                iam.PolicyStatement(actions=["s3:GetObject"], resources=[prefix_arn, bundle.bucket.arn_for_objects(bundle.s3_object_key)]),
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"],
+                    resources=[prefix_arn, bundle.bucket.arn_for_objects(bundle.s3_object_key)],
+                ),
                 iam.PolicyStatement(
                     actions=["s3:ListBucket"],
                     resources=[bucket_arn],

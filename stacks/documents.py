@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aws_cdk import Stack, aws_ssm as ssm
+from aws_cdk import Stack
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from stacks.paths import DOCUMENTS_DIR

@@ -9,8 +9,14 @@ from aws_cdk import (
     Duration,
     RemovalPolicy,
     Validations,
+)
+from aws_cdk import (
     aws_iam as iam,
+)
+from aws_cdk import (
     aws_lambda as lambda_,
+)
+from aws_cdk import (
     aws_logs as logs,
 )
 from constructs import Construct

@@ -13,7 +13,18 @@ or raises the step's typed error. Nothing sleeps in a Lambda: waiting is Wait st
 
 from __future__ import annotations
 
-from aws_cdk import Duration, aws_lambda as lambda_, aws_stepfunctions as sfn, aws_stepfunctions_tasks as tasks
+from aws_cdk import (
+    Duration,
+)
+from aws_cdk import (
+    aws_lambda as lambda_,
+)
+from aws_cdk import (
+    aws_stepfunctions as sfn,
+)
+from aws_cdk import (
+    aws_stepfunctions_tasks as tasks,
+)
 from constructs import Construct
 
 TRANSIENT_ERRORS = [
@@ -74,12 +85,8 @@ class RunOnInstance(sfn.StateMachineFragment):
             "$.command",
             comment=comment,
         )
-        wait = sfn.Wait(
-            self, f"{label}.Wait", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds))
-        )
-        again = sfn.Wait(
-            self, f"{label}.Again", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds))
-        )
+        wait = sfn.Wait(self, f"{label}.Wait", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds)))
+        again = sfn.Wait(self, f"{label}.Again", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds)))
         poll = invoke(
             self,
             f"{label}.Poll",

@@ -5,14 +5,32 @@ from __future__ import annotations
 
 from aws_cdk import (
     Duration,
+)
+from aws_cdk import (
     aws_cloudwatch as cloudwatch,
+)
+from aws_cdk import (
     aws_cloudwatch_actions as cw_actions,
+)
+from aws_cdk import (
     aws_events as events,
+)
+from aws_cdk import (
     aws_events_targets as targets,
+)
+from aws_cdk import (
     aws_iam as iam,
+)
+from aws_cdk import (
     aws_kms as kms,
+)
+from aws_cdk import (
     aws_sns as sns,
+)
+from aws_cdk import (
     aws_sns_subscriptions as subscriptions,
+)
+from aws_cdk import (
     aws_stepfunctions as sfn,
 )
 from constructs import Construct
@@ -50,7 +68,9 @@ class ValidationSchedule(Construct):
             rule.add_target(
                 targets.SfnStateMachine(
                     state_machine,
-                    input=events.RuleTargetInput.from_object({"mode": "validate", "instance_id": instance_id}),
+                    input=events.RuleTargetInput.from_object(
+                        {"mode": "validate", "instance_id": instance_id}
+                    ),
                 )
             )
             self.rules.append(rule)

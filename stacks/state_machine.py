@@ -1,12 +1,12 @@
 """The deployment state machine (DESIGN.md section 3), built from CDK constructs.
 
-    Validate -> Mode?
-      validate: ValidateInstance (document) -> ReportValidation -> ValidationPassed
-      deploy:   AcquireLock -> Deploy [ CollectResources -> Plan -> DryRun? -> Fits?
-                  -> SnapshotPrevious -> ChangeInstance [ StopFlux? -> SyncModel -> Install
-                  -> HealthCheck ]  (failure -> Rollback -> ExplainFailure -> Fail) ]
-                -> RecordDeployment -> ReleaseLock -> Done (the record; a dry run: the plan)
-                (failure anywhere in Deploy -> ReleaseLockAfterFailure -> RecordFailure -> Fail)
+Validate -> Mode?
+  validate: ValidateInstance (document) -> ReportValidation -> ValidationPassed
+  deploy:   AcquireLock -> Deploy [ CollectResources -> Plan -> DryRun? -> Fits?
+              -> SnapshotPrevious -> ChangeInstance [ StopFlux? -> SyncModel -> Install
+              -> HealthCheck ]  (failure -> Rollback -> ExplainFailure -> Fail) ]
+            -> RecordDeployment -> ReleaseLock -> Done (the record; a dry run: the plan)
+            (failure anywhere in Deploy -> ReleaseLockAfterFailure -> RecordFailure -> Fail)
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ from aws_cdk import (
     Duration,
     RemovalPolicy,
     Stack,
+)
+from aws_cdk import (
     aws_lambda as lambda_,
+)
+from aws_cdk import (
     aws_logs as logs,
+)
+from aws_cdk import (
     aws_stepfunctions as sfn,
 )
 from constructs import Construct
@@ -144,9 +150,7 @@ class DeployStateMachine(Construct):
             comment="Say what failed and what was restored",
         )
         rollback_wrapper.add_catch(explain, errors=["States.ALL"], result_path="$.rollback_error")
-        rolled_back = sfn.Fail(
-            self, "RolledBack", error_path="$.failure.Error", cause_path="$.failure.Cause"
-        )
+        rolled_back = sfn.Fail(self, "RolledBack", error_path="$.failure.Error", cause_path="$.failure.Cause")
         rollback_wrapper.next(explain)
         explain.next(rolled_back)
         change.add_catch(rollback_wrapper, errors=["States.ALL"], result_path="$.failure")
@@ -184,7 +188,9 @@ class DeployStateMachine(Construct):
             {"action": "record", "outcome": "failed", "state": sfn.JsonPath.entire_payload},
             "$.record",
         )
-        failed = sfn.Fail(self, "DeploymentFailed", error_path="$.failure.Error", cause_path="$.failure.Cause")
+        failed = sfn.Fail(
+            self, "DeploymentFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
+        )
         deploy.add_catch(release_after_failure, errors=["States.ALL"], result_path="$.failure")
         release_after_failure.next(record_failure).next(failed)
 
@@ -207,7 +213,9 @@ class DeployStateMachine(Construct):
             sfn.Choice(self, "Finished")
             .when(
                 sfn.Condition.boolean_equals("$.request.dry_run", True),
-                sfn.Succeed(self, "PlanReady", output_path="$.plan", comment="Dry run: the output is the plan"),
+                sfn.Succeed(
+                    self, "PlanReady", output_path="$.plan", comment="Dry run: the output is the plan"
+                ),
             )
             .otherwise(sfn.Succeed(self, "Deployed", output_path="$.record"))
         )
@@ -232,7 +240,9 @@ class DeployStateMachine(Construct):
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             timeout=DEPLOY_TIMEOUT,
             tracing_enabled=True,
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            logs=sfn.LogOptions(
+                destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True
+            ),
         )
         self.state_machine_name = state_machine_name
         self.execution_arn_pattern = Stack.of(self).format_arn(

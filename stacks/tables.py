@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy, aws_dynamodb as dynamodb
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
 
@@ -11,22 +12,24 @@ class DeploymentTables(Construct):
         super().__init__(scope, construct_id)
         # One item per instance while a deployment holds it; `expires_at` is the TTL that
         # frees an instance whose holder was stopped or timed out.
-        self.lock = dynamodb.TableV2(
+        self.lock = dynamodb.Table(
             self,
             "Lock",
             partition_key=dynamodb.Attribute(name="instance_id", type=dynamodb.AttributeType.STRING),
             time_to_live_attribute="expires_at",
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
             removal_policy=RemovalPolicy.DESTROY,
         )
         # One item per execution (deploy, dry run, failure), newest last per instance.
-        self.ledger = dynamodb.TableV2(
+        self.ledger = dynamodb.Table(
             self,
             "Ledger",
             partition_key=dynamodb.Attribute(name="instance_id", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="record_key", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),

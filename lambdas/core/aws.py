@@ -20,5 +20,8 @@ def _client(service: str, region: str | None, endpoint: str | None) -> Any:
 def client(service: str) -> Any:
     # AWS_ENDPOINT_URL is honoured by boto3 itself; it is part of the key so a process
     # that changes it (the local emulator) gets a fresh client.
-    return _client(service, os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                   os.environ.get("AWS_ENDPOINT_URL"))
+    return _client(
+        service,
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        os.environ.get("AWS_ENDPOINT_URL"),
+    )

@@ -16,7 +16,8 @@ def choose_instance(requested: str | None, configured: list[str]) -> str:
         return configured[0]
     if requested not in configured:
         raise InvalidInput(
-            f"instance_id: {requested} is not one of the instances this stack manages ({', '.join(configured)})"
+            f"instance_id: {requested} is not one of the instances this stack manages "
+            f"({', '.join(configured)})"
         )
     return requested
 
@@ -33,7 +34,7 @@ def check_model_present(s3: Any, bucket: str, prefix: str, model: str) -> dict[s
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
             for item in page.get("Contents", []):
-                names.append(item["Key"][len(key_prefix):])
+                names.append(item["Key"][len(key_prefix) :])
                 total += int(item["Size"])
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
@@ -67,9 +68,9 @@ def check_instance_running(ec2: Any, instance_id: str) -> dict[str, Any]:
 
 def check_ssm_online(ssm: Any, instance_id: str) -> str:
     """PingStatus of the instance's SSM agent; raises when it is not Online."""
-    info = ssm.describe_instance_information(
-        Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]
-    ).get("InstanceInformationList", [])
+    info = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]).get(
+        "InstanceInformationList", []
+    )
     status = info[0].get("PingStatus", "Unknown") if info else "NotRegistered"
     if status != "Online":
         raise InstanceUnavailable(f"instance {instance_id} SSM agent is {status}, not Online")

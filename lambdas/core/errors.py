@@ -55,6 +55,4 @@ class ValidationFailed(DeployError):
     """The scheduled validation found a failing check."""
 
 
-ERROR_NAMES: tuple[str, ...] = tuple(
-    cls.__name__ for cls in DeployError.__subclasses__()
-)
+ERROR_NAMES: tuple[str, ...] = tuple(cls.__name__ for cls in DeployError.__subclasses__())

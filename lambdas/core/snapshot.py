@@ -47,6 +47,10 @@ class CachedModel(BaseModel):
     name: str
     bytes: int = NonNegative
     files: int = NonNegative
+    # Optional (added for the planner): path relative to the model folder -> size in bytes.
+    # With it the plan counts exactly what a sync will fetch; without it only a copy whose
+    # total bytes and file count both match the bucket counts as cached.
+    file_sizes: dict[str, int] = Field(default_factory=dict)
 
 
 class InstanceSnapshot(BaseModel):

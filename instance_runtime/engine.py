@@ -1,0 +1,382 @@
+"""The model: loading (dtype, device, quantization, LoRA) and one generation at a time.
+
+Imported lazily by the loader thread: importing torch and transformers takes seconds, and the
+web app must answer /health before that is done.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
+from transformers.utils import logging as hf_logging
+
+from instance_runtime.errors import ConfigurationError, InvalidRequest
+from instance_runtime.generation import (
+    FinishReason,
+    GenerationResult,
+    IncrementalDecoder,
+    SamplingParams,
+    StopTextBuffer,
+)
+from instance_runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+# What actually happens to the weights, after weighing the setting against the checkpoint.
+LoadQuantization = Literal["none", "bnb-4bit", "checkpoint"]
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def resolve_device(requested: str) -> str:
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise ConfigurationError("DEVICE=cuda but no CUDA GPU is visible to torch")
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    if requested != "auto":
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # bf16 matmuls on most CPUs are slower than fp32; memory is rarely the limit there.
+    return torch.float32
+
+
+def checkpoint_quant_method(config: Any) -> str | None:
+    """The quant_method of a pre-quantized checkpoint (awq, gptq, bitsandbytes...), else None."""
+    qc = getattr(config, "quantization_config", None)
+    if qc is None:
+        return None
+    method = qc.get("quant_method") if isinstance(qc, Mapping) else getattr(qc, "quant_method", None)
+    return str(getattr(method, "value", method)) if method is not None else "unknown"
+
+
+def resolve_quantization(
+    requested: str, checkpoint_method: str | None, device: str, allow_cpu_quantization: bool
+) -> LoadQuantization:
+    """Decide how the weights are loaded, or refuse with a message an operator can act on."""
+    if checkpoint_method is not None:
+        if requested == "awq" and checkpoint_method != "awq":
+            raise ConfigurationError(
+                f"QUANTIZATION=awq but the checkpoint is quantized with {checkpoint_method!r}, not AWQ"
+            )
+        if requested == "bnb-4bit":
+            log.warning(
+                "QUANTIZATION=bnb-4bit ignored: the checkpoint is already quantized (%s)", checkpoint_method
+            )
+        return "checkpoint"
+    if requested == "awq":
+        raise ConfigurationError(
+            "QUANTIZATION=awq needs a pre-quantized AWQ checkpoint (quantization_config with "
+            "quant_method 'awq' in config.json); this one is not quantized"
+        )
+    if requested == "bnb-4bit":
+        if device != "cuda" and not allow_cpu_quantization:
+            raise ConfigurationError(
+                "QUANTIZATION=bnb-4bit needs a CUDA GPU and none is visible; "
+                "set ALLOW_CPU_QUANTIZATION=true to run 4-bit on the CPU anyway (slow)"
+            )
+        return "bnb-4bit"
+    return "none"
+
+
+def _read_adapter(model_path: Path, base_override: Path | None) -> Path | None:
+    """The base model folder when ``model_path`` is a LoRA adapter, else None."""
+    adapter_config = model_path / "adapter_config.json"
+    if not adapter_config.is_file():
+        return None
+    if base_override is not None:
+        if not base_override.is_dir():
+            raise ConfigurationError(f"BASE_MODEL_PATH {base_override} is not a folder")
+        return base_override
+    named = str(json.loads(adapter_config.read_text()).get("base_model_name_or_path") or "")
+    candidates = [Path(named), model_path / named, model_path.parent / Path(named).name] if named else []
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ConfigurationError(
+        f"{model_path} is a LoRA adapter whose base model {named!r} is not a local folder; "
+        "set BASE_MODEL_PATH to the base model's folder"
+    )
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """What was loaded, for the log and for benchmarks."""
+
+    device: str
+    dtype: str
+    quantization: LoadQuantization
+    checkpoint_quant_method: str | None
+    adapter: bool
+    context_length: int
+    load_seconds: float
+
+
+class _Progress(BaseStreamer):
+    """Receives each new token from generate(): decodes it, applies stop strings, forwards text."""
+
+    def __init__(
+        self,
+        decoder: IncrementalDecoder,
+        stops: StopTextBuffer,
+        on_text: Callable[[str], None] | None,
+    ) -> None:
+        self.decoder = decoder
+        self.stops = stops
+        self._on_text = on_text
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first hands the streamer the prompt itself
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            if self.stops.stopped:
+                break
+            self._emit(self.stops.feed(self.decoder.push(int(token))))
+
+    def end(self) -> None:
+        self._emit(self.stops.feed(self.decoder.flush()) + self.stops.finish())
+
+    def _emit(self, text: str) -> None:
+        if text and self._on_text is not None:
+            self._on_text(text)
+
+
+class _StopWhen(StoppingCriteria):
+    """Ends generation at a stop string, or when the request is cancelled (client gone, shutdown)."""
+
+    def __init__(self, progress: _Progress, cancel: threading.Event) -> None:
+        self._progress = progress
+        self._cancel = cancel
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        done = self._progress.stops.stopped or self._cancel.is_set()
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class Engine:
+    """A loaded model and tokenizer. ``generate`` must be called from one thread at a time."""
+
+    def __init__(
+        self, name: str, model: PreTrainedModel, tokenizer: Any, decode_tokenizer: Any, info: LoadedInfo
+    ):
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        # The worker thread decodes with its own copy: the Rust tokenizer object raises
+        # "Already borrowed" when two threads use it and one of them changes its settings.
+        self._decode_tokenizer = decode_tokenizer
+        self.info = info
+        self.context_length = info.context_length
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_token_ids: frozenset[int] = frozenset(
+            [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        )
+        pad = model.generation_config.pad_token_id
+        if pad is None:
+            pad = tokenizer.pad_token_id
+        if pad is None and self.eos_token_ids:
+            pad = min(self.eos_token_ids)
+        self.pad_token_id: int | None = pad
+
+    # ----- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, settings: RuntimeSettings) -> Engine:
+        started = time.monotonic()
+        hf_logging.disable_progress_bar()
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        model_path = settings.model_path
+        if not (model_path / "config.json").is_file() and not (model_path / "adapter_config.json").is_file():
+            raise ConfigurationError(f"MODEL_PATH {model_path} holds no config.json or adapter_config.json")
+        device = resolve_device(settings.device)
+        base_path = _read_adapter(model_path, settings.base_model_path)
+        weights_path = base_path or model_path
+        common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
+        config = AutoConfig.from_pretrained(weights_path, **common)
+        quant_method = checkpoint_quant_method(config)
+        quantization = resolve_quantization(
+            settings.quantization, quant_method, device, settings.allow_cpu_quantization
+        )
+        dtype = resolve_dtype(settings.dtype, device)
+        kwargs: dict[str, Any] = {**common, "dtype": dtype}
+        if quantization == "bnb-4bit":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+        if device == "cuda":
+            # Whole model on the one GPU, or sharded when the instance has several; never a
+            # silent CPU offload (the planner decided it fits; if not, say so loudly).
+            kwargs["device_map"] = {"": 0} if torch.cuda.device_count() == 1 else "auto"
+        elif quantization != "none":
+            kwargs["device_map"] = {"": "cpu"}
+        log.info(
+            "loading %s on %s (dtype=%s, quantization=%s%s)",
+            weights_path,
+            device,
+            dtype,
+            quantization,
+            f", LoRA adapter {model_path}" if base_path else "",
+        )
+        model = AutoModelForCausalLM.from_pretrained(weights_path, **kwargs)
+        if base_path is not None:
+            from peft import PeftModel
+
+            peft_model = PeftModel.from_pretrained(model, str(model_path), is_trainable=False)
+            # Merged weights generate as fast as the base; 4-bit weights cannot take the merge.
+            model = peft_model.merge_and_unload() if quantization == "none" else peft_model  # type: ignore[assignment]
+        model.eval()
+        tokenizer_path = (
+            model_path if any((model_path / f).is_file() for f in _TOKENIZER_FILES) else weights_path
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **common)
+        decode_tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **common)
+        model_context = getattr(config.get_text_config(), "max_position_embeddings", None)
+        context_length = settings.context_length or model_context or 2048
+        if model_context and context_length > model_context:
+            log.warning("CONTEXT_LENGTH=%d exceeds the model's %d positions", context_length, model_context)
+        info = LoadedInfo(
+            device=device,
+            dtype=str(dtype).removeprefix("torch."),
+            quantization=quantization,
+            checkpoint_quant_method=quant_method,
+            adapter=base_path is not None,
+            context_length=int(context_length),
+            load_seconds=round(time.monotonic() - started, 2),
+        )
+        log.info("model loaded in %.1fs: %s", info.load_seconds, info)
+        return cls(settings.served_model_name, model, tokenizer, decode_tokenizer, info)
+
+    def close(self) -> None:
+        """Drop the weights so a restart in the same process (tests) does not hold two copies."""
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ----- prompts -----------------------------------------------------------------------------
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        import jinja2
+
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        except jinja2.TemplateError as exc:  # templates refuse e.g. a system role they do not know
+            raise InvalidRequest(
+                f"messages: the model's chat template refused them: {exc}", param="messages"
+            ) from exc
+        return str(rendered)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    # ----- generation --------------------------------------------------------------------------
+
+    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        # Every sampling knob is set, so the checkpoint's generation_config.json (Qwen3 ships
+        # top_k=20, temperature=0.6) cannot change what the request asked for.
+        config = GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            min_new_tokens=params.max_tokens if params.ignore_eos else None,
+            do_sample=not params.greedy,
+            temperature=1.0 if params.greedy else params.temperature,
+            top_p=1.0 if params.greedy else params.top_p,
+            top_k=50 if params.greedy else 0,  # OpenAI has no top-k; 50 is the inert greedy value
+            repetition_penalty=1.0,
+            num_beams=1,
+            eos_token_id=sorted(self.eos_token_ids) or None,
+            pad_token_id=self.pad_token_id,
+        )
+        return config
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Generate one completion. ``on_text`` receives the text as it is produced."""
+        cancel = cancel or threading.Event()
+        decoder = IncrementalDecoder(
+            lambda ids: self._decode_tokenizer.decode(list(ids), skip_special_tokens=True)
+        )
+        progress = _Progress(decoder, StopTextBuffer(params.stop), on_text)
+        if cancel.is_set():  # the client left while the request waited in the queue
+            return GenerationResult("", len(prompt_ids), 0, "abort")
+        device = self.model.device
+        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        try:
+            with torch.inference_mode():
+                self.model.generate(  # type: ignore[operator]
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=self._generation_config(params),
+                    streamer=progress,
+                    stopping_criteria=StoppingCriteriaList([_StopWhen(progress, cancel)]),
+                )
+        except torch.cuda.OutOfMemoryError:
+            # Give the cached blocks back so the next, perhaps shorter, request can run.
+            gc.collect()
+            torch.cuda.empty_cache()
+            raise
+        return GenerationResult(
+            text=progress.stops.text,
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=decoder.token_count,
+            finish_reason=self._finish_reason(decoder, progress, params, cancel),
+        )
+
+    def _finish_reason(
+        self,
+        decoder: IncrementalDecoder,
+        progress: _Progress,
+        params: SamplingParams,
+        cancel: threading.Event,
+    ) -> FinishReason:
+        if progress.stops.stopped or decoder.last_token in self.eos_token_ids:
+            return "stop"
+        if decoder.token_count >= params.max_tokens:
+            return "length"
+        return "abort" if cancel.is_set() else "length"

@@ -1,0 +1,131 @@
+"""The deployment ledger: one record per execution (deploy, dry run or failure)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# On-demand list prices (USD per hour, us-east-1); other types are reported as unknown.
+ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
+    "g4dn.xlarge": 0.526,
+    "g4dn.2xlarge": 0.752,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g5.4xlarge": 1.624,
+    "g5.8xlarge": 2.448,
+    "g5.12xlarge": 5.672,
+    "g6.xlarge": 0.805,
+    "g6.4xlarge": 1.323,
+    "g6e.xlarge": 1.861,
+}
+
+
+class StepTiming(BaseModel):
+    seconds: float | None  # first send -> the state machine saw it end
+    command_seconds: float | None  # the last command's own run time
+    attempts: int = 1
+
+
+class LedgerRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    instance_id: str
+    record_key: str
+    execution: str
+    model: str | None
+    deploy_model: str | None = None
+    dry_run: bool
+    outcome: Literal["succeeded", "failed", "planned"]
+    started_at: str
+    finished_at: str
+    instance_type: str
+    cost_per_hour_usd: float | None
+    action: str | None = None
+    quantization: str | None = None
+    port: int | None = None
+    endpoints: dict[str, str] = {}
+    previous: dict[str, Any] | None = None
+    steps: dict[str, StepTiming] = {}
+    results: dict[str, Any] = {}
+    plan: dict[str, Any] | None = None
+    error: str | None = None
+    cause: str | None = None
+
+
+def _timing(command: dict[str, Any]) -> StepTiming:
+    first, seen = command.get("first_sent_at"), command.get("seen_at")
+    sent, finished = command.get("sent_at"), command.get("finished_at")
+    return StepTiming(
+        seconds=round(seen - first, 3) if first is not None and seen is not None else None,
+        command_seconds=round(finished - sent, 3) if sent is not None and finished is not None else None,
+        attempts=int(command.get("attempt", 1)),
+    )
+
+
+def build_record(state: dict[str, Any], outcome: str, *, instance_type: str, now: datetime) -> LedgerRecord:
+    request = state.get("request", {})
+    plan = state.get("plan")
+    steps = state.get("steps", {})
+    failure = state.get("failure") or {}
+    dry_run = bool(request.get("dry_run"))
+    if outcome == "succeeded" and dry_run:
+        outcome = "planned"
+    started = str(state.get("started_at") or now.isoformat())
+    execution = str(state.get("execution") or "")
+    return LedgerRecord(
+        instance_id=state["instance_id"],
+        record_key=f"{started}#{execution.rsplit(':', 1)[-1]}",
+        execution=execution,
+        model=request.get("model"),
+        deploy_model=(plan or {}).get("deploy_model"),
+        dry_run=dry_run,
+        outcome=outcome,  # type: ignore[arg-type]
+        started_at=started,
+        finished_at=now.isoformat(),
+        instance_type=instance_type,
+        cost_per_hour_usd=ON_DEMAND_USD_PER_HOUR.get(instance_type),
+        action=(plan or {}).get("action"),
+        quantization=(plan or {}).get("quantization"),
+        port=(plan or {}).get("port"),
+        endpoints=(plan or {}).get("endpoints") or {},
+        previous=(steps.get("previous") or {}).get("result"),
+        steps={key: _timing(command) for key, command in steps.items() if isinstance(command, dict)},
+        results={key: command.get("result") for key, command in steps.items() if isinstance(command, dict)},
+        plan=plan,
+        error=failure.get("Error"),
+        cause=failure.get("Cause"),
+    )
+
+
+def put(dynamodb: Any, table: str, record: LedgerRecord) -> None:
+    dynamodb.put_item(
+        TableName=table,
+        Item={
+            "instance_id": {"S": record.instance_id},
+            "record_key": {"S": record.record_key},
+            "model": {"S": record.model or ""},
+            "outcome": {"S": record.outcome},
+            "record": {"S": record.model_dump_json()},
+        },
+    )
+
+
+def recent(dynamodb: Any, table: str, instance_id: str, limit: int = 20) -> list[LedgerRecord]:
+    """Newest first."""
+    response = dynamodb.query(
+        TableName=table,
+        KeyConditionExpression="instance_id = :id",
+        ExpressionAttributeValues={":id": {"S": instance_id}},
+        ScanIndexForward=False,
+        Limit=limit,
+    )
+    return [
+        LedgerRecord.model_validate(json.loads(item["record"]["S"])) for item in response.get("Items", [])
+    ]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

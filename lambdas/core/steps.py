@@ -1,0 +1,186 @@
+"""The instance steps: which document each sends, with which parameters, under which budget.
+
+Parameters are built from the state the machine carries (the request, the plan, the
+snapshot). Every value was validated before it got here, and the document's own
+allowedPattern checks it again on the SSM side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import (
+    CommandFailed,
+    DeployError,
+    HealthCheckFailed,
+    InstallFailed,
+    StopFailed,
+    SyncFailed,
+    ValidationFailed,
+)
+from core.settings import Settings
+
+State = dict[str, Any]
+GB = 1024**3
+
+
+def _plan(state: State) -> dict[str, Any]:
+    plan = state.get("plan")
+    if not isinstance(plan, dict):
+        raise CommandFailed("this step needs the plan in $.plan")
+    return plan
+
+
+def _units(config: Settings) -> dict[str, str]:
+    return {"FluxUnit": config.flux_service, "ServiceUnit": "asoba-inference.service"}
+
+
+def collect_parameters(config: Settings, state: State) -> dict[str, str]:
+    roots = config.instance_roots
+    return {
+        "ModelsRoot": roots.models_root,
+        "RuntimeRoot": roots.runtime_root,
+        "EnvDir": roots.env_dir,
+        **_units(config),
+    }
+
+
+def snapshot_parameters(config: Settings, state: State) -> dict[str, str]:
+    roots = config.instance_roots
+    return {
+        "StateDir": roots.state_dir,
+        "UnitDir": roots.unit_dir,
+        "EnvDir": roots.env_dir,
+        "ProfileDir": roots.profile_dir,
+        **_units(config),
+    }
+
+
+def stop_parameters(config: Settings, state: State) -> dict[str, str]:
+    units = _plan(state).get("stop_services") or [config.flux_service]
+    return {"Unit": str(units[0]), "WaitSeconds": str(max(10, config.step_budgets.stop - 30))}
+
+
+def sync_parameters(config: Settings, state: State) -> dict[str, str]:
+    plan = _plan(state)
+    return {
+        "ModelName": plan["deploy_model"],
+        "SourceUri": plan["source_uri"],
+        "ModelsRoot": config.instance_roots.models_root,
+        "RuntimeRoot": config.instance_roots.runtime_root,
+    }
+
+
+def install_parameters(config: Settings, state: State) -> dict[str, str]:
+    plan = _plan(state)
+    roots = config.instance_roots
+    return {
+        "RuntimeBundleUri": config.runtime_bundle_uri,
+        "ModelName": plan["deploy_model"],
+        "ModelPath": plan["model_path"],
+        "Port": str(plan["port"]),
+        "Quantization": plan["quantization"],
+        "Dtype": str(plan.get("dtype") or "auto"),
+        "ContextTokens": str(plan.get("context_tokens") or 4096),
+        "BasePython": config.base_python,
+        "RuntimeRoot": roots.runtime_root,
+        "UnitDir": roots.unit_dir,
+        "EnvDir": roots.env_dir,
+        "ProfileDir": roots.profile_dir,
+        "ServiceUnit": "asoba-inference.service",
+    }
+
+
+def health_parameters(config: Settings, state: State) -> dict[str, str]:
+    return {"Port": str(_plan(state)["port"])}
+
+
+def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
+    roots = config.instance_roots
+    return {
+        "StateDir": roots.state_dir,
+        "UnitDir": roots.unit_dir,
+        "EnvDir": roots.env_dir,
+        "ProfileDir": roots.profile_dir,
+        "RuntimeRoot": roots.runtime_root,
+        **_units(config),
+    }
+
+
+def validate_parameters(config: Settings, state: State) -> dict[str, str]:
+    roots = config.instance_roots
+    return {
+        "ModelsRoot": roots.models_root,
+        "RuntimeRoot": roots.runtime_root,
+        "EnvDir": roots.env_dir,
+        "BucketUri": f"s3://{config.model_bucket}/{config.model_prefix}",
+        **_units(config),
+    }
+
+
+def health_budget(config: Settings, state: State) -> int:
+    """Loading takes longer for bigger models: base + per GB of weights."""
+    plan = state.get("plan") or {}
+    gigabytes = float(plan.get("total_bytes") or 0) / GB
+    return int(config.step_budgets.health_base + config.step_budgets.health_per_gb * gigabytes)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    key: str  # where the outcome lands: $.steps.<key>
+    document: str  # ssm_documents/<document>.yaml
+    error: type[DeployError]
+    parameters: Callable[[Settings, State], dict[str, str]]
+    budget: Callable[[Settings, State], int]
+    # The health check runs its document again while the runtime is still loading.
+    resend_while: tuple[str, ...] = ()
+
+
+STEPS: dict[str, StepSpec] = {
+    spec.key: spec
+    for spec in (
+        StepSpec(
+            "collect",
+            "collect-resources",
+            CommandFailed,
+            collect_parameters,
+            lambda c, s: c.step_budgets.collect,
+        ),
+        StepSpec(
+            "previous",
+            "snapshot-previous",
+            CommandFailed,
+            snapshot_parameters,
+            lambda c, s: c.step_budgets.collect,
+        ),
+        StepSpec("stop", "stop-service", StopFailed, stop_parameters, lambda c, s: c.step_budgets.stop),
+        StepSpec("sync", "sync-model", SyncFailed, sync_parameters, lambda c, s: c.step_budgets.sync),
+        StepSpec(
+            "install",
+            "install-runtime",
+            InstallFailed,
+            install_parameters,
+            lambda c, s: c.step_budgets.install,
+        ),
+        StepSpec(
+            "health",
+            "health-check",
+            HealthCheckFailed,
+            health_parameters,
+            health_budget,
+            resend_while=("loading", "down"),
+        ),
+        StepSpec(
+            "rollback", "rollback", CommandFailed, rollback_parameters, lambda c, s: c.step_budgets.rollback
+        ),
+        StepSpec(
+            "validation",
+            "validate",
+            ValidationFailed,
+            validate_parameters,
+            lambda c, s: c.step_budgets.validation,
+        ),
+    )
+}

@@ -1,0 +1,24 @@
+"""RecordDeployment / RecordFailure: write the ledger record; return it as the output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from core import aws, ledger
+from core.settings import settings
+
+logger = Logger()
+
+
+@logger.inject_lambda_context(correlation_id_path="state.execution_name")
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    config = settings()
+    record = ledger.build_record(
+        event["state"], event["outcome"], instance_type=config.instance_type, now=ledger.utcnow()
+    )
+    ledger.put(aws.client("dynamodb"), config.ledger_table, record)
+    logger.info("recorded", extra={"outcome": record.outcome, "model": record.model})
+    return record.model_dump(mode="json")

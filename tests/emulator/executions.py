@@ -1,0 +1,82 @@
+"""Start executions on the emulated state machine and read back what happened."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ExecutionResult:
+    arn: str
+    status: str
+    output: Any
+    error: str | None
+    cause: str | None
+    history: list[dict[str, Any]] = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def states_entered(self) -> list[str]:
+        return [
+            e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e
+        ]
+
+    @property
+    def states_exited(self) -> list[str]:
+        return [e["stateExitedEventDetails"]["name"] for e in self.history if "stateExitedEventDetails" in e]
+
+    def state_output(self, name: str) -> Any:
+        for event in reversed(self.history):
+            details = event.get("stateExitedEventDetails")
+            if details and details["name"] == name:
+                return json.loads(details.get("output") or "null")
+        raise KeyError(f"state {name} never exited")
+
+
+def history_failure(history: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    for event in reversed(history):
+        details = event.get("executionFailedEventDetails")
+        if details:
+            return details.get("error"), details.get("cause")
+    return None, None
+
+
+def run_execution(
+    sfn: Any, machine_arn: str, payload: Any, *, name: str | None = None, timeout: float = 300.0
+) -> ExecutionResult:
+    started = time.monotonic()
+    kwargs: dict[str, Any] = {"stateMachineArn": machine_arn, "input": json.dumps(payload)}
+    if name:
+        kwargs["name"] = name
+    arn = sfn.start_execution(**kwargs)["executionArn"]
+    return wait_for_execution(sfn, arn, started=started, timeout=timeout)
+
+
+def wait_for_execution(
+    sfn: Any, arn: str, *, started: float | None = None, timeout: float = 300.0
+) -> ExecutionResult:
+    started = started or time.monotonic()
+    while True:
+        described = sfn.describe_execution(executionArn=arn)
+        if described["status"] != "RUNNING":
+            break
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"execution {arn} still RUNNING after {timeout} s")
+        time.sleep(0.1)
+    history: list[dict[str, Any]] = []
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
+        history.extend(page["events"])
+    error, cause = history_failure(history)
+    output = json.loads(described["output"]) if described.get("output") else None
+    return ExecutionResult(
+        arn=arn,
+        status=described["status"],
+        output=output,
+        error=described.get("error", error) or error,
+        cause=described.get("cause", cause) or cause,
+        history=history,
+        seconds=time.monotonic() - started,
+    )

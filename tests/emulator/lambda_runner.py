@@ -1,0 +1,114 @@
+"""Run Lambda functions in process instead of in Docker (absent here).
+
+moto invokes a function through `LambdaFunction._invoke_lambda(event) -> (payload, errored,
+logs)`. We replace it with a call of the real handler named by the function's `Handler`,
+with the function's own environment variables, and return exceptions the way the Lambda
+runtime does (`errorType` = class name), so Retry/Catch match our typed errors.
+This is a moto internal: moto is pinned exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import threading
+import traceback
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from moto.awslambda.models import LambdaFunction
+
+# One invocation at a time: handlers read os.environ, which is process-wide.
+_INVOKE_LOCK = threading.RLock()
+_original_invoke = LambdaFunction._invoke_lambda
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str
+    memory_limit_in_mb: int
+    invoked_function_arn: str
+    aws_request_id: str
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _asset_has_module(function: LambdaFunction, module: str) -> bool:
+    code = getattr(function, "code_bytes", None)
+    if not code:
+        return True  # code given by S3 reference that moto did not keep: nothing to compare
+    path = module.replace(".", "/") + ".py"
+    with zipfile.ZipFile(io.BytesIO(code)) as archive:
+        return path in archive.namelist()
+
+
+def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
+    if isinstance(event, str | bytes):
+        event = json.loads(event or "{}")
+    module_name, _, attribute = str(function.handler).rpartition(".")
+    if not _asset_has_module(function, module_name):
+        error = {"errorType": "Runtime.ImportModuleError", "errorMessage": f"No module named '{module_name}'"}
+        return json.dumps(error), True, ""
+    environment = {str(k): str(v) for k, v in (function.environment_vars or {}).items()}
+    environment.update(
+        {
+            "AWS_LAMBDA_FUNCTION_NAME": function.function_name,
+            "AWS_REGION": function.region,
+            "AWS_DEFAULT_REGION": function.region,
+        }
+    )
+    context = FakeLambdaContext(
+        function_name=function.function_name,
+        memory_limit_in_mb=int(function.memory_size or 128),
+        invoked_function_arn=function.function_arn,
+        aws_request_id=str(uuid.uuid4()),
+    )
+    with _INVOKE_LOCK, _environment(environment):
+        try:
+            handler = getattr(importlib.import_module(module_name), attribute)
+            result = handler(event, context)
+        except Exception as error:
+            payload = {
+                "errorType": type(error).__name__,
+                "errorMessage": str(error),
+                "stackTrace": traceback.format_tb(error.__traceback__),
+            }
+            return json.dumps(payload), True, ""
+    return json.dumps(result), False, ""
+
+
+def install() -> None:
+    """Make every moto Lambda invocation run in process (idempotent)."""
+
+    def _invoke(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
+        return invoke_in_process(self, event)
+
+    LambdaFunction._invoke_lambda = _invoke  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    LambdaFunction._invoke_lambda = _original_invoke  # type: ignore[method-assign]
