@@ -107,8 +107,8 @@ def main() -> int:
     print(f"{'model':<15}{'size GiB':>9}{'shards':>7}{'tensors':>8}{'bytes read':>12}{'GETs':>6}"
           f"{'LISTs':>6}{'read/size':>11}{'vs 1 GiB':>9}{'latency ms':>11}  plan")
     first_read = rows[0][4]
-    for name, size, shards, tensors, read, gets, lists, latency, quant in rows:
-        print(f"{name:<15}{size / GIB:>9.1f}{shards:>7}{tensors:>8}{read:>12,}{gets:>6}{lists:>6}"
+    for name, size, shards, count, read, gets, lists, latency, quant in rows:
+        print(f"{name:<15}{size / GIB:>9.1f}{shards:>7}{count:>8}{read:>12,}{gets:>6}{lists:>6}"
               f"{read / size:>11.1e}{read / first_read:>9.2f}{latency * 1000:>11.1f}  {quant}")
     largest, smallest = rows[-1], rows[0]
     print(

@@ -130,5 +130,8 @@ def load_config(get_context: Any) -> DeployConfig:
         problems = []
         for item in error.errors():
             key = ".".join(str(p) for p in item["loc"])
-            problems.append(f"context key '{key}': {item['msg']} (got {item.get('input')!r})")
+            if item["type"] == "missing":
+                problems.append(f"context key '{key}': required (set it in cdk.json or with -c {key}=...)")
+            else:
+                problems.append(f"context key '{key}': {item['msg']} (got {item.get('input')!r})")
         raise ConfigError("; ".join(problems)) from None

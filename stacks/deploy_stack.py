@@ -84,8 +84,11 @@ class ModelDeployStack(Stack):
             "STEP_BUDGETS": config.step_budgets.model_dump_json(),
             "POLL_SECONDS": str(config.poll_interval_seconds),
             "FLUX_SERVICE": config.flux_service,
-            "SMALL_MODEL_GB": str(thresholds.small_model_gb),
-            "QUANTIZE_ABOVE_GPU_GB": str(thresholds.quantize_above_gpu_gb),
+            # the planner's policy (lambdas/core/policy.py)
+            "FLUX_UNIT": config.flux_service,
+            "MODELS_ROOT": config.instance_roots.models_root,
+            "SMALL_MODEL_MAX_GIB": str(thresholds.small_model_gb),
+            "QUANTIZE_ABOVE_GIB": str(thresholds.quantize_above_gpu_gb),
             "COEXIST_PORT": str(thresholds.coexist_port),
             "REPLACE_PORT": str(thresholds.replace_port),
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,

@@ -597,6 +597,7 @@ def read_manifest(
         )
         manifest.base = base
         manifest.shape = base.shape
+        manifest.quantization = base.quantization  # a LoRA over a pre-quantized base loads it as stored
         return manifest
 
     if manifest.quantization is None and prefer_awq_variant:

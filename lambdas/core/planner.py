@@ -38,9 +38,12 @@ need ~34 GiB. The planner therefore applies the threshold to the full estimate a
 request's `context_tokens` (default 4096, the seed's "sensible" working context): deepseek
 needs 14.96 weights + 0.50 KV + 0.50 CUDA + 1.55 margin = 17.5 GiB (the seed's "~18GB"),
 under 20 -> `none`; qwen3-14b needs 31.4 GiB unquantized (the seed's "~30GB") -> AWQ variant
-(11.4 GiB, the seed's "~12GB") or bnb-4bit (11.6 GiB). "Optional" then means: `force_quantize`,
+(11.4 GiB, the seed's "~12GB") or bnb-4bit (12.0 GiB). "Optional" then means: `force_quantize`,
 or a long context (e.g. 32768 tokens: 21.4 GiB) quantizes deepseek too. The context is
-clamped to the model's max_position_embeddings.
+clamped to the model's max_position_embeddings. qwen3-coder-30b (61 GB, MoE: 48 layers x 128
+experts, every expert Linear quantized) gets 16.8 GiB of 4-bit weights (the seed's "~16GB")
+and needs 19.4 GiB in all: above the threshold unquantized (63.5 GiB), within the A10G's
+22.5 GiB once Flux is stopped.
 
 Sizes are bytes; GiB = 2**30 in the words of `reasons`.
 
@@ -57,6 +60,9 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
     files               [{key, bytes, local_path, cached}] every file the sync must have
     total_bytes         sum of files' bytes
     bytes_to_transfer   bytes of files not already cached on the instance
+    skipped_files       S3 keys under the model folder(s) the runtime does not need (other weight
+                        formats beside safetensors, original/, hidden folders): a sync may exclude them
+    skipped_bytes       their total size (not in bytes_to_transfer)
     action              "coexist" (beside Flux) | "replace" (Flux stopped)
     stop_services       systemd units to stop before installing (Flux for replace, if active)
     replaces_runtime    whether a running asoba-inference unit is replaced
@@ -162,6 +168,8 @@ class Plan(BaseModel):
     files: list[PlanFile]
     total_bytes: int
     bytes_to_transfer: int
+    skipped_files: list[str] = Field(default_factory=list)
+    skipped_bytes: int = 0
     action: Action
     stop_services: list[str]
     replaces_runtime: bool
@@ -223,8 +231,10 @@ def _dtype_for(manifest: Manifest, option: _Option, policy: Policy) -> Dtype:
     if option.quantization in ("awq", "gptq"):
         return "float16"  # the AWQ/GPTQ kernels compute in fp16
     declared = (manifest.base or manifest).shape.torch_dtype
-    if declared in ("bfloat16", "float16"):
-        return declared  # type: ignore[return-value]
+    if declared == "bfloat16":
+        return "bfloat16"
+    if declared == "float16":
+        return "float16"
     return policy.default_dtype
 
 
@@ -279,11 +289,17 @@ def _files(
     root = policy.models_root.rstrip("/")
     for manifest in manifests:
         cached = snapshot.cached(manifest.name)
+        # Without per-file sizes, a copy matching the needed files (or the whole folder, if the
+        # sync mirrored the skipped files too) counts as cached.
         whole_copy = (
             cached is not None
             and not cached.file_sizes
-            and cached.bytes == manifest.total_bytes
-            and cached.files == len(manifest.files)
+            and (cached.bytes, cached.files)
+            in (
+                (manifest.total_bytes, len(manifest.files)),
+                (manifest.total_bytes + sum(f.bytes for f in manifest.skipped),
+                 len(manifest.files) + len(manifest.skipped)),
+            )
         )
         if cached is not None and not cached.file_sizes and not whole_copy:
             warnings.append(
@@ -588,7 +604,7 @@ def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest,
     if chosen.action != preferred:
         reasons.append(
             f"it does not fit beside {policy.flux_unit}: {policy.flux_unit} is stopped and the model "
-            f"takes port {policy.replace_port} instead"
+            f"takes port {chosen.port} instead"
         )
         warnings.append(f"{policy.flux_unit} will be stopped although {manifest.name} is a small model")
     if manifest.quantization is None and not request.force_quantize:
@@ -600,7 +616,11 @@ def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest,
                 f"{threshold_words}{why}: deploying the pre-quantized AWQ variant {option.deploy.name}"
             )
         elif above:
-            missing = " and no AWQ variant is in the bucket" if awq is None else ""
+            missing = (
+                " and no AWQ variant is in the bucket"
+                if awq is None
+                else f" and the AWQ variant {awq.deploy.name} does not fit"
+            )
             reasons.append(f"{threshold_words}{missing}: bnb-4bit (nf4 on load)")
         else:
             outcome = "is the only way to fit" if chosen.fits else "is the smallest form, and still short"
@@ -636,6 +656,7 @@ def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest,
     deploy = option.deploy
     root = policy.models_root.rstrip("/")
     base = deploy.base
+    deployed = [deploy] if base is None else [base, deploy]
     host = policy.endpoint_host
     port = chosen.port
     fits = not shortfalls
@@ -660,6 +681,8 @@ def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest,
         files=list(chosen.files),
         total_bytes=sum(f.bytes for f in chosen.files),
         bytes_to_transfer=chosen.disk.needed_bytes,
+        skipped_files=[f.key for m in deployed for f in m.skipped],
+        skipped_bytes=sum(f.bytes for m in deployed for f in m.skipped),
         action=chosen.action,
         stop_services=stops,
         replaces_runtime=replaces_runtime,

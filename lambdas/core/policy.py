@@ -3,25 +3,25 @@
 Sizes are binary: 1 GiB = 2**30 bytes, the unit of `nvidia-smi` (MiB) and `free -g`.
 The seed's "23 GB GPU" is an A10G's 23,028 MiB (22.5 GiB); its "62 GB RAM" is `free -g`.
 
-| env var                   | field                      | default                  |
-|---------------------------|----------------------------|--------------------------|
-| SMALL_MODEL_MAX_GIB       | small_model_max_bytes      | 3 (models below coexist) |
-| QUANTIZE_ABOVE_GIB        | quantize_above_bytes       | 20 (GPU need above: 4-bit)|
-| COEXIST_PORT              | coexist_port               | 8001                     |
-| REPLACE_PORT              | replace_port               | 8000                     |
-| FLUX_UNIT                 | flux_unit                  | flux-api.service         |
-| RUNTIME_UNIT              | runtime_unit               | asoba-inference.service  |
-| MODELS_ROOT               | models_root                | /opt/models              |
-| DEFAULT_DTYPE             | default_dtype              | bfloat16                 |
-| KV_CACHE_BYTES            | kv_cache_bytes             | 2 (bf16 KV cache)        |
-| NF4_BITS_PER_PARAM        | nf4_bits_per_param         | 4.5                      |
-| CUDA_CONTEXT_GIB          | cuda_context_bytes         | 0.5                      |
-| MEMORY_MARGIN_FRACTION    | memory_margin_fraction     | 0.10 (of weights + KV)   |
-| RUNTIME_RAM_GIB           | runtime_ram_bytes          | 2 (python, torch, CUDA)  |
-| RUNTIME_MEMORY_MAX_GIB    | runtime_memory_max_bytes   | 32 (unit's MemoryMax)    |
-| DISK_RESERVE_GIB          | disk_reserve_bytes         | 2 (kept free on disk)    |
-| ENDPOINT_HOST             | endpoint_host              | localhost                |
-| PREFER_AWQ_VARIANT        | prefer_awq_variant         | true                     |
+| env var                | field                    | default                                   |
+|------------------------|--------------------------|-------------------------------------------|
+| SMALL_MODEL_MAX_GIB    | small_model_max_bytes    | 3 (weights below it coexist with Flux)    |
+| QUANTIZE_ABOVE_GIB     | quantize_above_bytes     | 20 (unquantized GPU need above it: 4-bit) |
+| COEXIST_PORT           | coexist_port             | 8001                                      |
+| REPLACE_PORT           | replace_port             | 8000                                      |
+| FLUX_UNIT              | flux_unit                | flux-api.service                          |
+| RUNTIME_UNIT           | runtime_unit             | asoba-inference.service                   |
+| MODELS_ROOT            | models_root              | /opt/models                               |
+| DEFAULT_DTYPE          | default_dtype            | bfloat16 (or float16)                     |
+| KV_CACHE_BYTES         | kv_cache_bytes           | 2 (bytes per KV element)                  |
+| NF4_BITS_PER_PARAM     | nf4_bits_per_param       | 4.5                                       |
+| CUDA_CONTEXT_GIB       | cuda_context_bytes       | 0.5                                       |
+| MEMORY_MARGIN_FRACTION | memory_margin_fraction   | 0.10 (of weights + KV; of RAM need)       |
+| RUNTIME_RAM_GIB        | runtime_ram_bytes        | 2 (python + torch + CUDA libraries)       |
+| RUNTIME_MEMORY_MAX_GIB | runtime_memory_max_bytes | 32 (the unit's MemoryMax)                 |
+| DISK_RESERVE_GIB       | disk_reserve_bytes       | 2 (kept free on disk)                     |
+| ENDPOINT_HOST          | endpoint_host            | localhost                                 |
+| PREFER_AWQ_VARIANT     | prefer_awq_variant       | true                                      |
 """
 
 from __future__ import annotations

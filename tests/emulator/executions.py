@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,10 @@ def run_execution(
     sfn: Any, machine_arn: str, payload: Any, *, name: str | None = None, timeout: float = 300.0
 ) -> ExecutionResult:
     started = time.monotonic()
-    kwargs: dict[str, Any] = {"stateMachineArn": machine_arn, "input": json.dumps(payload)}
-    if name:
-        kwargs["name"] = name
-    arn = sfn.start_execution(**kwargs)["executionArn"]
+    # moto names an unnamed execution "None", so every execution gets a name here
+    arn = sfn.start_execution(
+        stateMachineArn=machine_arn, input=json.dumps(payload), name=name or f"run-{uuid.uuid4().hex[:12]}"
+    )["executionArn"]
     return wait_for_execution(sfn, arn, started=started, timeout=timeout)
 
 

@@ -43,7 +43,7 @@ def test_health_stays_fast_while_a_long_generation_runs(
     print(f"/health under generation: p50={p50 * 1000:.1f} ms p99={p99 * 1000:.1f} ms")
     # 50 ms is the goal; the bound is loose because other suites share these two cores.
     assert p50 < 0.050
-    assert p99 < 0.150
+    assert p99 < 0.100
 
 
 def test_burst_beyond_the_queue_gets_503_and_service_stays_healthy(
@@ -80,7 +80,9 @@ def test_burst_beyond_the_queue_gets_503_and_service_stays_healthy(
     stream.close()
     for thread in threads:
         thread.join(60)
-    assert sorted(r.status_code for r in results) == [200] * MAIN_QUEUE_SIZE + [503] * (burst - MAIN_QUEUE_SIZE)
+    assert sorted(r.status_code for r in results) == [200] * MAIN_QUEUE_SIZE + [503] * (
+        burst - MAIN_QUEUE_SIZE
+    )
     after = httpx.post(f"{main_server.url}/generate", json={"prompt": "hi", "max_tokens": 3}, timeout=60)
     assert after.status_code == 200
 
@@ -94,9 +96,7 @@ def test_a_client_that_leaves_frees_the_worker(
     stream.close()
     # Then the generation stops at the next token: the next request does not wait for it
     started = time.monotonic()
-    response = httpx.post(
-        f"{main_server.url}/generate", json={"prompt": "hi", "max_tokens": 3}, timeout=60
-    )
+    response = httpx.post(f"{main_server.url}/generate", json={"prompt": "hi", "max_tokens": 3}, timeout=60)
     assert response.status_code == 200
     assert time.monotonic() - started < 3.0
 

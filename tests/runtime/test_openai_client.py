@@ -14,7 +14,9 @@ MODEL = "tiny-llama"
 
 @pytest.fixture
 def oai(main_server: RuntimeServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{main_server.url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+    with openai.OpenAI(
+        base_url=f"{main_server.url}/v1", api_key="unused", max_retries=0, timeout=60
+    ) as client:
         yield client
 
 
@@ -81,4 +83,6 @@ def test_client_gets_typed_errors(oai: openai.OpenAI) -> None:
     assert "max_tokens" in str(excinfo.value)
     # An unknown model is NotFoundError.
     with pytest.raises(openai.NotFoundError):
-        oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        oai.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )

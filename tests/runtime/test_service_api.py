@@ -62,7 +62,9 @@ def test_health_answers_ok_with_a_seed_timestamp(client: httpx.Client) -> None:
     assert SEED_TIMESTAMP.match(body["timestamp"])
 
 
-def test_status_is_healthy_with_exactly_the_seed_fields(client: httpx.Client, main_server: RuntimeServer) -> None:
+def test_status_is_healthy_with_exactly_the_seed_fields(
+    client: httpx.Client, main_server: RuntimeServer
+) -> None:
     # Given the model has loaded / When /status is asked
     response = client.get("/status")
     # Then it is 200 with the seed's fields and values from this machine
@@ -191,7 +193,9 @@ def test_chat_completion_uses_the_tokenizer_chat_template(
         "/v1/completions", json={"prompt": rendered, "max_tokens": 10, "temperature": 0}
     ).json()
     # When /v1/chat/completions receives it
-    response = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 10, "temperature": 0})
+    response = client.post(
+        "/v1/chat/completions", json={"messages": messages, "max_tokens": 10, "temperature": 0}
+    )
     # Then the reply is the completion of the rendered template
     assert response.status_code == 200
     body = response.json()

@@ -40,7 +40,11 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("/v1/completions", {"prompt": ""}, "prompt"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
     ("/v1/completions", {"prompt": "hi", "temperature": 3}, "temperature"),
-    ("/v1/completions", {"prompt": "hi", "stream": True, "max_tokens": MAIN_MAX_NEW_TOKENS + 1}, "max_tokens"),
+    (
+        "/v1/completions",
+        {"prompt": "hi", "stream": True, "max_tokens": MAIN_MAX_NEW_TOKENS + 1},
+        "max_tokens",
+    ),
     ("/v1/chat/completions", {"messages": []}, "messages"),
     ("/v1/chat/completions", {}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),

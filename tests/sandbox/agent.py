@@ -253,7 +253,10 @@ def _set_status(run: InvocationRun, status: str, details: str) -> None:
 
 def _run_invocation(run: InvocationRun, sandbox: Sandbox) -> None:
     account_id = run.command.account_id
-    delivery_deadline = time.monotonic() + float(run.command.timeout_seconds)
+    delivery_timeout = sandbox.delivery_timeout_s
+    if delivery_timeout is None:
+        delivery_timeout = float(run.command.timeout_seconds)
+    delivery_deadline = time.monotonic() + delivery_timeout
     while not _online(sandbox, account_id, run.region):
         if run.cancelled:
             _finish_all(run, "Cancelled", "Cancelled")
@@ -388,9 +391,14 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
     parameters = resolve_parameters(content.get("parameters"), arguments.get("parameters"))
     steps_spec = content.get("mainSteps") or []
     command = _original_send_command(self, *args, **kwargs)
+    # moto adds every EC2 instance of the region when Targets is empty: keep the ones asked for.
+    instance_ids = list(dict.fromkeys(instance_ids))
+    command.instance_ids = instance_ids
+    command.invocations = [command.invocation_response(i, "aws:runShellScript") for i in instance_ids]
+    command.target_count = len(instance_ids)
     command.status = command.status_details = "Pending"
     command.completed_count = 0
-    for instance_id in command.instance_ids:
+    for instance_id in instance_ids:
         steps = [
             StepRun(
                 name=str(spec.get("name", spec.get("action", "step"))),
@@ -409,7 +417,7 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
         )
         with _lock:
             _runs[(command.command_id, instance_id)] = run
-    for instance_id in command.instance_ids:
+    for instance_id in instance_ids:
         run = _runs[(command.command_id, instance_id)]
         threading.Thread(
             target=_run_invocation, args=(run, sandboxes[instance_id]), daemon=True,

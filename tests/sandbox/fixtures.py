@@ -11,6 +11,7 @@ Use them from a conftest.py with ``from tests.sandbox.fixtures import *  # noqa:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ def launch_instance(ec2: Any, instance_type: str = "g5.4xlarge") -> str:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

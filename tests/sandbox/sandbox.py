@@ -62,6 +62,8 @@ class Sandbox:
         self.hostname = hostname
         self.online = True
         self.invocation_delay_s = 0.0  # >0: GetCommandInvocation says InvocationDoesNotExist that long
+        # Offline, a command waits for delivery this long (None: its TimeoutSeconds, at least 30 s).
+        self.delivery_timeout_s: float | None = None
         self.last_ping = dt.datetime.now(dt.timezone.utc)
         self.owner_pid = os.getpid()
         for folder in (self.unit_dir, self.profile_dir, self.models_root, self.run_dir / "home",
@@ -301,7 +303,11 @@ class Sandbox:
 
 
 def declared_parameters(document: str) -> set[str]:
-    content = yaml.safe_load((DOCUMENTS / f"{document}.yaml").read_text())
+    """Parameter names of one of the project's documents (none for a document not in ssm_documents/)."""
+    path = DOCUMENTS / f"{document}.yaml"
+    if not path.is_file():
+        return set()
+    content = yaml.safe_load(path.read_text())
     return set((content.get("parameters") or {}).keys())
 
 

@@ -600,7 +600,7 @@ def start_rclone_s3(root: Path, attempts: int = 3, timeout: float = 15.0) -> S3S
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)  # noqa: S310
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
                 return S3Server(f"http://127.0.0.1:{port}", root, process)
             except urllib.error.HTTPError:  # answers (403 without credentials): it is up
                 return S3Server(f"http://127.0.0.1:{port}", root, process)

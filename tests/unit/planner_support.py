@@ -59,9 +59,16 @@ def flux_stopped_snapshot(**overrides: Any) -> InstanceSnapshot:
     base: dict[str, Any] = {
         "ram_available_bytes": 26 * GIB + FLUX_RSS,
         "gpus": [
-            {"index": 0, "name": "NVIDIA A10G", "memory_total_bytes": A10G_TOTAL, "memory_used_bytes": OTHER_GPU}
+            {
+                "index": 0,
+                "name": "NVIDIA A10G",
+                "memory_total_bytes": A10G_TOTAL,
+                "memory_used_bytes": OTHER_GPU,
+            }
         ],
-        "services": [{"unit": "flux-api.service", "state": "inactive", "rss_bytes": 0, "gpu_memory_bytes": 0}],
+        "services": [
+            {"unit": "flux-api.service", "state": "inactive", "rss_bytes": 0, "gpu_memory_bytes": 0}
+        ],
         "listening_ports": [22],
     }
     base.update(overrides)

@@ -89,7 +89,8 @@ def test_catalog_variant_and_conventional_awq_folder(moto_s3: Any, tmp_path: Pat
     awq = {**big, "torch_dtype": "float16",
            "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}
     upload_folder(moto_s3, "models", "", write_model(tmp_path / "gen", big, decoder_tensors(big)).path)
-    upload_folder(moto_s3, "models", "", write_model(tmp_path / "gen-awq", awq, decoder_tensors(awq, "F16")).path)
+    awq_folder = write_model(tmp_path / "gen-awq", awq, decoder_tensors(awq, "F16"))
+    upload_folder(moto_s3, "models", "", awq_folder.path)
     reader = BotoS3Reader(moto_s3, "models")
 
     manifest = read_manifest(reader, "", "gen", builtin_catalog())

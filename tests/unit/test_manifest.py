@@ -142,7 +142,9 @@ def test_prequantized_awq_checkpoint(moto_s3: Any, tmp_path: Path) -> None:
         ({"quantization_config": {"quant_method": "fp8"}}, None),
     ],
 )
-def test_quantization_config_detection(moto_s3: Any, tmp_path: Path, extra: dict[str, Any], kind: str) -> None:
+def test_quantization_config_detection(
+    moto_s3: Any, tmp_path: Path, extra: dict[str, Any], kind: str
+) -> None:
     written = write_model(tmp_path / "q", {**TINY, **extra}, decoder_tensors(TINY, "F16"))
     upload_folder(moto_s3, "models", "", written.path)
     manifest = read_manifest(reader_for(moto_s3), "", "q", builtin_catalog())
@@ -261,3 +263,41 @@ def test_shape_from_config_handles_variants() -> None:
     gpt2 = shape_from_config({"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024})
     assert (gpt2.num_key_value_heads, gpt2.head_dim, gpt2.max_position_embeddings) == (12, 64, 1024)
     assert shape_from_config({}).kv_elements_per_token() is None
+
+
+def test_adapter_base_from_catalog_and_prequantized_base(moto_s3: Any, tmp_path: Path) -> None:
+    # Given an adapter whose config names a hub id unknown here, and a catalog naming its base
+    from core.catalog import Catalog
+
+    config = {**TINY, "torch_dtype": "float16",
+              "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32}}
+    base = write_model(tmp_path / "qbase", config, decoder_tensors(TINY, "F16"))
+    adapter = write_adapter(tmp_path / "qlora", TINY, "hub-org/Some-Model-7B", r=2)
+    upload_folder(moto_s3, "models", "", base.path)
+    upload_folder(moto_s3, "models", "", adapter.path)
+    catalog = builtin_catalog().merged({"models": {"qlora": {"base_model": "qbase"}}}, "test")
+
+    manifest = read_manifest(reader_for(moto_s3), "", "qlora", catalog)
+    assert isinstance(catalog, Catalog) and manifest.adapter is not None
+    assert manifest.adapter.base_model == "qbase"
+    result = plan(manifest, seed_snapshot(), DeployRequest(model="qlora"), Policy())
+    # Then the base's own quantization is what the plan loads
+    assert (result.quantization, result.prequantized, result.base_model) == ("gptq", True, "qbase")
+
+
+def test_plan_lists_skipped_files_and_counts_a_mirrored_cache(moto_s3: Any, tmp_path: Path) -> None:
+    written = write_model(tmp_path / "mirror", TINY, decoder_tensors(TINY))
+    upload_folder(moto_s3, "models", "", written.path)
+    put(moto_s3, "mirror/original/consolidated.00.pth", b"\0" * 1000)
+    manifest = read_manifest(reader_for(moto_s3), "", "mirror", builtin_catalog())
+    result = plan(manifest, seed_snapshot(), DeployRequest(model="mirror"), Policy())
+    assert result.skipped_files == ["mirror/original/consolidated.00.pth"]
+    assert (result.skipped_bytes, result.bytes_to_transfer) == (1000, written.total_bytes)
+    # A cached copy that mirrored the whole folder (skipped file included) counts as cached.
+    mirrored = {"name": "mirror", "bytes": written.total_bytes + 1000, "files": len(written.files) + 1}
+    result = plan(manifest, seed_snapshot(cached_models=[mirrored]), DeployRequest(model="mirror"), Policy())
+    assert result.bytes_to_transfer == 0
+    stale = {"name": "mirror", "bytes": 5, "files": 1}
+    result = plan(manifest, seed_snapshot(cached_models=[stale]), DeployRequest(model="mirror"), Policy())
+    assert result.bytes_to_transfer == written.total_bytes
+    assert any("holds a different copy" in w for w in result.warnings)

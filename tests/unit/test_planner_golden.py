@@ -41,7 +41,8 @@ def assert_headers_only(bucket: SeedBucket, reader: CountingReader, prefix: str)
     limits = bucket.header_limits(prefix.rstrip("/"))
     for key, start, length in reader.ranges:
         if key.endswith(".safetensors"):
-            assert start + length <= limits[key], f"read {key} up to {start + length}, header ends {limits[key]}"
+            end = start + length
+            assert end <= limits[key], f"read {key} up to {end}, its header ends at {limits[key]}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,260 @@
+"""The sandbox agent behaves like SSM Run Command: statuses, output, timeouts, delivery, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from botocore.exceptions import ClientError
+
+from tests.sandbox import Sandbox, send_document, wait_invocation
+from tests.sandbox.fixtures import Aws, launch_instance
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_document(aws: Aws, name: str, script: str, *, steps: int = 1) -> None:
+    content = {
+        "schemaVersion": "2.2",
+        "description": "agent test",
+        "parameters": {
+            "Seconds": {"type": "String", "default": "0", "allowedPattern": "^[0-9]{1,3}(\\.[0-9])?$",
+                        "description": "how long to sleep"},
+            "Code": {"type": "String", "default": "0", "allowedPattern": "^[0-9]{1,3}$", "description": "exit"},
+            "executionTimeout": {"type": "String", "default": "60", "allowedPattern": "^[0-9]{1,5}$",
+                                 "description": "limit"},
+        },
+        "mainSteps": [
+            {"action": "aws:runShellScript", "name": f"step{i}",
+             "inputs": {"timeoutSeconds": "{{ executionTimeout }}", "runCommand": script.splitlines()}}
+            for i in range(1, steps + 1)
+        ],
+    }
+    try:
+        aws.ssm.delete_document(Name=name)
+    except ClientError:
+        pass
+    aws.ssm.create_document(Content=yaml.safe_dump(content), Name=name, DocumentType="Command",
+                            DocumentFormat="YAML")
+
+
+SLEEPER = textwrap.dedent("""\
+    #!/bin/bash
+    set -euo pipefail
+    echo "starting on $(uname -n)"
+    echo "to stderr" >&2
+    sleep '{{ Seconds }}'
+    if [[ '{{ Code }}' != 0 ]]; then exit '{{ Code }}'; fi
+    echo '{"ok": true}'
+    """)
+
+
+@pytest.fixture
+def sleeper(aws: Aws) -> str:
+    make_document(aws, "sandbox-sleeper", SLEEPER)
+    return "sandbox-sleeper"
+
+
+def test_a_command_goes_pending_in_progress_success(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                                     sleeper: str) -> None:
+    sandbox = make_sandbox()
+    command_id = send_document(aws.ssm, sandbox, sleeper, Seconds="1")
+    run = wait_invocation(aws.ssm, sandbox, command_id, poll_s=0.05)
+    assert run.statuses_seen[-2:] == ["InProgress", "Success"]
+    assert run.response_code == 0
+    assert run.stdout.splitlines() == ["starting on " + subprocess.check_output(["uname", "-n"], text=True).strip(),
+                                       '{"ok": true}']
+    assert run.stderr == "to stderr\n"
+    invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id,
+                                                PluginName="step1")
+    assert invocation["PluginName"] == "step1"
+    assert invocation["ExecutionElapsedTime"].startswith("PT1.")
+    command = aws.ssm.list_commands(CommandId=command_id)["Commands"][0]
+    assert (command["Status"], command["CompletedCount"]) == ("Success", 1)
+
+
+def test_output_is_empty_until_the_end_and_the_script_sees_its_parameters(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
+    sandbox = make_sandbox()
+    command_id = send_document(aws.ssm, sandbox, sleeper, Seconds="2")
+    time.sleep(0.8)
+    invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+    assert (invocation["Status"], invocation["StandardOutputContent"], invocation["ResponseCode"]) == (
+        "InProgress", "", -1)
+    assert wait_invocation(aws.ssm, sandbox, command_id).status == "Success"
+
+
+def test_a_failing_script_fails_with_its_exit_code(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                                    sleeper: str) -> None:
+    sandbox = make_sandbox()
+    run = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Code="3"))
+    assert (run.status, run.status_details, run.response_code) == ("Failed", "Failed", 3)
+    assert "failed to run commands: exit status 3" in run.stderr
+
+
+def test_execution_timeout_stops_the_script(aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str) -> None:
+    sandbox = make_sandbox()
+    started = time.monotonic()
+    run = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Seconds="60",
+                                                          executionTimeout="1"))
+    assert (run.status, run.status_details) == ("TimedOut", "ExecutionTimedOut")
+    assert time.monotonic() - started < 10
+    assert run.stdout.startswith("starting on")
+    leftovers = subprocess.run(["pgrep", "-f", f"{sandbox.run_dir}/ssm"], capture_output=True, text=True,
+                               check=False)
+    assert leftovers.stdout == ""
+
+
+def test_an_offline_instance_never_gets_the_command(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                                     sleeper: str) -> None:
+    # Given an instance whose agent lost its connection
+    sandbox = make_sandbox()
+    sandbox.delivery_timeout_s = 1.5
+    sandbox.go_offline()
+    info = aws.ssm.describe_instance_information(
+        InstanceInformationFilterList=[{"key": "InstanceIds", "valueSet": [sandbox.instance_id]}]
+    )["InstanceInformationList"]
+    assert [(i["InstanceId"], i["PingStatus"]) for i in info] == [(sandbox.instance_id, "ConnectionLost")]
+    # When a command is sent
+    command_id = send_document(aws.ssm, sandbox, sleeper)
+    time.sleep(0.5)
+    assert aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)["Status"] == "Pending"
+    # Then it times out undelivered and never runs
+    run = wait_invocation(aws.ssm, sandbox, command_id)
+    assert (run.status, run.status_details, run.stdout) == ("TimedOut", "DeliveryTimedOut", "")
+    assert not (sandbox.run_dir / "ssm").exists()
+
+
+def test_a_command_waits_for_the_instance_to_come_back(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                                        sleeper: str) -> None:
+    sandbox = make_sandbox()
+    sandbox.go_offline()
+    command_id = send_document(aws.ssm, sandbox, sleeper)
+    time.sleep(0.5)
+    sandbox.go_online()
+    assert wait_invocation(aws.ssm, sandbox, command_id).status == "Success"
+    info = aws.ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [sandbox.instance_id]}]
+    )["InstanceInformationList"]
+    assert info[0]["PingStatus"] == "Online"
+    assert info[0]["PlatformType"] == "Linux"
+
+
+def test_a_stopped_ec2_instance_is_offline(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    aws.ec2.stop_instances(InstanceIds=[sandbox.instance_id])
+    info = aws.ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [sandbox.instance_id]}]
+    )["InstanceInformationList"]
+    assert info[0]["PingStatus"] == "ConnectionLost"
+
+
+def test_list_command_invocations_with_details(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                               sleeper: str) -> None:
+    sandbox = make_sandbox()
+    command_id = send_document(aws.ssm, sandbox, sleeper)
+    wait_invocation(aws.ssm, sandbox, command_id)
+    listed = aws.ssm.list_command_invocations(CommandId=command_id, Details=True)["CommandInvocations"]
+    assert len(listed) == 1
+    assert (listed[0]["InstanceId"], listed[0]["Status"], listed[0]["DocumentName"]) == (
+        sandbox.instance_id, "Success", sleeper)
+    plugin = listed[0]["CommandPlugins"][0]
+    assert (plugin["Name"], plugin["Status"], plugin["ResponseCode"]) == ("step1", "Success", 0)
+    assert '{"ok": true}' in plugin["Output"] and "----------ERROR-------" in plugin["Output"]
+    by_instance = aws.ssm.list_command_invocations(InstanceId=sandbox.instance_id)["CommandInvocations"]
+    assert [i["CommandId"] for i in by_instance] == [command_id]
+    assert by_instance[0]["CommandPlugins"] == []
+
+
+def test_several_steps_need_a_plugin_name_and_stop_at_the_first_failure(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    make_document(aws, "sandbox-two-steps", "#!/bin/bash\nexit '{{ Code }}'", steps=2)
+    sandbox = make_sandbox()
+    command_id = send_document(aws.ssm, sandbox, "sandbox-two-steps", Code="4")
+    with pytest.raises(ClientError) as error:
+        aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+    assert error.value.response["Error"]["Code"] == "InvalidPluginName"
+    time.sleep(1)
+    first = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step1")
+    second = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step2")
+    assert (first["Status"], first["ResponseCode"], second["Status"]) == ("Failed", 4, "Skipped")
+    with pytest.raises(ClientError) as error:
+        aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step9")
+    assert error.value.response["Error"]["Code"] == "InvocationDoesNotExist"
+
+
+def test_the_script_runs_as_the_agent_runs_it(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    # The agent starts "sh -c <script file>": the #!/bin/bash line decides; without it, sh runs it.
+    make_document(aws, "sandbox-no-shebang", 'echo "${BASH_VERSION:-not bash}"')
+    make_document(aws, "sandbox-shebang", '#!/bin/bash\necho "${BASH_VERSION:-not bash}"')
+    sandbox = make_sandbox()
+    plain = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, "sandbox-no-shebang"))
+    bash = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, "sandbox-shebang"))
+    assert bash.stdout.strip()[0].isdigit()
+    if Path("/bin/sh").resolve().name != "bash":
+        assert plain.stdout.strip() == "not bash"
+
+
+def test_invocation_does_not_exist_at_first_when_asked(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                                       sleeper: str) -> None:
+    sandbox = make_sandbox()
+    sandbox.invocation_delay_s = 0.5
+    command_id = send_document(aws.ssm, sandbox, sleeper)
+    with pytest.raises(ClientError) as error:
+        aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+    assert error.value.response["Error"]["Code"] == "InvocationDoesNotExist"
+    assert wait_invocation(aws.ssm, sandbox, command_id).status == "Success"
+
+
+def test_errors_ssm_would_raise(aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str) -> None:
+    sandbox = make_sandbox()
+    stranger = launch_instance(aws.ec2)
+    cases = [
+        ({"InstanceIds": [sandbox.instance_id], "DocumentName": "no-such-document"}, "InvalidDocument"),
+        ({"InstanceIds": [sandbox.instance_id, stranger], "DocumentName": sleeper}, "InvalidInstanceId"),
+    ]
+    for kwargs, code in cases:
+        with pytest.raises(ClientError) as error:
+            aws.ssm.send_command(**kwargs)
+        assert error.value.response["Error"]["Code"] == code
+
+
+def test_other_instances_keep_motos_behaviour(aws: Aws, sleeper: str) -> None:
+    stranger = launch_instance(aws.ec2)
+    command_id = aws.ssm.send_command(InstanceIds=[stranger], DocumentName=sleeper)["Command"]["CommandId"]
+    invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=stranger)
+    assert (invocation["Status"], invocation["StandardOutputContent"]) == ("Success", "")
+
+
+def test_the_agent_works_with_mock_aws_in_process(tmp_path: Path) -> None:
+    # Run in a child process: mock_aws resets every moto backend, the shared server's included.
+    program = textwrap.dedent(f"""
+        import json, boto3
+        from moto import mock_aws
+        from tests.sandbox import Sandbox, register_documents, run_document
+        with mock_aws():
+            ec2 = boto3.client("ec2", region_name="us-east-1")
+            ssm = boto3.client("ssm", region_name="us-east-1")
+            instance = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+            register_documents(ssm, ["collect-resources"])
+            with Sandbox({str(tmp_path / "instance")!r}, instance, gpu=True) as sandbox:
+                run = run_document(ssm, sandbox, "collect-resources")
+                print(json.dumps({{"status": run.status, "result": run.result}}))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "PYTHONPATH": f"{REPO}:{REPO / 'lambdas'}"}
+    child = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert child.returncode == 0, child.stderr[-3000:]
+    outcome = json.loads(child.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == "Success"
+    assert outcome["result"]["gpus"][0]["name"] == "NVIDIA A10G"

@@ -1,0 +1,136 @@
+"""The SSM documents as files: shape, parameters, the shared prelude, shellcheck."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.sandbox.documents import DOCUMENTS_DIR, document_content, document_names
+from tests.sandbox.validation import PLACEHOLDER, resolve_parameters, substitute
+
+EXPECTED = [
+    "collect-resources", "health-check", "install-runtime", "rollback", "snapshot-previous",
+    "stop-service", "sync-model", "undeploy", "validate",
+]
+ROOT_DEFAULTS = {
+    "ModelsRoot": "/opt/models",
+    "RuntimeRoot": "/opt/asoba-inference",
+    "UnitDir": "/etc/systemd/system",
+    "EnvDir": "/etc/asoba-inference",
+    "ProfileDir": "/etc/profile.d",
+    "StateDir": "/var/lib/asoba-inference",
+}
+COMMON_START = "# --- common: strict mode, result line, failure line (identical in every document) ---"
+COMMON_END = "# --- end common ---"
+
+
+def script_of(name: str) -> str:
+    step = document_content(name)["mainSteps"][0]
+    commands = step["inputs"]["runCommand"]
+    return "\n".join(commands)
+
+
+def test_the_nine_documents_are_there() -> None:
+    assert document_names() == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_document_shape(name: str) -> None:
+    # Given a document file
+    content = document_content(name)
+    # Then it is a 2.2 Command document of one runShellScript step whose script asks for bash
+    assert content["schemaVersion"] == "2.2"
+    assert content["description"].strip()
+    steps = content["mainSteps"]
+    assert len(steps) == 1
+    assert steps[0]["action"] == "aws:runShellScript"
+    assert steps[0]["inputs"]["timeoutSeconds"] == "{{ executionTimeout }}"
+    script = script_of(name)
+    assert script.splitlines()[0] == "#!/bin/bash"
+    assert "set -Eeuo pipefail" in script
+    assert not re.search(r"\beval\b", script)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_parameter_is_constrained_documented_and_used(name: str) -> None:
+    content = document_content(name)
+    parameters = content["parameters"]
+    script = script_of(name)
+    used = set(PLACEHOLDER.findall(script)) | set(PLACEHOLDER.findall(str(content["mainSteps"][0]["inputs"])))
+    assert used == set(parameters), f"declared but unused or used but undeclared: {used ^ set(parameters)}"
+    for parameter, spec in parameters.items():
+        assert spec["type"] == "String", parameter
+        assert spec.get("description", "").strip(), parameter
+        assert ("allowedPattern" in spec) != ("allowedValues" in spec), parameter
+        if "default" in spec:
+            default = spec["default"]
+            assert isinstance(default, str), f"{parameter}: quote the default so YAML keeps it a string"
+            # the default itself passes the document's own constraint
+            resolve_parameters({parameter: spec}, {parameter: [default]})
+        if parameter in ROOT_DEFAULTS:
+            assert spec["default"] == ROOT_DEFAULTS[parameter]
+        # a parameter goes into the script only as a single-quoted assignment
+        for line in script.splitlines():
+            if "{{ " + parameter + " }}" in line and "timeoutSeconds" not in line:
+                assert re.fullmatch(r"\s*[A-Z0-9_]+='\{\{ " + parameter + r" \}\}'", line), line
+
+
+def test_the_common_prelude_is_identical_everywhere() -> None:
+    blocks = {}
+    for name in EXPECTED:
+        script = script_of(name)
+        start, end = script.index(COMMON_START), script.index(COMMON_END)
+        blocks[name] = script[start:end]
+    assert len(set(blocks.values())) == 1, "the common block drifted between documents"
+
+
+def test_the_install_templates_only_use_placeholders_the_document_fills() -> None:
+    script = script_of("install-runtime")
+    filled = set(re.findall(r"line//(@[A-Z_]+@)/", script))
+    templates = Path(DOCUMENTS_DIR.parent, "instance_runtime", "systemd")
+    for template in templates.glob("*.template"):
+        placeholders = set(re.findall(r"@[A-Z_]+@", template.read_text()))
+        assert placeholders <= filled, f"{template.name}: {placeholders - filled} would stay unfilled"
+
+
+def test_the_unit_template_carries_the_seed_settings() -> None:
+    unit = Path(DOCUMENTS_DIR.parent, "instance_runtime", "systemd", "asoba-inference.service.template").read_text()
+    for line in ("Restart=always", "RestartSec=10", "WorkingDirectory=@RUNTIME_ROOT@", "User=@SERVICE_USER@",
+                 "MemoryMax=@MEMORY_MAX@", "CPUQuota=@CPU_QUOTA@", "EnvironmentFile=@ENV_FILE@",
+                 "ExecStart=@RUNTIME_ROOT@/venv/bin/python -m instance_runtime", "WantedBy=multi-user.target"):
+        assert line in unit.splitlines()
+    install = document_content("install-runtime")["parameters"]
+    assert install["ServiceUser"]["default"] == "ubuntu"
+    assert install["MemoryMax"]["default"] == "32G"
+    assert install["CpuQuota"]["default"] == "800%"
+
+
+def test_the_env_template_names_match_the_runtime_settings() -> None:
+    settings = Path(DOCUMENTS_DIR.parent, "instance_runtime", "settings.py")
+    if not settings.is_file():
+        pytest.skip("instance_runtime/settings.py is not written yet")
+    fields = set(re.findall(r"^    ([a-z_]+): ", settings.read_text(), flags=re.MULTILINE))
+    env = Path(DOCUMENTS_DIR.parent, "instance_runtime", "systemd", "env.template").read_text()
+    names = {line.split("=", 1)[0] for line in env.splitlines() if "=" in line and not line.startswith("#")}
+    runtime_names = {name for name in names if not name.startswith(("HF_", "TRANSFORMERS_", "PYTHON"))}
+    assert {name.lower() for name in runtime_names} <= fields
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt install shellcheck)")
+@pytest.mark.parametrize("name", EXPECTED)
+def test_shellcheck_passes(name: str, tmp_path: Path) -> None:
+    # Given the script as the agent would run it with the default parameter values
+    content = document_content(name)
+    values = {p: str(spec.get("default", "required-value")) for p, spec in content["parameters"].items()}
+    script = substitute(script_of(name), values)
+    path = tmp_path / f"{name}.sh"
+    path.write_text(script)
+    # When shellcheck reads it
+    result = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", str(path)],
+                            capture_output=True, text=True, check=False)
+    # Then it finds nothing
+    assert result.returncode == 0, result.stdout

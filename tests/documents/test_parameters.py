@@ -1,0 +1,130 @@
+"""Hostile parameter values are refused by SendCommand itself, before any script runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.sandbox import Sandbox
+from tests.sandbox.documents import document_content, document_names
+from tests.sandbox.fixtures import Aws
+from tests.sandbox.validation import InvalidParameters, resolve_parameters
+
+HOSTILE = [
+    "../../etc/passwd",
+    "$(reboot)",
+    "`id`",
+    "a;rm -rf /",
+    "a|b",
+    "a\nb",
+    "flux-api.service\n",
+    "x" * 10_000,
+    "",
+]
+# Values that make a document valid where it has required parameters.
+REQUIRED = {
+    "ModelName": "tiny-model",
+    "SourceUri": "s3://bucket/models/tiny-model/",
+    "RuntimeBundleUri": "s3://bucket/assets/runtime.zip",
+    "ModelPath": "/opt/models/tiny-model",
+}
+
+
+def valid_values(name: str, sandbox: Sandbox) -> dict[str, str]:
+    parameters = document_content(name)["parameters"]
+    values = sandbox.document_params(name)
+    values.update({p: v for p, v in REQUIRED.items() if p in parameters})
+    return values
+
+
+def send(aws: Aws, sandbox: Sandbox, name: str, values: dict[str, Any]) -> Any:
+    return aws.ssm.send_command(
+        InstanceIds=[sandbox.instance_id], DocumentName=name,
+        Parameters={key: value if isinstance(value, list) else [value] for key, value in values.items()},
+    )
+
+
+@pytest.mark.parametrize("name", document_names())
+def test_hostile_values_are_refused_before_anything_runs(
+    name: str, aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given a sandbox instance and otherwise valid parameters
+    sandbox = make_sandbox()
+    before = sandbox.tree_digest()
+    base = valid_values(name, sandbox)
+    for parameter in document_content(name)["parameters"]:
+        for hostile in HOSTILE:
+            # When one parameter carries a hostile value
+            with pytest.raises(ClientError) as refused:
+                send(aws, sandbox, name, {**base, parameter: hostile})
+            # Then SSM refuses the command as a whole
+            assert refused.value.response["Error"]["Code"] == "InvalidParameters", (parameter, hostile[:20])
+    # And no command exists, no script ran, nothing changed
+    assert aws.ssm.list_commands(InstanceId=sandbox.instance_id)["Commands"] == []
+    assert not (sandbox.run_dir / "ssm").exists()
+    assert sandbox.tree_digest() == before
+
+
+@pytest.mark.parametrize("name", ["sync-model", "install-runtime"])
+def test_a_missing_required_value_is_refused(name: str, aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    values = valid_values(name, sandbox)
+    values.pop("ModelName")
+    with pytest.raises(ClientError) as refused:
+        send(aws, sandbox, name, values)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameters"
+    assert "ModelName" in refused.value.response["Error"]["Message"]
+
+
+def test_an_unknown_parameter_and_two_values_are_refused(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    for values in ({"Surprise": "1"}, {"Unit": ["a.service", "b.service"]}):
+        with pytest.raises(ClientError) as refused:
+            send(aws, sandbox, "stop-service", values)
+        assert refused.value.response["Error"]["Code"] == "InvalidParameters"
+
+
+def test_a_valid_command_with_defaults_is_accepted(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    command = send(aws, sandbox, "health-check", {"Port": "8001"})["Command"]
+    assert command["DocumentName"] == "health-check"
+
+
+@pytest.mark.parametrize("value", ["8001", "65535", "10"])
+def test_ports_accept_numbers(value: str) -> None:
+    spec = document_content("health-check")["parameters"]
+    assert resolve_parameters(spec, {"Port": [value]})["Port"] == value
+
+
+@pytest.mark.parametrize("value", ["0", "080", "123456", "80a", " 8001", "8001 "])
+def test_ports_refuse_what_is_not_a_port(value: str) -> None:
+    spec = document_content("health-check")["parameters"]
+    with pytest.raises(InvalidParameters):
+        resolve_parameters(spec, {"Port": [value]})
+
+
+@pytest.mark.parametrize("value", ["a..b/../c", "/opt/../etc", "/opt/./x", "/opt//x", "opt/models", "/", "/opt/"])
+def test_roots_refuse_relative_and_dotted_paths(value: str) -> None:
+    spec = document_content("collect-resources")["parameters"]
+    with pytest.raises(InvalidParameters):
+        resolve_parameters(spec, {"ModelsRoot": [value]})
+
+
+@pytest.mark.parametrize("value", ["s3://bkt/models/../x/", "s3://bkt/./x/", "s3://BKT/x/", "s3://b", "https://b/x", "s3://bucket/a b/"])
+def test_sources_refuse_what_is_not_a_plain_s3_prefix(value: str) -> None:
+    spec = document_content("sync-model")["parameters"]
+    with pytest.raises(InvalidParameters):
+        resolve_parameters(spec, {"ModelName": ["m"], "SourceUri": [value]})
+
+
+def test_model_names_with_dot_dot_pass_the_pattern_but_not_the_script(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    # "a..b" is one harmless path segment for SSM's pattern; the script still refuses any "..".
+    from tests.sandbox.documents import run_document
+
+    sandbox = make_sandbox()
+    run = run_document(aws.ssm, sandbox, "sync-model", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/")
+    assert run.status == "Failed"
+    assert run.result == {"ok": False, "error": "model name must not contain '..': a..b"}

@@ -1,0 +1,192 @@
+"""The synthesized stack: cdk-nag, cfn-lint, statelint, and what the template promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.emulator.stack import PROJECT_ROOT, Synthesized, synthesize
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    # cdk-nag runs inside synthesize(): an unacknowledged finding makes it raise
+    return synthesize(tmp_path_factory.mktemp("stack") / "cdk.out")
+
+
+def resources(synth: Synthesized, kind: str) -> dict[str, Any]:
+    return {k: v for k, v in synth.template["Resources"].items() if v["Type"] == kind}
+
+
+def test_cdk_nag_has_no_unacknowledged_findings(synth: Synthesized) -> None:
+    report = json.loads((synth.outdir / "validation-report.json").read_text()) if (
+        synth.outdir / "validation-report.json"
+    ).exists() else {"pluginReports": []}
+    violations = [v for r in report["pluginReports"] for v in r.get("violations", [])]
+    assert violations == []
+
+
+def test_every_acknowledgement_gives_a_reason() -> None:
+    sources = "\n".join(p.read_text() for p in (PROJECT_ROOT / "stacks").glob("*.py"))
+    acknowledgements = sources.count("Acknowledgment(")
+    assert acknowledgements > 0
+    assert sources.count("reason=") >= acknowledgements
+
+
+def test_cfn_lint_passes(synth: Synthesized) -> None:
+    template = synth.outdir / "AsobaModelDeploy.template.json"
+    run = subprocess.run(
+        [str(BIN / "cfn-lint"), "--ignore-checks", "W3005", "--", str(template)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_statelint_passes_on_the_extracted_definition(synth: Synthesized, tmp_path: Path) -> None:
+    definition = tmp_path / "definition.json"
+    definition.write_text(json.dumps(synth.state_machine_definition))
+    run = subprocess.run(
+        [str(BIN / "statelint"), "--ignore=FLOAT", str(definition)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_definition_has_the_design_states(synth: Synthesized) -> None:
+    text = json.dumps(synth.state_machine_definition)
+    for state in (
+        "Validate",
+        "AcquireLock",
+        "CollectResources",
+        "Plan",
+        "DryRun?",
+        "Fits?",
+        "SnapshotPrevious",
+        "StopFlux",
+        "SyncModel",
+        "Install",
+        "HealthCheck",
+        "RecordDeployment",
+        "ReleaseLock",
+        "Rollback",
+        "ValidateInstance",
+    ):
+        assert f'"{state}"' in text, state
+    # no Lambda waits: waiting is Wait states, each with the configured interval
+    waits = [s for s in _all_states(synth.state_machine_definition) if s.get("Type") == "Wait"]
+    assert waits and all(w["Seconds"] == 5 for w in waits)
+
+
+def _all_states(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for state in definition["States"].values():
+        found.append(state)
+        for branch in state.get("Branches", []):
+            found.extend(_all_states(branch))
+    return found
+
+
+def test_rollback_catches_every_change_step(synth: Synthesized) -> None:
+    states = synth.state_machine_definition["States"]
+    deploy = states["Deploy"]
+    change = next(s for b in deploy["Branches"] for n, s in b["States"].items() if n == "ChangeInstance")
+    catch = change["Catch"][0]
+    assert catch["ErrorEquals"] == ["States.ALL"]
+    assert catch["Next"] == "RollbackInstance"
+    change_states = {n for b in change["Branches"] for n in b["States"]}
+    assert {"StopFlux", "SyncModel", "Install", "HealthCheck"} <= change_states
+
+
+def test_documents_are_registered_from_the_files(synth: Synthesized) -> None:
+    documents = resources(synth, "AWS::SSM::Document")
+    files = sorted(p.stem for p in (PROJECT_ROOT / "ssm_documents").glob("*.yaml"))
+    names = sorted(d["Properties"]["Name"].removeprefix("AsobaModelDeploy-") for d in documents.values())
+    assert names == files
+    for document in documents.values():
+        properties = document["Properties"]
+        assert properties["DocumentType"] == "Command"
+        content = properties["Content"]
+        stem = properties["Name"].removeprefix("AsobaModelDeploy-")
+        source = yaml.safe_load((PROJECT_ROOT / "ssm_documents" / f"{stem}.yaml").read_text())
+        assert content == source
+        for name, parameter in content.get("parameters", {}).items():
+            assert "allowedPattern" in parameter or "allowedValues" in parameter, name
+
+
+def test_send_command_is_scoped_to_instances_and_documents(synth: Synthesized) -> None:
+    for policy in resources(synth, "AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if "ssm:SendCommand" in actions:
+                text = json.dumps(statement["Resource"])
+                assert "*" not in text.replace(":*", "")
+                assert "i-0123456789abcdef0" in text
+                assert ":document/AsobaModelDeploy-" in text
+
+
+def test_schedule_runs_validate_mode_and_alarm_notifies(synth: Synthesized) -> None:
+    rules = resources(synth, "AWS::Events::Rule")
+    assert len(rules) == 1
+    rule = next(iter(rules.values()))["Properties"]
+    assert rule["ScheduleExpression"] == "rate(1 hour)"
+    assert json.loads(rule["Targets"][0]["Input"]) == {"mode": "validate", "instance_id": "i-0123456789abcdef0"}
+    alarm = next(iter(resources(synth, "AWS::CloudWatch::Alarm").values()))["Properties"]
+    assert alarm["MetricName"] == "ValidationPassed"
+    assert alarm["TreatMissingData"] == "breaching"
+    assert alarm["AlarmActions"]
+
+
+def test_state_machine_logs_all_and_traces(synth: Synthesized) -> None:
+    machine = next(iter(resources(synth, "AWS::StepFunctions::StateMachine").values()))["Properties"]
+    assert machine["LoggingConfiguration"]["Level"] == "ALL"
+    assert machine["TracingConfiguration"]["Enabled"] is True
+
+
+def test_functions_share_one_code_asset(synth: Synthesized) -> None:
+    functions = resources(synth, "AWS::Lambda::Function")
+    keys = {json.dumps(f["Properties"]["Code"]) for f in functions.values()}
+    assert len(functions) == 12 and len(keys) == 1
+    assert all(f["Properties"]["TracingConfig"]["Mode"] == "Active" for f in functions.values())
+
+
+@pytest.mark.parametrize(
+    ("context", "named"),
+    [
+        ({"instance_ids": "not-an-instance"}, "instance_ids"),
+        ({"model_bucket": "Bad_Bucket"}, "model_bucket"),
+        ({"thresholds": '{"coexist_port": 80}'}, "thresholds.coexist_port"),
+        ({"poll_interval_seconds": "0"}, "poll_interval_seconds"),
+    ],
+)
+def test_app_refuses_bad_context_naming_the_key(context: dict[str, str], named: str) -> None:
+    args = [sys.executable, "app.py"]
+    merged = {**json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"], **context}
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(merged), "CDK_OUTDIR": "/tmp/never-written"}
+    run = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, check=False)
+    assert run.returncode == 2
+    assert f"context key '{named}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_cdk_nag_runs_on_every_synth(tmp_path: Path) -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_iam as iam
+
+    from app import build_app
+    from tests.emulator.stack import default_context
+
+    app, stack = build_app(cdk.App(outdir=str(tmp_path), context=default_context()))
+    role = iam.Role(stack, "Careless", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    role.add_to_policy(iam.PolicyStatement(actions=["s3:*"], resources=["*"]))
+    with pytest.raises(Exception, match="Validation failed"):
+        app.synth()
