@@ -69,6 +69,8 @@ class InstanceSnapshot(BaseModel):
     disk_free_bytes: int = NonNegative
     cached_models: list[CachedModel] = Field(default_factory=list)
     runtime_version: str | None = None
+    # What the instance could not report (e.g. nvidia-smi present but the driver unreachable).
+    warnings: list[str] = Field(default_factory=list)
 
     def service(self, unit: str) -> ServiceState | None:
         for service in self.services:
