@@ -51,10 +51,17 @@ def synthetic_config(target_bytes: int) -> dict[str, object]:
     for hidden in range(512, 16384 + 1, 128):
         heads = hidden // 128
         config: dict[str, object] = {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-            "intermediate_size": round(3.5 * hidden / 128) * 128, "num_attention_heads": heads,
-            "num_key_value_heads": max(1, heads // 4), "head_dim": 128, "num_hidden_layers": 32,
-            "vocab_size": 32000, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": round(3.5 * hidden / 128) * 128,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 4),
+            "head_dim": 128,
+            "num_hidden_layers": 32,
+            "vocab_size": 32000,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": False,
             "torch_dtype": "bfloat16",
         }
         size = sum(t.nbytes for t in decoder_tensors(config))
@@ -86,8 +93,12 @@ def main() -> int:
             policy = Policy()
             rows = []
             warm = CountingReader(BotoS3Reader(client, BUCKET))  # connections, imports: not measured
-            plan(read_manifest(warm, "", next(iter(models)), builtin_catalog()), snapshot,
-                 DeployRequest(model=next(iter(models))), policy)
+            plan(
+                read_manifest(warm, "", next(iter(models)), builtin_catalog()),
+                snapshot,
+                DeployRequest(model=next(iter(models))),
+                policy,
+            )
             for name, shards in models.items():
                 latencies = []
                 reader = CountingReader(BotoS3Reader(client, BUCKET))
@@ -99,17 +110,32 @@ def main() -> int:
                     result = plan(manifest, snapshot, DeployRequest(model=name), policy)
                     latencies.append(time.perf_counter() - started)
                 assert result is not None
-                rows.append((name, result.total_bytes, shards, manifest.weights.tensors, reader.bytes_read,
-                             reader.gets, reader.lists, statistics.median(latencies), result.quantization))
+                rows.append(
+                    (
+                        name,
+                        result.total_bytes,
+                        shards,
+                        manifest.weights.tensors,
+                        reader.bytes_read,
+                        reader.gets,
+                        reader.lists,
+                        statistics.median(latencies),
+                        result.quantization,
+                    )
+                )
         finally:
             stop_rclone_s3(server)
 
-    print(f"{'model':<15}{'size GiB':>9}{'shards':>7}{'tensors':>8}{'bytes read':>12}{'GETs':>6}"
-          f"{'LISTs':>6}{'read/size':>11}{'vs 1 GiB':>9}{'latency ms':>11}  plan")
+    print(
+        f"{'model':<15}{'size GiB':>9}{'shards':>7}{'tensors':>8}{'bytes read':>12}{'GETs':>6}"
+        f"{'LISTs':>6}{'read/size':>11}{'vs 1 GiB':>9}{'latency ms':>11}  plan"
+    )
     first_read = rows[0][4]
     for name, size, shards, count, read, gets, lists, latency, quant in rows:
-        print(f"{name:<15}{size / GIB:>9.1f}{shards:>7}{count:>8}{read:>12,}{gets:>6}{lists:>6}"
-              f"{read / size:>11.1e}{read / first_read:>9.2f}{latency * 1000:>11.1f}  {quant}")
+        print(
+            f"{name:<15}{size / GIB:>9.1f}{shards:>7}{count:>8}{read:>12,}{gets:>6}{lists:>6}"
+            f"{read / size:>11.1e}{read / first_read:>9.2f}{latency * 1000:>11.1f}  {quant}"
+        )
     largest, smallest = rows[-1], rows[0]
     print(
         f"\nsize grew {largest[1] / smallest[1]:.0f}x, bytes read grew {largest[4] / smallest[4]:.2f}x, "

@@ -6,6 +6,7 @@ import json
 
 from aws_cdk import (
     Acknowledgment,
+    CfnOutput,
     RemovalPolicy,
     Stack,
     Validations,
@@ -191,7 +192,21 @@ class ModelDeployStack(Stack):
             instance_ids=config.instance_ids,
             alarm_email=config.alarm_email,
         )
-        self._instance_policy(bucket_arn, model_prefix_arn, runtime_bundle, command_logs)
+        instance_policy = self._instance_policy(bucket_arn, model_prefix_arn, runtime_bundle, command_logs)
+        # What the deploy-model CLI (and a person in the console) needs to find things.
+        for name, value, description in (
+            ("StateMachineArn", machine.state_machine.state_machine_arn, "start-execution target"),
+            ("LedgerTable", tables.ledger.table_name, "deployment records"),
+            ("LockTable", tables.lock.table_name, "per-instance deployment lock"),
+            ("InstanceIds", ",".join(config.instance_ids), "instances this stack deploys to"),
+            ("ModelBucket", config.model_bucket, "model bucket"),
+            ("DocumentPrefix", f"{self.stack_name}-", "SSM documents are <prefix><file stem>"),
+            ("InstanceRoots", config.instance_roots.model_dump_json(), "where things live on the instance"),
+            ("FluxService", config.flux_service, "the co-resident service"),
+            ("InstancePolicyArn", instance_policy.managed_policy_arn, "attach to the instance role"),
+            ("AlarmTopicArn", self.schedule.topic.topic_arn, "validation alarms"),
+        ):
+            CfnOutput(self, name, value=value, description=description)
         self.functions = fn
         self.documents = documents
         self.tables = tables
@@ -234,7 +249,7 @@ class ModelDeployStack(Stack):
         prefix_arn: str,
         bundle: s3_assets.Asset,
         command_logs: logs.LogGroup,
-    ) -> None:
+    ) -> iam.ManagedPolicy:
         """What the instance's own role needs; attach it to the instance profile."""
         policy = iam.ManagedPolicy(
             self,
@@ -268,3 +283,4 @@ class ModelDeployStack(Stack):
                 reason="Log streams of the command output group are created per command",
             ),
         )
+        return policy

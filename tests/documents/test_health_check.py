@@ -1,0 +1,99 @@
+"""health-check: one status out of /health and /status, whatever the service answers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.sandbox import Sandbox, free_port, run_document
+from tests.sandbox.fixtures import Aws
+
+Answers = dict[str, tuple[int, str]]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answers], int]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answers: Answers) -> int:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                code, body = answers.get(self.path, (404, '{"detail": "Not Found"}'))
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+HEALTH = (200, '{"status": "ok", "timestamp": "2025-08-06T12:34:56"}')
+
+
+def status(state: str, **extra: object) -> tuple[int, str]:
+    body = {"status": state, "model": "tiny", "gpu_memory_used": None, "gpu_memory_total": None,
+            "ram_usage_gb": 1.5, "port": 8001, "timestamp": "2025-08-06T12:34:56", "service": "asoba-inference"}
+    body.update(extra)
+    return (200 if state == "healthy" else 503, json.dumps(body))
+
+
+@pytest.mark.parametrize(("answers", "expected"), [
+    ({"/health": HEALTH, "/status": status("healthy")}, "healthy"),
+    ({"/health": HEALTH, "/status": status("loading")}, "loading"),
+    ({"/health": HEALTH, "/status": status("error", error="CUDA out of memory")}, "error"),
+    ({"/health": HEALTH}, "healthy"),  # a service without /status, healthy by /health alone
+    ({"/health": (500, "<html>oops</html>"), "/status": (500, "<html>oops</html>")}, "error"),
+])
+def test_the_status_follows_the_answers(answers: Answers, expected: str, aws: Aws,
+                                        make_sandbox: Callable[..., Sandbox],
+                                        serve: Callable[[Answers], int]) -> None:
+    sandbox = make_sandbox()
+    port = serve(answers)
+
+    run = run_document(aws.ssm, sandbox, "health-check", Port=str(port))
+
+    assert run.status == "Success", run.explain()
+    assert run.result is not None
+    assert (run.result["ok"], run.result["status"], run.result["port"]) == (True, expected, port)
+    if "/status" in answers and answers["/status"][1].startswith("{"):
+        assert run.result["status_body"] == json.loads(answers["/status"][1])
+    assert run.result["health"] == (json.loads(answers["/health"][1]) if answers["/health"][1].startswith("{")
+                                    else answers["/health"][1])
+    if expected == "error":
+        assert run.result["error"]
+
+
+def test_nothing_listening_is_down(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    run = run_document(aws.ssm, sandbox, "health-check", Port=str(free_port()))
+    assert run.status == "Success", run.explain()
+    assert run.result is not None
+    assert (run.result["status"], run.result["health"], run.result["status_body"]) == ("down", None, None)
+    assert run.result["health_http_status"] == 0
+
+
+def test_require_healthy_turns_anything_else_into_a_failure(aws: Aws, make_sandbox: Callable[..., Sandbox],
+                                                            serve: Callable[[Answers], int]) -> None:
+    sandbox = make_sandbox()
+    port = serve({"/health": HEALTH, "/status": status("loading")})
+    run = run_document(aws.ssm, sandbox, "health-check", Port=str(port), RequireHealthy="true")
+    assert (run.status, run.response_code) == ("Failed", 1)
+    assert run.result is not None
+    assert (run.result["ok"], run.result["status"]) == (False, "loading")
+    assert run.result["error"] == f"service on 127.0.0.1:{port} is loading"
