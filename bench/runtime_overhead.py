@@ -146,10 +146,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    parser.add_argument("--tokens", type=int, default=128, help="tokens generated per run")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, here and in the service")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens generated per run")
+    # One thread: on a small shared machine, two intra-op threads fight and halve throughput.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the service")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--health-probes", type=int, default=300)
     args = parser.parse_args()
 

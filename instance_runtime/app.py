@@ -120,8 +120,16 @@ def _register_error_handlers(app: FastAPI) -> None:
         params = [_error_param(e) for e in errors] or ["body"]
         message = "; ".join(f"{p}: {e.get('msg')}" for p, e in zip(params, errors, strict=False))
         body = _error_body(message or "body: invalid request", "invalid_request_error", params[0], 422)
-        body["detail"] = jsonable_encoder(errors, custom_encoder={Exception: str})
+        # FastAPI's own list too, less the echoed input (a too-long prompt would come back whole).
+        detail = [{k: v for k, v in e.items() if k not in ("input", "url")} for e in errors]
+        body["detail"] = jsonable_encoder(detail, custom_encoder={Exception: str})
         return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        return JSONResponse(_error_body(message, "internal_error", None, 500), status_code=500)
 
 
 def create_app(settings: RuntimeSettings | None = None) -> FastAPI:
@@ -145,12 +153,18 @@ def create_app(settings: RuntimeSettings | None = None) -> FastAPI:
 
 
 def _add_service_routes(app: FastAPI) -> None:
-    @app.get("/health", response_model=HealthResponse)
+    # HEAD too: uptime monitors often probe with it.
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse)
     async def health() -> HealthResponse:
         # Alive is all it says: it must answer even while the model loads or generates.
         return HealthResponse(timestamp=_timestamp())
 
-    @app.get("/status", response_model=StatusResponse, responses={503: {"model": StatusResponse}})
+    @app.api_route(
+        "/status",
+        methods=["GET", "HEAD"],
+        response_model=StatusResponse,
+        responses={503: {"model": StatusResponse}},
+    )
     def status(runtime: RuntimeDep) -> JSONResponse:
         # A plain def: NVML and psutil calls run in the thread pool, off the event loop.
         used, total = runtime.gpu.memory_mib()

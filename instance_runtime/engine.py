@@ -84,6 +84,11 @@ def resolve_quantization(
             raise ConfigurationError(
                 f"QUANTIZATION=awq but the checkpoint is quantized with {checkpoint_method!r}, not AWQ"
             )
+        if checkpoint_method == "bitsandbytes" and device != "cuda" and not allow_cpu_quantization:
+            raise ConfigurationError(
+                "the checkpoint is quantized with bitsandbytes, which needs a CUDA GPU and none is "
+                "visible; set ALLOW_CPU_QUANTIZATION=true to run it on the CPU anyway (slow)"
+            )
         if requested == "bnb-4bit":
             log.warning(
                 "QUANTIZATION=bnb-4bit ignored: the checkpoint is already quantized (%s)", checkpoint_method

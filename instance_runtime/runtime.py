@@ -64,6 +64,13 @@ class GenerationStream:
             log.error("generation failed: %s", "".join(traceback.format_exception(exc)))
             raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
 
+    def on_done(self, future: asyncio.Future[GenerationResult]) -> None:
+        # A job dropped before it started (shutdown) never runs its finally: end the stream here
+        # too. And mark a failure as seen, in case the client left and nobody awaits the result.
+        if not future.cancelled():
+            future.exception()
+        self._queue.put_nowait(None)
+
     def abort(self) -> None:
         """The client went away: stop generating at the next token (a no-op once finished)."""
         if self.cancel is not None:
@@ -194,8 +201,7 @@ class ModelRuntime:
                 stream.push_threadsafe(None)
 
         stream.future, stream.cancel = self.scheduler.submit(job)
-        # A job dropped before it started (shutdown) never runs its finally: end the stream here too.
-        stream.future.add_done_callback(lambda _: stream.push_threadsafe(None))
+        stream.future.add_done_callback(stream.on_done)
         return stream
 
     async def shutdown(self) -> None:

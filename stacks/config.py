@@ -30,6 +30,7 @@ CONTEXT_KEYS = (
     "alarm_email",
     "instance_roots",
     "base_python",
+    "service_user",
 )
 
 
@@ -91,6 +92,7 @@ class DeployConfig(BaseModel):
     alarm_email: Annotated[str, Field(pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")] = ""
     instance_roots: InstanceRoots = Field(default_factory=InstanceRoots)
     base_python: Annotated[str, Field(pattern=ABS_PATH)] = "/usr/bin/python3"
+    service_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "ubuntu"
 
     @field_validator("instance_ids", mode="before")
     @classmethod

@@ -82,6 +82,7 @@ class ModelDeployStack(Stack):
             "COMMAND_LOG_GROUP": command_logs.log_group_name,
             "INSTANCE_ROOTS": config.instance_roots.model_dump_json(),
             "BASE_PYTHON": config.base_python,
+            "SERVICE_USER": config.service_user,
             "STEP_BUDGETS": config.step_budgets.model_dump_json(),
             "POLL_SECONDS": str(config.poll_interval_seconds),
             "FLUX_SERVICE": config.flux_service,

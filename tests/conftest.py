@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,52 @@ def model_bucket(local_cloud: Any) -> str:
     return MODEL_BUCKET
 
 
+@dataclass
+class Ports:
+    flux: int  # the seed's 8000: Flux, and what a replacing runtime takes over
+    coexist: int  # the seed's 8001: a runtime beside Flux
+
+
 @pytest.fixture(scope="session")
-def stack_context(instance_id: str, model_bucket: str) -> dict[str, Any]:
-    return {"instance_ids": [instance_id], "model_bucket": model_bucket, "poll_interval_seconds": 1}
+def ports() -> Ports:
+    from tests.emulator.cloud import free_port
+
+    return Ports(flux=free_port(), coexist=free_port())
+
+
+@pytest.fixture(scope="session")
+def sandbox(
+    local_cloud: Any, instance_id: str, ports: Ports, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The instance: an A10G-like sandbox with Flux running on its port."""
+    from tests.sandbox.sandbox import Sandbox
+
+    box = Sandbox(
+        tmp_path_factory.mktemp("instance"), instance_id, gpu=True, endpoint_url=local_cloud.endpoint
+    )
+    box.install_fake_flux(ports.flux)
+    yield box
+    box.close()
+
+
+@pytest.fixture(scope="session")
+def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Ports) -> dict[str, Any]:
+    return {
+        "instance_ids": [instance_id],
+        "model_bucket": model_bucket,
+        "poll_interval_seconds": 1,
+        "thresholds": {"coexist_port": ports.coexist, "replace_port": ports.flux},
+        "instance_roots": {
+            "models_root": str(sandbox.models_root),
+            "runtime_root": str(sandbox.runtime_root),
+            "unit_dir": str(sandbox.unit_dir),
+            "env_dir": str(sandbox.env_dir),
+            "profile_dir": str(sandbox.profile_dir),
+            "state_dir": str(sandbox.state_dir),
+        },
+        "base_python": sandbox.base_python,
+        "service_user": sandbox.service_user,
+    }
 
 
 @pytest.fixture(scope="session")

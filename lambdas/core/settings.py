@@ -51,6 +51,8 @@ class Settings(BaseModel):
     step_budgets: StepBudgets = Field(default_factory=StepBudgets)
     poll_seconds: int = 5
     flux_service: str = "flux-api.service"
+    service_user: str = "ubuntu"
+    coexist_port: int = 8001
     state_machine_name: str = ""
 
     @field_validator("instance_ids", mode="before")

@@ -33,8 +33,11 @@ def _plan(state: State) -> dict[str, Any]:
     return plan
 
 
+RUNTIME_UNIT = "asoba-inference.service"
+
+
 def _units(config: Settings) -> dict[str, str]:
-    return {"FluxUnit": config.flux_service, "ServiceUnit": "asoba-inference.service"}
+    return {"FluxUnit": config.flux_service, "ServiceUnit": RUNTIME_UNIT}
 
 
 def collect_parameters(config: Settings, state: State) -> dict[str, str]:
@@ -89,7 +92,8 @@ def install_parameters(config: Settings, state: State) -> dict[str, str]:
         "UnitDir": roots.unit_dir,
         "EnvDir": roots.env_dir,
         "ProfileDir": roots.profile_dir,
-        "ServiceUnit": "asoba-inference.service",
+        "ServiceUnit": RUNTIME_UNIT,
+        "ServiceUser": config.service_user,
     }
 
 
@@ -98,24 +102,26 @@ def health_parameters(config: Settings, state: State) -> dict[str, str]:
 
 
 def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
+    # Flux is restarted from what snapshot-previous recorded, so no Flux unit here.
     roots = config.instance_roots
     return {
         "StateDir": roots.state_dir,
         "UnitDir": roots.unit_dir,
         "EnvDir": roots.env_dir,
         "ProfileDir": roots.profile_dir,
-        "RuntimeRoot": roots.runtime_root,
-        **_units(config),
+        "ServiceUnit": RUNTIME_UNIT,
     }
 
 
 def validate_parameters(config: Settings, state: State) -> dict[str, str]:
     roots = config.instance_roots
     return {
+        "S3Uri": f"s3://{config.model_bucket}/{config.model_prefix}",
+        "Port": str(config.coexist_port),
+        "BasePython": config.base_python,
         "ModelsRoot": roots.models_root,
         "RuntimeRoot": roots.runtime_root,
         "EnvDir": roots.env_dir,
-        "BucketUri": f"s3://{config.model_bucket}/{config.model_prefix}",
         **_units(config),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -10,12 +11,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 from botocore.exceptions import ClientError
 
 from tests.sandbox import Sandbox, send_document, wait_invocation
-from tests.sandbox.fixtures import Aws, launch_instance
+from tests.sandbox.fixtures import CREDENTIALS, Aws, launch_instance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,24 +27,39 @@ def make_document(aws: Aws, name: str, script: str, *, steps: int = 1) -> None:
         "schemaVersion": "2.2",
         "description": "agent test",
         "parameters": {
-            "Seconds": {"type": "String", "default": "0", "allowedPattern": "^[0-9]{1,3}(\\.[0-9])?$",
-                        "description": "how long to sleep"},
-            "Code": {"type": "String", "default": "0", "allowedPattern": "^[0-9]{1,3}$", "description": "exit"},
-            "executionTimeout": {"type": "String", "default": "60", "allowedPattern": "^[0-9]{1,5}$",
-                                 "description": "limit"},
+            "Seconds": {
+                "type": "String",
+                "default": "0",
+                "allowedPattern": "^[0-9]{1,3}(\\.[0-9])?$",
+                "description": "how long to sleep",
+            },
+            "Code": {
+                "type": "String",
+                "default": "0",
+                "allowedPattern": "^[0-9]{1,3}$",
+                "description": "exit",
+            },
+            "executionTimeout": {
+                "type": "String",
+                "default": "60",
+                "allowedPattern": "^[0-9]{1,5}$",
+                "description": "limit",
+            },
         },
         "mainSteps": [
-            {"action": "aws:runShellScript", "name": f"step{i}",
-             "inputs": {"timeoutSeconds": "{{ executionTimeout }}", "runCommand": script.splitlines()}}
+            {
+                "action": "aws:runShellScript",
+                "name": f"step{i}",
+                "inputs": {"timeoutSeconds": "{{ executionTimeout }}", "runCommand": script.splitlines()},
+            }
             for i in range(1, steps + 1)
         ],
     }
-    try:
+    with contextlib.suppress(ClientError):
         aws.ssm.delete_document(Name=name)
-    except ClientError:
-        pass
-    aws.ssm.create_document(Content=yaml.safe_dump(content), Name=name, DocumentType="Command",
-                            DocumentFormat="YAML")
+    aws.ssm.create_document(
+        Content=yaml.safe_dump(content), Name=name, DocumentType="Command", DocumentFormat="YAML"
+    )
 
 
 SLEEPER = textwrap.dedent("""\
@@ -62,18 +79,22 @@ def sleeper(aws: Aws) -> str:
     return "sandbox-sleeper"
 
 
-def test_a_command_goes_pending_in_progress_success(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                                     sleeper: str) -> None:
+def test_a_command_goes_pending_in_progress_success(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     sandbox = make_sandbox()
     command_id = send_document(aws.ssm, sandbox, sleeper, Seconds="1")
     run = wait_invocation(aws.ssm, sandbox, command_id, poll_s=0.05)
     assert run.statuses_seen[-2:] == ["InProgress", "Success"]
     assert run.response_code == 0
-    assert run.stdout.splitlines() == ["starting on " + subprocess.check_output(["uname", "-n"], text=True).strip(),
-                                       '{"ok": true}']
+    assert run.stdout.splitlines() == [
+        "starting on " + subprocess.check_output(["uname", "-n"], text=True).strip(),
+        '{"ok": true}',
+    ]
     assert run.stderr == "to stderr\n"
-    invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id,
-                                                PluginName="step1")
+    invocation = aws.ssm.get_command_invocation(
+        CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step1"
+    )
     assert invocation["PluginName"] == "step1"
     assert invocation["ExecutionElapsedTime"].startswith("PT1.")
     command = aws.ssm.list_commands(CommandId=command_id)["Commands"][0]
@@ -88,33 +109,78 @@ def test_output_is_empty_until_the_end_and_the_script_sees_its_parameters(
     time.sleep(0.8)
     invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
     assert (invocation["Status"], invocation["StandardOutputContent"], invocation["ResponseCode"]) == (
-        "InProgress", "", -1)
+        "InProgress",
+        "",
+        -1,
+    )
     assert wait_invocation(aws.ssm, sandbox, command_id).status == "Success"
 
 
-def test_a_failing_script_fails_with_its_exit_code(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                                    sleeper: str) -> None:
+def test_a_failing_script_fails_with_its_exit_code(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     sandbox = make_sandbox()
     run = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Code="3"))
     assert (run.status, run.status_details, run.response_code) == ("Failed", "Failed", 3)
     assert "failed to run commands: exit status 3" in run.stderr
 
 
-def test_execution_timeout_stops_the_script(aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str) -> None:
+def test_execution_timeout_stops_the_script(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     sandbox = make_sandbox()
     started = time.monotonic()
-    run = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Seconds="60",
-                                                          executionTimeout="1"))
+    run = wait_invocation(
+        aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Seconds="60", executionTimeout="1")
+    )
     assert (run.status, run.status_details) == ("TimedOut", "ExecutionTimedOut")
     assert time.monotonic() - started < 10
     assert run.stdout.startswith("starting on")
-    leftovers = subprocess.run(["pgrep", "-f", f"{sandbox.run_dir}/ssm"], capture_output=True, text=True,
-                               check=False)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"{sandbox.run_dir}/ssm"], capture_output=True, text=True, check=False
+    )
     assert leftovers.stdout == ""
 
 
-def test_an_offline_instance_never_gets_the_command(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                                     sleeper: str) -> None:
+def test_cancel_stops_a_running_command(aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str) -> None:
+    sandbox = make_sandbox()
+    command_id = send_document(aws.ssm, sandbox, sleeper, Seconds="60")
+    time.sleep(0.8)
+    aws.ssm.cancel_command(CommandId=command_id, InstanceIds=[sandbox.instance_id])
+    run = wait_invocation(aws.ssm, sandbox, command_id, timeout_s=10)
+    assert run.status == "Cancelled"
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"{sandbox.run_dir}/ssm"], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout == ""
+
+
+def test_output_also_goes_to_cloudwatch_when_asked(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
+    sandbox = make_sandbox()
+    group = f"/ssm/sandbox-{sandbox.instance_id}"
+    command_id = aws.ssm.send_command(
+        InstanceIds=[sandbox.instance_id],
+        DocumentName=sleeper,
+        CloudWatchOutputConfig={"CloudWatchLogGroupName": group, "CloudWatchOutputEnabled": True},
+    )["Command"]["CommandId"]
+    run = wait_invocation(aws.ssm, sandbox, command_id)
+    assert run.status == "Success"
+    logs = boto3.client("logs", endpoint_url=aws.endpoint_url, **CREDENTIALS)
+    stream = f"{command_id}/{sandbox.instance_id}/step1/stdout"
+    events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
+    assert [event["message"] for event in events][-1] == '{"ok": true}'
+    invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+    assert invocation["CloudWatchOutputConfig"] == {
+        "CloudWatchLogGroupName": group,
+        "CloudWatchOutputEnabled": True,
+    }
+
+
+def test_an_offline_instance_never_gets_the_command(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     # Given an instance whose agent lost its connection
     sandbox = make_sandbox()
     sandbox.delivery_timeout_s = 1.5
@@ -126,15 +192,19 @@ def test_an_offline_instance_never_gets_the_command(aws: Aws, make_sandbox: Call
     # When a command is sent
     command_id = send_document(aws.ssm, sandbox, sleeper)
     time.sleep(0.5)
-    assert aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)["Status"] == "Pending"
+    assert (
+        aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)["Status"]
+        == "Pending"
+    )
     # Then it times out undelivered and never runs
     run = wait_invocation(aws.ssm, sandbox, command_id)
     assert (run.status, run.status_details, run.stdout) == ("TimedOut", "DeliveryTimedOut", "")
     assert not (sandbox.run_dir / "ssm").exists()
 
 
-def test_a_command_waits_for_the_instance_to_come_back(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                                        sleeper: str) -> None:
+def test_a_command_waits_for_the_instance_to_come_back(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     sandbox = make_sandbox()
     sandbox.go_offline()
     command_id = send_document(aws.ssm, sandbox, sleeper)
@@ -157,15 +227,19 @@ def test_a_stopped_ec2_instance_is_offline(aws: Aws, make_sandbox: Callable[...,
     assert info[0]["PingStatus"] == "ConnectionLost"
 
 
-def test_list_command_invocations_with_details(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                               sleeper: str) -> None:
+def test_list_command_invocations_with_details(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     sandbox = make_sandbox()
     command_id = send_document(aws.ssm, sandbox, sleeper)
     wait_invocation(aws.ssm, sandbox, command_id)
     listed = aws.ssm.list_command_invocations(CommandId=command_id, Details=True)["CommandInvocations"]
     assert len(listed) == 1
     assert (listed[0]["InstanceId"], listed[0]["Status"], listed[0]["DocumentName"]) == (
-        sandbox.instance_id, "Success", sleeper)
+        sandbox.instance_id,
+        "Success",
+        sleeper,
+    )
     plugin = listed[0]["CommandPlugins"][0]
     assert (plugin["Name"], plugin["Status"], plugin["ResponseCode"]) == ("step1", "Success", 0)
     assert '{"ok": true}' in plugin["Output"] and "----------ERROR-------" in plugin["Output"]
@@ -184,11 +258,17 @@ def test_several_steps_need_a_plugin_name_and_stop_at_the_first_failure(
         aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
     assert error.value.response["Error"]["Code"] == "InvalidPluginName"
     time.sleep(1)
-    first = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step1")
-    second = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step2")
+    first = aws.ssm.get_command_invocation(
+        CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step1"
+    )
+    second = aws.ssm.get_command_invocation(
+        CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step2"
+    )
     assert (first["Status"], first["ResponseCode"], second["Status"]) == ("Failed", 4, "Skipped")
     with pytest.raises(ClientError) as error:
-        aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step9")
+        aws.ssm.get_command_invocation(
+            CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step9"
+        )
     assert error.value.response["Error"]["Code"] == "InvocationDoesNotExist"
 
 
@@ -204,8 +284,9 @@ def test_the_script_runs_as_the_agent_runs_it(aws: Aws, make_sandbox: Callable[.
         assert plain.stdout.strip() == "not bash"
 
 
-def test_invocation_does_not_exist_at_first_when_asked(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                                       sleeper: str) -> None:
+def test_invocation_does_not_exist_at_first_when_asked(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
     sandbox = make_sandbox()
     sandbox.invocation_delay_s = 0.5
     command_id = send_document(aws.ssm, sandbox, sleeper)
@@ -244,16 +325,28 @@ def test_the_agent_works_with_mock_aws_in_process(tmp_path: Path) -> None:
         with mock_aws():
             ec2 = boto3.client("ec2", region_name="us-east-1")
             ssm = boto3.client("ssm", region_name="us-east-1")
-            instance = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+            reservation = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)
+            instance = reservation["Instances"][0]["InstanceId"]
             register_documents(ssm, ["collect-resources"])
             with Sandbox({str(tmp_path / "instance")!r}, instance, gpu=True) as sandbox:
                 run = run_document(ssm, sandbox, "collect-resources")
                 print(json.dumps({{"status": run.status, "result": run.result}}))
     """)
-    env = {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "PYTHONPATH": f"{REPO}:{REPO / 'lambdas'}"}
-    child = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=120, check=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "PYTHONPATH": f"{REPO}:{REPO / 'lambdas'}",
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     outcome = json.loads(child.stdout.strip().splitlines()[-1])
     assert outcome["status"] == "Success"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.snapshot import InstanceSnapshot
-
 from tests.sandbox import Sandbox, free_port, run_document
 from tests.sandbox.fixtures import Aws
 
@@ -104,5 +103,6 @@ def test_a_broken_driver_is_a_warning_not_a_gpu(aws: Aws, make_sandbox: Callable
     assert snapshot.gpus == []
     assert run.result is not None
     assert run.result["warnings"] == [
-        "nvidia-smi is installed but failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+        "nvidia-smi is installed but failed: "
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
     ]

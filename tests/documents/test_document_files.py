@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,8 +14,15 @@ from tests.sandbox.documents import DOCUMENTS_DIR, document_content, document_na
 from tests.sandbox.validation import PLACEHOLDER, resolve_parameters, substitute
 
 EXPECTED = [
-    "collect-resources", "health-check", "install-runtime", "rollback", "snapshot-previous",
-    "stop-service", "sync-model", "undeploy", "validate",
+    "collect-resources",
+    "health-check",
+    "install-runtime",
+    "rollback",
+    "snapshot-previous",
+    "stop-service",
+    "sync-model",
+    "undeploy",
+    "validate",
 ]
 ROOT_DEFAULTS = {
     "ModelsRoot": "/opt/models",
@@ -98,10 +106,20 @@ def test_the_install_templates_only_use_placeholders_the_document_fills() -> Non
 
 
 def test_the_unit_template_carries_the_seed_settings() -> None:
-    unit = Path(DOCUMENTS_DIR.parent, "instance_runtime", "systemd", "asoba-inference.service.template").read_text()
-    for line in ("Restart=always", "RestartSec=10", "WorkingDirectory=@RUNTIME_ROOT@", "User=@SERVICE_USER@",
-                 "MemoryMax=@MEMORY_MAX@", "CPUQuota=@CPU_QUOTA@", "EnvironmentFile=@ENV_FILE@",
-                 "ExecStart=@RUNTIME_ROOT@/venv/bin/python -m instance_runtime", "WantedBy=multi-user.target"):
+    unit = Path(
+        DOCUMENTS_DIR.parent, "instance_runtime", "systemd", "asoba-inference.service.template"
+    ).read_text()
+    for line in (
+        "Restart=always",
+        "RestartSec=10",
+        "WorkingDirectory=@RUNTIME_ROOT@",
+        "User=@SERVICE_USER@",
+        "MemoryMax=@MEMORY_MAX@",
+        "CPUQuota=@CPU_QUOTA@",
+        "EnvironmentFile=@ENV_FILE@",
+        "ExecStart=@RUNTIME_ROOT@/venv/bin/python -m instance_runtime",
+        "WantedBy=multi-user.target",
+    ):
         assert line in unit.splitlines()
     install = document_content("install-runtime")["parameters"]
     assert install["ServiceUser"]["default"] == "ubuntu"
@@ -120,7 +138,9 @@ def test_the_env_template_names_match_the_runtime_settings() -> None:
     assert {name.lower() for name in runtime_names} <= fields
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt install shellcheck)")
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt install shellcheck)"
+)
 @pytest.mark.parametrize("name", EXPECTED)
 def test_shellcheck_passes(name: str, tmp_path: Path) -> None:
     # Given the script as the agent would run it with the default parameter values
@@ -130,7 +150,46 @@ def test_shellcheck_passes(name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}.sh"
     path.write_text(script)
     # When shellcheck reads it
-    result = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", str(path)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["shellcheck", "--shell=bash", "--severity=style", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     # Then it finds nothing
     assert result.returncode == 0, result.stdout
+
+
+def run_with_prelude(body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = script_of("health-check")
+    prelude = script[script.index(COMMON_START) : script.index(COMMON_END) + len(COMMON_END)]
+    path = tmp_path / "script.sh"
+    path.write_text(f"#!/bin/bash\n{prelude}\n{body}\n")
+    return subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_an_unexpected_failure_still_ends_with_a_json_line(tmp_path: Path) -> None:
+    # Given a script whose fourth command fails without the script handling it
+    result = run_with_prelude(
+        'work="$(mktemp -d)"\n_cleanup+=("$work")\necho "$work"\nfalse\necho unreachable', tmp_path
+    )
+    # Then it exits non-zero, its last line says where, and its temporary folder is gone
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1
+    failing_line = result.args[1] and Path(result.args[1]).read_text().splitlines().index("false") + 1
+    assert json.loads(lines[-1]) == {"ok": False, "error": f"failed (exit 1) at line {failing_line}: false"}
+    assert not Path(lines[0]).exists()
+
+
+def test_fail_prints_one_line_and_escapes_it(tmp_path: Path) -> None:
+    result = run_with_prelude('fail "quote \\" backslash \\\\ tab\tnewline\nend"', tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.count("\n") == 1
+    assert json.loads(result.stdout) == {"ok": False, "error": 'quote " backslash \\ tab\tnewline\nend'}
+
+
+def test_a_failure_inside_a_command_substitution_is_caught(tmp_path: Path) -> None:
+    result = run_with_prelude('value="$(cat /nonexistent/file)"\necho "never $value"', tmp_path)
+    assert result.returncode == 1
+    error = json.loads(result.stdout.splitlines()[-1])["error"]
+    assert error.startswith("failed (exit 1) at line")

@@ -47,22 +47,37 @@ HEALTH = (200, '{"status": "ok", "timestamp": "2025-08-06T12:34:56"}')
 
 
 def status(state: str, **extra: object) -> tuple[int, str]:
-    body = {"status": state, "model": "tiny", "gpu_memory_used": None, "gpu_memory_total": None,
-            "ram_usage_gb": 1.5, "port": 8001, "timestamp": "2025-08-06T12:34:56", "service": "asoba-inference"}
+    body: dict[str, object] = {
+        "status": state,
+        "model": "tiny",
+        "gpu_memory_used": None,
+        "gpu_memory_total": None,
+        "ram_usage_gb": 1.5,
+        "port": 8001,
+        "timestamp": "2025-08-06T12:34:56",
+        "service": "asoba-inference",
+    }
     body.update(extra)
     return (200 if state == "healthy" else 503, json.dumps(body))
 
 
-@pytest.mark.parametrize(("answers", "expected"), [
-    ({"/health": HEALTH, "/status": status("healthy")}, "healthy"),
-    ({"/health": HEALTH, "/status": status("loading")}, "loading"),
-    ({"/health": HEALTH, "/status": status("error", error="CUDA out of memory")}, "error"),
-    ({"/health": HEALTH}, "healthy"),  # a service without /status, healthy by /health alone
-    ({"/health": (500, "<html>oops</html>"), "/status": (500, "<html>oops</html>")}, "error"),
-])
-def test_the_status_follows_the_answers(answers: Answers, expected: str, aws: Aws,
-                                        make_sandbox: Callable[..., Sandbox],
-                                        serve: Callable[[Answers], int]) -> None:
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        ({"/health": HEALTH, "/status": status("healthy")}, "healthy"),
+        ({"/health": HEALTH, "/status": status("loading")}, "loading"),
+        ({"/health": HEALTH, "/status": status("error", error="CUDA out of memory")}, "error"),
+        ({"/health": HEALTH}, "healthy"),  # a service without /status, healthy by /health alone
+        ({"/health": (500, "<html>oops</html>"), "/status": (500, "<html>oops</html>")}, "error"),
+    ],
+)
+def test_the_status_follows_the_answers(
+    answers: Answers,
+    expected: str,
+    aws: Aws,
+    make_sandbox: Callable[..., Sandbox],
+    serve: Callable[[Answers], int],
+) -> None:
     sandbox = make_sandbox()
     port = serve(answers)
 
@@ -73,8 +88,9 @@ def test_the_status_follows_the_answers(answers: Answers, expected: str, aws: Aw
     assert (run.result["ok"], run.result["status"], run.result["port"]) == (True, expected, port)
     if "/status" in answers and answers["/status"][1].startswith("{"):
         assert run.result["status_body"] == json.loads(answers["/status"][1])
-    assert run.result["health"] == (json.loads(answers["/health"][1]) if answers["/health"][1].startswith("{")
-                                    else answers["/health"][1])
+    assert run.result["health"] == (
+        json.loads(answers["/health"][1]) if answers["/health"][1].startswith("{") else answers["/health"][1]
+    )
     if expected == "error":
         assert run.result["error"]
 
@@ -88,8 +104,9 @@ def test_nothing_listening_is_down(aws: Aws, make_sandbox: Callable[..., Sandbox
     assert run.result["health_http_status"] == 0
 
 
-def test_require_healthy_turns_anything_else_into_a_failure(aws: Aws, make_sandbox: Callable[..., Sandbox],
-                                                            serve: Callable[[Answers], int]) -> None:
+def test_require_healthy_turns_anything_else_into_a_failure(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], serve: Callable[[Answers], int]
+) -> None:
     sandbox = make_sandbox()
     port = serve({"/health": HEALTH, "/status": status("loading")})
     run = run_document(aws.ssm, sandbox, "health-check", Port=str(port), RequireHealthy="true")

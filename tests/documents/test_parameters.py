@@ -42,7 +42,8 @@ def valid_values(name: str, sandbox: Sandbox) -> dict[str, str]:
 
 def send(aws: Aws, sandbox: Sandbox, name: str, values: dict[str, Any]) -> Any:
     return aws.ssm.send_command(
-        InstanceIds=[sandbox.instance_id], DocumentName=name,
+        InstanceIds=[sandbox.instance_id],
+        DocumentName=name,
         Parameters={key: value if isinstance(value, list) else [value] for key, value in values.items()},
     )
 
@@ -69,7 +70,9 @@ def test_hostile_values_are_refused_before_anything_runs(
 
 
 @pytest.mark.parametrize("name", ["sync-model", "install-runtime"])
-def test_a_missing_required_value_is_refused(name: str, aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+def test_a_missing_required_value_is_refused(
+    name: str, aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
     sandbox = make_sandbox()
     values = valid_values(name, sandbox)
     values.pop("ModelName")
@@ -79,7 +82,9 @@ def test_a_missing_required_value_is_refused(name: str, aws: Aws, make_sandbox: 
     assert "ModelName" in refused.value.response["Error"]["Message"]
 
 
-def test_an_unknown_parameter_and_two_values_are_refused(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+def test_an_unknown_parameter_and_two_values_are_refused(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
     sandbox = make_sandbox()
     for values in ({"Surprise": "1"}, {"Unit": ["a.service", "b.service"]}):
         with pytest.raises(ClientError) as refused:
@@ -106,25 +111,63 @@ def test_ports_refuse_what_is_not_a_port(value: str) -> None:
         resolve_parameters(spec, {"Port": [value]})
 
 
-@pytest.mark.parametrize("value", ["a..b/../c", "/opt/../etc", "/opt/./x", "/opt//x", "opt/models", "/", "/opt/"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a..b/../c",
+        "/opt/../etc",
+        "/opt/./x",
+        "/opt//x",
+        "opt/models",
+        "/",
+        "/opt/",
+        "/opt/..",
+        "/opt/.",
+        "/opt/..hidden",
+        "/opt/-rf",
+    ],
+)
 def test_roots_refuse_relative_and_dotted_paths(value: str) -> None:
     spec = document_content("collect-resources")["parameters"]
     with pytest.raises(InvalidParameters):
         resolve_parameters(spec, {"ModelsRoot": [value]})
 
 
-@pytest.mark.parametrize("value", ["s3://bkt/models/../x/", "s3://bkt/./x/", "s3://BKT/x/", "s3://b", "https://b/x", "s3://bucket/a b/"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/opt/models",
+        "/work/main/.venv/bin/python",
+        "/opt/pytorch/bin/python3.12",
+        "/tmp/pytest-of-root/pytest-1/test_x0/instance/opt/models",
+    ],
+)
+def test_roots_accept_real_paths(value: str) -> None:
+    spec = document_content("install-runtime")["parameters"]
+    assert resolve_parameters({"BasePython": spec["BasePython"]}, {"BasePython": [value]}) == {
+        "BasePython": value
+    }
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["s3://bkt/models/../x/", "s3://bkt/./x/", "s3://BKT/x/", "s3://b", "https://b/x", "s3://bucket/a b/"],
+)
 def test_sources_refuse_what_is_not_a_plain_s3_prefix(value: str) -> None:
     spec = document_content("sync-model")["parameters"]
     with pytest.raises(InvalidParameters):
         resolve_parameters(spec, {"ModelName": ["m"], "SourceUri": [value]})
 
 
-def test_model_names_with_dot_dot_pass_the_pattern_but_not_the_script(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+def test_model_names_with_dot_dot_pass_the_pattern_but_not_the_script(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
     # "a..b" is one harmless path segment for SSM's pattern; the script still refuses any "..".
     from tests.sandbox.documents import run_document
 
     sandbox = make_sandbox()
-    run = run_document(aws.ssm, sandbox, "sync-model", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/")
+    run = run_document(
+        aws.ssm, sandbox, "sync-model", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/"
+    )
     assert run.status == "Failed"
     assert run.result == {"ok": False, "error": "model name must not contain '..': a..b"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,27 +15,43 @@ from tests.sandbox.sandbox import SHIMS
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Sandbox:
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     with Sandbox(tmp_path / "instance", "i-0123456789abcdef0", gpu=True) as box:
-        yield box  # type: ignore[misc]
+        yield box
 
 
 def run(sandbox: Sandbox, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), env=sandbox.shim_env(), capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        list(argv), env=sandbox.shim_env(), capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def write_unit(sandbox: Sandbox, name: str, exec_start: str, *extra: str) -> None:
-    lines = ["[Unit]", f"Description={name} test", "", "[Service]", f"ExecStart={exec_start}", *extra, "",
-             "[Install]", "WantedBy=multi-user.target", ""]
+    lines = [
+        "[Unit]",
+        f"Description={name} test",
+        "",
+        "[Service]",
+        f"ExecStart={exec_start}",
+        *extra,
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
     (sandbox.unit_dir / name).write_text("\n".join(lines))
 
 
 def test_a_unit_runs_as_a_real_process_with_its_environment(sandbox: Sandbox, tmp_path: Path) -> None:
     env_file = tmp_path / "env"
-    env_file.write_text("# comment\nGREETING=hello\nQUOTED=\"a b\"\n")
-    write_unit(sandbox, "demo.service", "/bin/sh -c 'echo $GREETING $QUOTED $EXTRA; exec sleep 60'",
-               f"EnvironmentFile={env_file}", "Environment=EXTRA=x")
+    env_file.write_text('# comment\nGREETING=hello\nQUOTED="a b"\n')
+    write_unit(
+        sandbox,
+        "demo.service",
+        "/bin/sh -c 'echo $GREETING $QUOTED $EXTRA; exec sleep 60'",
+        f"EnvironmentFile={env_file}",
+        "Environment=EXTRA=x",
+    )
     assert run(sandbox, "systemctl", "start", "demo").returncode == 0
     assert run(sandbox, "systemctl", "is-active", "demo.service").stdout == "active\n"
     pid = int(run(sandbox, "systemctl", "show", "demo.service", "--property=MainPID", "--value").stdout)
@@ -61,7 +78,10 @@ def test_enable_disable_and_unknown_units(sandbox: Sandbox) -> None:
     assert run(sandbox, "systemctl", "disable", "demo.service").returncode == 0
     assert not link.exists()
     missing = run(sandbox, "systemctl", "start", "nothing.service")
-    assert (missing.returncode, missing.stderr.strip()) == (5, "Failed to start nothing.service: Unit nothing.service not found.")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        5,
+        "Failed to start nothing.service: Unit nothing.service not found.",
+    )
     assert run(sandbox, "systemctl", "stop", "nothing.service").returncode == 5
     show = run(sandbox, "systemctl", "show", "nothing.service", "-p", "LoadState", "-p", "ActiveState").stdout
     assert show.splitlines() == ["LoadState=not-found", "ActiveState=inactive"]
@@ -109,7 +129,9 @@ def test_daemon_reload_decides_which_unit_file_counts(sandbox: Sandbox) -> None:
 
 
 def test_journalctl_tails(sandbox: Sandbox) -> None:
-    write_unit(sandbox, "talk.service", "/bin/sh -c 'for i in 1 2 3 4 5; do echo line$i; done; exec sleep 60'")
+    write_unit(
+        sandbox, "talk.service", "/bin/sh -c 'for i in 1 2 3 4 5; do echo line$i; done; exec sleep 60'"
+    )
     run(sandbox, "systemctl", "start", "talk.service")
     time.sleep(0.3)
     everything = run(sandbox, "journalctl", "-u", "talk.service", "--no-pager").stdout.splitlines()
@@ -146,8 +168,13 @@ def test_nvidia_smi_answers_the_real_query_forms(sandbox: Sandbox) -> None:
 
 def test_no_gpu_means_no_nvidia_smi(tmp_path: Path) -> None:
     with Sandbox(tmp_path / "cpu", "i-0123456789abcdef1", gpu=False) as cpu:
-        result = subprocess.run(["sh", "-c", "command -v nvidia-smi"], env=cpu.shim_env(), capture_output=True,
-                                text=True, check=False)
+        result = subprocess.run(
+            ["sh", "-c", "command -v nvidia-smi"],
+            env=cpu.shim_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode != 0
 
 

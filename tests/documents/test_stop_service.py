@@ -10,7 +10,9 @@ from tests.sandbox.fixtures import Aws
 MIB = 1024 * 1024
 
 
-def test_stopping_flux_closes_its_port_and_frees_its_gpu(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+def test_stopping_flux_closes_its_port_and_frees_its_gpu(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
     # Given Flux running on its port with 4 GiB of GPU memory
     sandbox = make_sandbox(gpu=True)
     port = free_port()
@@ -23,10 +25,16 @@ def test_stopping_flux_closes_its_port_and_frees_its_gpu(aws: Aws, make_sandbox:
     # Then the unit is inactive, its port closed and its memory released
     assert run.status == "Success", run.explain()
     assert run.result is not None
-    assert {k: run.result[k] for k in ("ok", "unit", "was_active", "state", "stopped_pids",
-                                       "gpu_memory_released_bytes")} == {
-        "ok": True, "unit": "flux-api.service", "was_active": True, "state": "inactive",
-        "stopped_pids": [pid], "gpu_memory_released_bytes": 4096 * MIB,
+    assert {
+        k: run.result[k]
+        for k in ("ok", "unit", "was_active", "state", "stopped_pids", "gpu_memory_released_bytes")
+    } == {
+        "ok": True,
+        "unit": "flux-api.service",
+        "was_active": True,
+        "state": "inactive",
+        "stopped_pids": [pid],
+        "gpu_memory_released_bytes": 4096 * MIB,
     }
     assert not port_open(port)
     assert "flux-api.service" not in sandbox.processes()
@@ -46,7 +54,9 @@ def test_it_waits_for_gpu_memory_released_late(aws: Aws, make_sandbox: Callable[
     assert run.result is not None and run.result["seconds"] >= 1.5
 
 
-def test_memory_still_held_after_the_bound_is_a_clear_failure(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+def test_memory_still_held_after_the_bound_is_a_clear_failure(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
     # Given a GPU that never gets Flux's memory back
     sandbox = make_sandbox(gpu=True)
     port = free_port()

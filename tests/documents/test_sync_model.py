@@ -27,11 +27,15 @@ def upload_model(aws: Aws, prefix: str, files: dict[str, bytes]) -> str:
 
 
 def local_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("tool", ["s5cmd", "aws"])
-def test_sync_downloads_once_then_moves_nothing(tool: str, aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+def test_sync_downloads_once_then_moves_nothing(
+    tool: str, aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
     # Given a model folder in S3 (and a neighbour prefix that must not leak in)
     sandbox = make_sandbox()
     source = upload_model(aws, "models/tiny-model", MODEL)
@@ -45,10 +49,25 @@ def test_sync_downloads_once_then_moves_nothing(tool: str, aws: Aws, make_sandbo
     assert first.status == "Success", first.explain()
     assert local_files(sandbox.models_root / "tiny-model") == MODEL
     assert first.result is not None
-    assert {k: first.result[k] for k in ("ok", "tool", "files_total", "total_bytes", "files_transferred",
-                                         "bytes_transferred", "files_deleted")} == {
-        "ok": True, "tool": tool, "files_total": 5, "total_bytes": total, "files_transferred": 5,
-        "bytes_transferred": total, "files_deleted": 0,
+    assert {
+        k: first.result[k]
+        for k in (
+            "ok",
+            "tool",
+            "files_total",
+            "total_bytes",
+            "files_transferred",
+            "bytes_transferred",
+            "files_deleted",
+        )
+    } == {
+        "ok": True,
+        "tool": tool,
+        "files_total": 5,
+        "total_bytes": total,
+        "files_transferred": 5,
+        "bytes_transferred": total,
+        "files_deleted": 0,
     }
     assert first.result["destination"] == str(sandbox.models_root / "tiny-model")
     assert first.result["seconds"] >= 0
@@ -67,14 +86,20 @@ def test_sync_follows_changes_in_s3(aws: Aws, make_sandbox: Callable[..., Sandbo
     # Given a synced model whose S3 copy then changes: one shard rewritten, one file gone, one new
     sandbox = make_sandbox()
     source = upload_model(aws, "models/changing", MODEL)
-    assert run_document(aws.ssm, sandbox, "sync-model", ModelName="changing", SourceUri=source).status == "Success"
+    assert (
+        run_document(aws.ssm, sandbox, "sync-model", ModelName="changing", SourceUri=source).status
+        == "Success"
+    )
     changed = dict(MODEL)
     changed["model-00002-of-00002.safetensors"] = os.urandom(150_000)
     del changed["extra/notes.txt"]
     aws.s3.delete_object(Bucket=aws.bucket, Key="models/changing/extra/notes.txt")
     changed["generation_config.json"] = b'{"max_new_tokens": 64}'
-    upload_model(aws, "models/changing", {k: changed[k] for k in
-                                          ("model-00002-of-00002.safetensors", "generation_config.json")})
+    upload_model(
+        aws,
+        "models/changing",
+        {k: changed[k] for k in ("model-00002-of-00002.safetensors", "generation_config.json")},
+    )
 
     run = run_document(aws.ssm, sandbox, "sync-model", ModelName="changing", SourceUri=source)
 
@@ -82,16 +107,22 @@ def test_sync_follows_changes_in_s3(aws: Aws, make_sandbox: Callable[..., Sandbo
     assert run.status == "Success", run.explain()
     assert local_files(sandbox.models_root / "changing") == changed
     assert run.result is not None
-    assert (run.result["files_transferred"], run.result["bytes_transferred"], run.result["files_deleted"]) == (
-        2, 150_000 + len(changed["generation_config.json"]), 1)
+    assert (
+        run.result["files_transferred"],
+        run.result["bytes_transferred"],
+        run.result["files_deleted"],
+    ) == (2, 150_000 + len(changed["generation_config.json"]), 1)
 
 
 def test_an_empty_prefix_is_a_clear_failure(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
     sandbox = make_sandbox()
-    run = run_document(aws.ssm, sandbox, "sync-model", ModelName="ghost",
-                       SourceUri=f"s3://{aws.bucket}/models/ghost/")
-    assert (run.status, run.result) == ("Failed", {"ok": False,
-                                                   "error": f"no objects under s3://{aws.bucket}/models/ghost/"})
+    run = run_document(
+        aws.ssm, sandbox, "sync-model", ModelName="ghost", SourceUri=f"s3://{aws.bucket}/models/ghost/"
+    )
+    assert (run.status, run.result) == (
+        "Failed",
+        {"ok": False, "error": f"no objects under s3://{aws.bucket}/models/ghost/"},
+    )
     assert not (sandbox.models_root / "ghost").exists()
 
 
@@ -99,4 +130,6 @@ def test_an_unreachable_bucket_is_a_clear_failure(aws: Aws, make_sandbox: Callab
     sandbox = make_sandbox()
     run = run_document(aws.ssm, sandbox, "sync-model", ModelName="m", SourceUri="s3://no-such-bucket-here/m/")
     assert run.status == "Failed"
-    assert run.result is not None and run.result["error"].startswith("cannot list s3://no-such-bucket-here/m/")
+    assert run.result is not None and run.result["error"].startswith(
+        "cannot list s3://no-such-bucket-here/m/"
+    )

@@ -53,6 +53,8 @@ class LocalCloud:
 
     def start(self) -> LocalCloud:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        # the interpreter logs every caught task failure with its whole program: keep failures only
+        logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
         for key, value in self.environment.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value

@@ -19,7 +19,7 @@ import uvicorn
 from instance_runtime.app import create_app
 from instance_runtime.engine import Engine
 from instance_runtime.settings import RuntimeSettings
-from tests.runtime.conftest import free_port
+from tests.runtime.harness import free_port
 
 BOOM = "please fail"
 

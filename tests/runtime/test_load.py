@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.runtime.conftest import MAIN_QUEUE_SIZE, BackgroundStream, RuntimeServer
+from tests.runtime.harness import MAIN_QUEUE_SIZE, BackgroundStream, RuntimeServer
 
 # Several seconds of generation for the tiny model on one CPU thread.
 LONG = {"prompt": "Tell me a long story", "max_tokens": 3000, "ignore_eos": True, "temperature": 0}

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from instance_runtime.engine import Engine
 from instance_runtime.generation import SamplingParams
 from instance_runtime.settings import RuntimeSettings
-from tests.runtime.conftest import RuntimeServer
+from tests.runtime.harness import RuntimeServer
 
 StartServer = Callable[[dict[str, str]], RuntimeServer]
 
@@ -102,7 +102,7 @@ def test_bnb_4bit_really_quantizes_the_linear_layers(tiny_qwen3: Path) -> None:
         # Then the decoder's Linear layers are NF4 with double quantization, bf16 compute
         layers = [m for m in engine.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
         assert len(layers) == 2 * 7  # q k v o + gate up down, in each of the 2 layers
-        state = layers[0].weight.quant_state
+        state = getattr(layers[0].weight, "quant_state")  # noqa: B009  (bnb Params4bit, untyped)
         assert state.quant_type == "nf4"
         assert state.nested  # double quantization
         assert layers[0].compute_dtype == torch.bfloat16
@@ -111,6 +111,36 @@ def test_bnb_4bit_really_quantizes_the_linear_layers(tiny_qwen3: Path) -> None:
             engine.encode("hi"), SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
         )
         assert result.completion_tokens == 5
+    finally:
+        engine.close()
+
+
+def test_a_pre_quantized_checkpoint_loads_through_its_quantization_config(
+    tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+
+    # Given a checkpoint saved already 4-bit (its config.json carries a quantization_config)
+    quantized = tmp_path / "tiny-qwen3-bnb"
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_qwen3,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+        device_map={"": "cpu"},
+    )
+    model.save_pretrained(quantized)
+    AutoTokenizer.from_pretrained(tiny_qwen3).save_pretrained(quantized)
+    # When the engine loads it with QUANTIZATION=none
+    engine = Engine.load(RuntimeSettings(model_path=quantized, allow_cpu_quantization=True))
+    try:
+        # Then the checkpoint's own quantization is used, and it generates
+        assert engine.info.quantization == "checkpoint"
+        assert engine.info.checkpoint_quant_method == "bitsandbytes"
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in engine.model.modules())
+        result = engine.generate(
+            engine.encode("hi"), SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+        )
+        assert result.completion_tokens == 3
     finally:
         engine.close()
 
@@ -124,7 +154,7 @@ def lora_adapter(tiny_llama: Path, tmp_path: Path) -> Path:
     )
     adapter = tmp_path / "tiny-llama-lora"
     torch.manual_seed(0)  # the same adapter every run: the comparison below is then deterministic
-    get_peft_model(base, config).save_pretrained(adapter)
+    get_peft_model(base, config).save_pretrained(str(adapter))
     return adapter
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.runtime.conftest import MAIN_MAX_NEW_TOKENS, RuntimeServer
+from tests.runtime.harness import MAIN_MAX_NEW_TOKENS, RuntimeServer
 
 MODEL = "tiny-llama"
 

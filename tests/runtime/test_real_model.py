@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.runtime.conftest import RuntimeServer
+from tests.runtime.harness import RuntimeServer
 
 
 @pytest.mark.slow

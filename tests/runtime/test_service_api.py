@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.runtime.conftest import MAIN_CONTEXT, RuntimeServer
+from tests.runtime.harness import MAIN_CONTEXT, RuntimeServer
 
 SEED_STATUS_FIELDS = {
     "status",

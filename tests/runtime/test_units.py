@@ -69,6 +69,7 @@ def test_default_max_tokens_never_exceeds_the_limit() -> None:
         ("none", "awq", "cuda", False, "checkpoint"),
         ("awq", "awq", "cuda", False, "checkpoint"),
         ("bnb-4bit", "gptq", "cuda", False, "checkpoint"),
+        ("none", "bitsandbytes", "cpu", True, "checkpoint"),
     ],
 )
 def test_quantization_follows_the_setting_and_the_checkpoint(
@@ -83,6 +84,7 @@ def test_quantization_follows_the_setting_and_the_checkpoint(
         ("bnb-4bit", None, "cpu", "ALLOW_CPU_QUANTIZATION"),
         ("awq", None, "cuda", "pre-quantized AWQ"),
         ("awq", "gptq", "cuda", "gptq"),
+        ("none", "bitsandbytes", "cpu", "ALLOW_CPU_QUANTIZATION"),
     ],
 )
 def test_impossible_quantization_is_refused_with_a_reason(
@@ -119,7 +121,7 @@ def test_incremental_decoding_matches_a_full_decode(tiny_llama: Path) -> None:
     text = "Grüße, 東京! naïve café — 🙂 done"
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > len(text) // 2
-    decoder = IncrementalDecoder(lambda chunk: tokenizer.decode(list(chunk), skip_special_tokens=True))
+    decoder = IncrementalDecoder(lambda chunk: str(tokenizer.decode(list(chunk), skip_special_tokens=True)))
     # When ids arrive one at a time
     deltas = [decoder.push(i) for i in ids] + [decoder.flush()]
     # Then no delta carries half a character, and together they are the text

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.runtime.conftest import MAIN_CONTEXT, MAIN_MAX_NEW_TOKENS
+from tests.runtime.harness import MAIN_CONTEXT, MAIN_MAX_NEW_TOKENS
 
 HI = [{"role": "user", "content": "hi"}]
 # Longer than the context in any tokenization: each word is at least one token.

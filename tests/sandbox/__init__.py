@@ -5,7 +5,13 @@ registers it with ``agent``, which makes moto's SSM Run Command execute the proj
 there for real, with shims for systemctl, journalctl, sudo and (optionally) nvidia-smi.
 """
 
-from tests.sandbox.documents import DocumentRun, register_documents, run_document, send_document, wait_invocation
+from tests.sandbox.documents import (
+    DocumentRun,
+    register_documents,
+    run_document,
+    send_document,
+    wait_invocation,
+)
 from tests.sandbox.sandbox import Sandbox, free_port, port_open, wait_for_port
 
 __all__ = [

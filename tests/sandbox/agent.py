@@ -17,7 +17,10 @@ behaves as on a real instance:
 * an offline sandbox leaves new commands Pending until the command's TimeoutSeconds passes, then
   TimedOut with StatusDetails DeliveryTimedOut; DescribeInstanceInformation reports it
   ConnectionLost (and Online otherwise); a stopped EC2 instance counts as offline;
-* ListCommandInvocations and DescribeInstanceInformation, absent from moto, are added.
+* CancelCommand stops a pending or running invocation (Cancelled; its processes are killed);
+* with CloudWatchOutputConfig, each step's stdout and stderr also go to moto's CloudWatch Logs
+  (streams <command-id>/<instance-id>/<step>/stdout|stderr, the log group created if needed);
+* ListCommandInvocations, DescribeInstanceInformation and CancelCommand, absent from moto, are added.
 
 Works with ``mock_aws()`` and with ``moto.server.ThreadedMotoServer`` in the same process (both
 use the same backend objects). Commands for other instance ids keep moto's behaviour.
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.logs.models import logs_backends
 from moto.ssm.exceptions import SSMException
 from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
@@ -58,10 +62,11 @@ _lock = threading.RLock()
 _sandboxes: dict[str, Sandbox] = {}
 _runs: dict[tuple[str, str], InvocationRun] = {}
 _installed = False
+_request = threading.local()  # CloudWatchOutputConfig of the SendCommand being handled
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _iso_duration(seconds: float) -> str:
@@ -111,6 +116,7 @@ class InvocationRun:
     status_details: str = "Pending"
     process: subprocess.Popen[bytes] | None = None
     cancelled: bool = False
+    log_group: str = ""  # CloudWatchOutputConfig: stdout/stderr also go to this log group
 
     def step(self, plugin_name: str | None) -> StepRun:
         if plugin_name is None:
@@ -149,7 +155,10 @@ class InvocationRun:
                 "StandardOutputUrl": "",
                 "StandardErrorContent": _truncate(step.stderr, STDERR_LIMIT) if done else "",
                 "StandardErrorUrl": "",
-                "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False},
+                "CloudWatchOutputConfig": {
+                    "CloudWatchLogGroupName": self.log_group,
+                    "CloudWatchOutputEnabled": bool(self.log_group),
+                },
             }
 
     def list_view(self, details: bool) -> dict[str, Any]:
@@ -275,7 +284,11 @@ def _run_invocation(run: InvocationRun, sandbox: Sandbox) -> None:
                 step.status = step.status_details = "Skipped" if outcome != "Cancelled" else "Cancelled"
             continue
         outcome = _run_step(run, sandbox, index, step)
-    details = {"Success": "Success", "Failed": "Failed", "TimedOut": "ExecutionTimedOut"}.get(outcome, outcome)
+        if run.log_group:
+            _to_cloudwatch(run, step)
+    details = {"Success": "Success", "Failed": "Failed", "TimedOut": "ExecutionTimedOut"}.get(
+        outcome, outcome
+    )
     _set_status(run, outcome, details)
 
 
@@ -291,7 +304,9 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
         step.status = step.status_details = "InProgress"
         step.started = _now()
     if step.action != "aws:runShellScript":
-        return _end_step(step, "Failed", 1, "", f"the sandbox agent runs aws:runShellScript only, not {step.action}\n")
+        return _end_step(
+            step, "Failed", 1, "", f"the sandbox agent runs aws:runShellScript only, not {step.action}\n"
+        )
     commands = step.inputs.get("runCommand", [])
     script = commands if isinstance(commands, str) else "\n".join(str(line) for line in commands)
     try:
@@ -324,10 +339,8 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
             timed_out = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
@@ -336,10 +349,17 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
     if run.cancelled:
         return _end_step(step, "Cancelled", -1, stdout, stderr)
     if timed_out:
-        return _end_step(step, "TimedOut", TIMED_OUT_RESPONSE_CODE, stdout,
-                         stderr + f"\nfailed to run commands: exit status {TIMED_OUT_RESPONSE_CODE}\n")
+        return _end_step(
+            step,
+            "TimedOut",
+            TIMED_OUT_RESPONSE_CODE,
+            stdout,
+            stderr + f"\nfailed to run commands: exit status {TIMED_OUT_RESPONSE_CODE}\n",
+        )
     if code != 0:
-        return _end_step(step, "Failed", code, stdout, stderr + f"\nfailed to run commands: exit status {code}\n")
+        return _end_step(
+            step, "Failed", code, stdout, stderr + f"\nfailed to run commands: exit status {code}\n"
+        )
     return _end_step(step, "Success", 0, stdout, stderr)
 
 
@@ -352,15 +372,35 @@ def _end_step(step: StepRun, status: str, code: int, stdout: str, stderr: str) -
     return status
 
 
+def _to_cloudwatch(run: InvocationRun, step: StepRun) -> None:
+    """What the agent uploads with CloudWatchOutputConfig: <command>/<instance>/<step>/stdout|stderr."""
+    logs = logs_backends[run.command.account_id][run.region]
+    if run.log_group not in logs.groups:
+        with contextlib.suppress(Exception):
+            logs.create_log_group(run.log_group, {})
+    stamp = int(time.time() * 1000)
+    for stream, text in (("stdout", step.stdout), ("stderr", step.stderr)):
+        if not text:
+            continue
+        name = f"{run.command.command_id}/{run.instance_id}/{step.name}/{stream}"
+        with contextlib.suppress(Exception):
+            logs.create_log_stream(run.log_group, name)
+        events = [{"timestamp": stamp, "message": line} for line in text.splitlines() or [text]]
+        logs.put_log_events(run.log_group, name, events)
+
+
 # --------------------------------------------------------------------------- moto hooks
 
 
 _original_send_command = SimpleSystemManagerBackend.send_command
 _original_get_invocation = SimpleSystemManagerBackend.get_command_invocation
 _send_signature = inspect.signature(_original_send_command)
+_original_response_send_command = SimpleSystemManagerResponse.send_command
 
 
-def _target_instance_ids(backend: SimpleSystemManagerBackend, targets: list[dict[str, Any]] | None) -> list[str]:
+def _target_instance_ids(
+    backend: SimpleSystemManagerBackend, targets: list[dict[str, Any]] | None
+) -> list[str]:
     ids: list[str] = []
     for target in targets or []:
         key, values = target.get("Key", ""), target.get("Values", [])
@@ -375,14 +415,18 @@ def _target_instance_ids(backend: SimpleSystemManagerBackend, targets: list[dict
 
 def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Command:
     arguments = _send_signature.bind(self, *args, **kwargs).arguments
-    instance_ids = list(arguments.get("instance_ids") or []) + _target_instance_ids(self, arguments.get("targets"))
+    instance_ids = list(arguments.get("instance_ids") or []) + _target_instance_ids(
+        self, arguments.get("targets")
+    )
     with _lock:
         sandboxes = {i: _sandboxes[i] for i in instance_ids if i in _sandboxes}
     if not sandboxes:
         return _original_send_command(self, *args, **kwargs)
     strangers = [i for i in instance_ids if i not in sandboxes]
     if strangers:
-        raise _Error("InvalidInstanceId", f"Instances {strangers} not in a valid state for account {self.account_id}")
+        raise _Error(
+            "InvalidInstanceId", f"Instances {strangers} not in a valid state for account {self.account_id}"
+        )
     name = arguments.get("document_name") or ""
     document = self._get_documents(name).find()  # InvalidDocument when absent
     content = document.content_json
@@ -407,6 +451,7 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
             )
             for spec in steps_spec
         ]
+        cloudwatch = getattr(_request, "cloudwatch", None) or {}
         run = InvocationRun(
             command=command,
             instance_id=instance_id,
@@ -414,13 +459,18 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
             document_version=document.document_version,
             region=self.region_name,
             steps=steps,
+            log_group=str(cloudwatch.get("CloudWatchLogGroupName") or "")
+            if cloudwatch.get("CloudWatchOutputEnabled")
+            else "",
         )
         with _lock:
             _runs[(command.command_id, instance_id)] = run
     for instance_id in instance_ids:
         run = _runs[(command.command_id, instance_id)]
         threading.Thread(
-            target=_run_invocation, args=(run, sandboxes[instance_id]), daemon=True,
+            target=_run_invocation,
+            args=(run, sandboxes[instance_id]),
+            daemon=True,
             name=f"ssm-sandbox-{command.command_id[:8]}",
         ).start()
     return command
@@ -454,13 +504,15 @@ def _moto_invocation_view(command: Command, invocation: dict[str, Any], details:
         "CommandPlugins": [],
     }
     if details:
-        view["CommandPlugins"] = [{
-            "Name": invocation["PluginName"],
-            "Status": invocation["Status"],
-            "StatusDetails": invocation["StatusDetails"],
-            "ResponseCode": invocation["ResponseCode"],
-            "Output": invocation["StandardOutputContent"],
-        }]
+        view["CommandPlugins"] = [
+            {
+                "Name": invocation["PluginName"],
+                "Status": invocation["Status"],
+                "StatusDetails": invocation["StatusDetails"],
+                "ResponseCode": invocation["ResponseCode"],
+                "Output": invocation["StandardOutputContent"],
+            }
+        ]
     return view
 
 
@@ -480,7 +532,9 @@ def _list_command_invocations(
                 continue
             with _lock:
                 run = _runs.get((command.command_id, target))
-            views.append(run.list_view(details) if run else _moto_invocation_view(command, invocation, details))
+            views.append(
+                run.list_view(details) if run else _moto_invocation_view(command, invocation, details)
+            )
     for item in filters or []:
         key, value = item.get("key") or item.get("Key"), item.get("value") or item.get("Value")
         if key == "Status":
@@ -510,27 +564,60 @@ def _describe_instance_information(
     for sandbox in sandboxes:
         try:
             instance = ec2.get_instance(sandbox.instance_id)
-        except Exception:
+        except Exception:  # noqa: S112 - not an instance of this account and region: not listed
             continue
         if wanted_ids is not None and sandbox.instance_id not in wanted_ids:
             continue
         ping = "Online" if _online(sandbox, self.account_id, self.region_name) else "ConnectionLost"
         if wanted_ping is not None and ping not in wanted_ping:
             continue
-        result.append({
-            "InstanceId": sandbox.instance_id,
-            "PingStatus": ping,
-            "LastPingDateTime": sandbox.last_ping,
-            "AgentVersion": "3.3.0.0",
-            "IsLatestVersion": True,
-            "PlatformType": "Linux",
-            "PlatformName": "Ubuntu",
-            "PlatformVersion": "22.04",
-            "ResourceType": "EC2Instance",
-            "IPAddress": getattr(instance, "private_ip", "") or "",
-            "ComputerName": sandbox.hostname,
-        })
+        result.append(
+            {
+                "InstanceId": sandbox.instance_id,
+                "PingStatus": ping,
+                "LastPingDateTime": sandbox.last_ping,
+                "AgentVersion": "3.3.0.0",
+                "IsLatestVersion": True,
+                "PlatformType": "Linux",
+                "PlatformName": "Ubuntu",
+                "PlatformVersion": "22.04",
+                "ResourceType": "EC2Instance",
+                "IPAddress": getattr(instance, "private_ip", "") or "",
+                "ComputerName": sandbox.hostname,
+            }
+        )
     return result
+
+
+def _cancel_command(
+    self: SimpleSystemManagerBackend, command_id: str, instance_ids: list[str] | None = None
+) -> None:
+    command = self.get_command_by_id(command_id)
+    for instance_id in instance_ids or command.instance_ids:
+        with _lock:
+            run = _runs.get((command_id, instance_id))
+        if run is not None:
+            if run.status not in TERMINAL:
+                _cancel(run)
+            continue
+        for invocation in command.invocations:
+            if invocation["InstanceId"] == instance_id and invocation["Status"] not in TERMINAL:
+                invocation["Status"] = invocation["StatusDetails"] = "Cancelled"
+
+
+def _response_send_command(self: SimpleSystemManagerResponse) -> ActionResult:
+    _request.cloudwatch = self._get_param("CloudWatchOutputConfig")
+    try:
+        return _original_response_send_command(self)
+    finally:
+        _request.cloudwatch = None
+
+
+def _response_cancel_command(self: SimpleSystemManagerResponse) -> ActionResult:
+    self.ssm_backend.cancel_command(  # type: ignore[attr-defined]
+        command_id=self._get_param("CommandId"), instance_ids=self._get_param("InstanceIds")
+    )
+    return ActionResult({})
 
 
 def _response_list_command_invocations(self: SimpleSystemManagerResponse) -> ActionResult:
@@ -561,6 +648,9 @@ def install() -> None:
         backend.get_command_invocation = _get_command_invocation
         backend.list_command_invocations = _list_command_invocations
         backend.describe_instance_information = _describe_instance_information
+        backend.cancel_command = _cancel_command
+        response.send_command = _response_send_command
+        response.cancel_command = _response_cancel_command
         response.list_command_invocations = _response_list_command_invocations
         response.describe_instance_information = _response_describe_instance_information
         _installed = True

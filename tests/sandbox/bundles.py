@@ -49,7 +49,9 @@ def fake_runtime_bundle(dest: Path, *, requirements: str | None = None, version:
         files["requirements.txt"] = requirements.encode()
     if version is not None:
         init = files["__init__.py"].decode()
-        files["__init__.py"] = init.replace('__version__ = "0.0.0+sandbox"', f'__version__ = "{version}"').encode()
+        files["__init__.py"] = init.replace(
+            '__version__ = "0.0.0+sandbox"', f'__version__ = "{version}"'
+        ).encode()
     return write_zip(files, dest)
 
 

@@ -1,8 +1,8 @@
 """The project's SSM documents in moto, and running one on a sandbox to its end.
 
-    register_documents(ssm)                      # every ssm_documents/*.yaml, as the stack does
-    run = run_document(ssm, sandbox, "collect-resources")
-    run.status, run.result                       # "Success", the last stdout line as JSON
+register_documents(ssm)                      # every ssm_documents/*.yaml, as the stack does
+run = run_document(ssm, sandbox, "collect-resources")
+run.status, run.result                       # "Success", the last stdout line as JSON
 """
 
 from __future__ import annotations
@@ -72,13 +72,21 @@ class DocumentRun:
         return value if isinstance(value, dict) else None
 
     def explain(self) -> str:
-        return (f"{self.status}/{self.status_details} rc={self.response_code}\n"
-                f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-4000:]}")
+        return (
+            f"{self.status}/{self.status_details} rc={self.response_code}\n"
+            f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-4000:]}"
+        )
 
 
-def send_document(ssm: Any, sandbox: Sandbox, document: str, *, timeout_s: int | None = None,
-                  **values: str | int) -> str:
+def send_document(ssm: Any, sandbox: Sandbox, document: str, **values: str | int) -> str:
     """SendCommand with the sandbox's roots plus ``values``; returns the command id."""
+    return send_command(ssm, sandbox, document, values)
+
+
+def send_command(
+    ssm: Any, sandbox: Sandbox, document: str, values: dict[str, str | int], *, timeout_s: int | None = None
+) -> str:
+    """SendCommand with the sandbox's roots plus ``values`` (and TimeoutSeconds); the command id."""
     kwargs: dict[str, Any] = {
         "InstanceIds": [sandbox.instance_id],
         "DocumentName": document,
@@ -89,8 +97,9 @@ def send_document(ssm: Any, sandbox: Sandbox, document: str, *, timeout_s: int |
     return str(ssm.send_command(**kwargs)["Command"]["CommandId"])
 
 
-def wait_invocation(ssm: Any, sandbox: Sandbox, command_id: str, *, timeout_s: float = 180.0,
-                    poll_s: float = 0.1) -> DocumentRun:
+def wait_invocation(
+    ssm: Any, sandbox: Sandbox, command_id: str, *, timeout_s: float = 180.0, poll_s: float = 0.1
+) -> DocumentRun:
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
     while True:
@@ -119,7 +128,8 @@ def wait_invocation(ssm: Any, sandbox: Sandbox, command_id: str, *, timeout_s: f
         time.sleep(poll_s)
 
 
-def run_document(ssm: Any, sandbox: Sandbox, document: str, *, wait_s: float = 180.0,
-                 **values: str | int) -> DocumentRun:
+def run_document(
+    ssm: Any, sandbox: Sandbox, document: str, *, wait_s: float = 180.0, **values: str | int
+) -> DocumentRun:
     """Send ``document`` to the sandbox and wait for its end."""
-    return wait_invocation(ssm, sandbox, send_document(ssm, sandbox, document, **values), timeout_s=wait_s)
+    return wait_invocation(ssm, sandbox, send_command(ssm, sandbox, document, values), timeout_s=wait_s)

@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STARTED = time.time()
+PORT = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -26,13 +27,16 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             self._send(200, {"status": "ok", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
         elif self.path == "/status":
-            self._send(200, {
-                "status": "healthy",
-                "service": "flux-api",
-                "model": "flux-schnell",
-                "port": self.server.server_address[1],
-                "uptime_s": round(time.time() - STARTED, 3),
-            })
+            self._send(
+                200,
+                {
+                    "status": "healthy",
+                    "service": "flux-api",
+                    "model": "flux-schnell",
+                    "port": PORT,
+                    "uptime_s": round(time.time() - STARTED, 3),
+                },
+            )
         else:
             self._send(404, {"detail": "Not Found"})
 
@@ -54,6 +58,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ram-mib", type=int, default=0)
     args = parser.parse_args(argv)
+    global PORT
+    PORT = args.port
     ballast = bytearray(args.ram_mib * 1024 * 1024)
     for offset in range(0, len(ballast), 4096):
         ballast[offset] = 1

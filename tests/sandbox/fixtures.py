@@ -40,7 +40,9 @@ class Aws:
 
 def launch_instance(ec2: Any, instance_type: str = "g5.4xlarge") -> str:
     """A running EC2 instance in moto, as the orchestrator's "instance exists" check expects."""
-    reservation = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType=instance_type)
+    reservation = ec2.run_instances(
+        ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType=instance_type
+    )
     return str(reservation["Instances"][0]["InstanceId"])
 
 
@@ -58,10 +60,15 @@ def moto_server() -> Iterator[str]:
 
 @pytest.fixture
 def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Aws:
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", REGION)):
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", REGION),
+    ):
         monkeypatch.setenv(key, value)
-    clients = {name: boto3.client(name, endpoint_url=moto_server, **CREDENTIALS) for name in ("s3", "ssm", "ec2")}
+    clients = {
+        name: boto3.client(name, endpoint_url=moto_server, **CREDENTIALS) for name in ("s3", "ssm", "ec2")
+    }
     register_documents(clients["ssm"])
     bucket = f"models-{uuid.uuid4().hex[:12]}"
     clients["s3"].create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})

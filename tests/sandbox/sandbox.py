@@ -54,29 +54,50 @@ class Sandbox:
         gpu_name: str = "NVIDIA A10G",
         gpu_memory_mib: int = 23028,
         hostname: str = "ip-10-0-0-10",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.instance_id = instance_id
         self.gpu = gpu
         self.endpoint_url = endpoint_url
         self.hostname = hostname
+        self.extra_env = dict(extra_env or {})  # added to the scripts' environment (e.g. other credentials)
         self.online = True
         self.invocation_delay_s = 0.0  # >0: GetCommandInvocation says InvocationDoesNotExist that long
         # Offline, a command waits for delivery this long (None: its TimeoutSeconds, at least 30 s).
         self.delivery_timeout_s: float | None = None
-        self.last_ping = dt.datetime.now(dt.timezone.utc)
+        self.last_ping = dt.datetime.now(dt.UTC)
         self.owner_pid = os.getpid()
-        for folder in (self.unit_dir, self.profile_dir, self.models_root, self.run_dir / "home",
-                       self.run_dir / "aws"):
+        for folder in (
+            self.unit_dir,
+            self.profile_dir,
+            self.models_root,
+            self.run_dir / "home",
+            self.run_dir / "aws",
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "aws" / "config").write_text("")
         (self.run_dir / "aws" / "credentials").write_text("")
         gpus = []
         if gpu:
-            gpus = [{"index": 0, "name": gpu_name, "uuid": "GPU-5a3b6f0e-0000-4000-8000-000000000a10",
-                     "memory_total_mib": gpu_memory_mib}]
+            gpus = [
+                {
+                    "index": 0,
+                    "name": gpu_name,
+                    "uuid": "GPU-5a3b6f0e-0000-4000-8000-000000000a10",
+                    "memory_total_mib": gpu_memory_mib,
+                }
+            ]
         self._write_gpu_config(gpus=gpus, claims={}, baseline_used_mib=0)
         agent.register(self)
+
+    @classmethod
+    def launch(cls, ec2: Any, root: Path, **options: Any) -> Sandbox:
+        """A sandbox on a new, running moto EC2 instance (``ec2`` is a boto3 EC2 client)."""
+        reservation = ec2.run_instances(
+            ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="g5.4xlarge"
+        )
+        return cls(root, str(reservation["Instances"][0]["InstanceId"]), **options)
 
     # ------------------------------------------------------------------ layout
 
@@ -146,7 +167,9 @@ class Sandbox:
 
     def shim_env(self) -> dict[str, str]:
         """Environment in which the shims act on this sandbox (for calls from tests)."""
-        path = f"{SHIMS}:" + (f"{GPU_SHIMS}:" if self.gpu else "") + f"{Path(sys.prefix) / 'bin'}:{SYSTEM_PATH}"
+        path = (
+            f"{SHIMS}:" + (f"{GPU_SHIMS}:" if self.gpu else "") + f"{Path(sys.prefix) / 'bin'}:{SYSTEM_PATH}"
+        )
         return {
             "PATH": path,
             "LANG": "C.UTF-8",
@@ -159,27 +182,36 @@ class Sandbox:
         """What a document's script sees: shims first, the project's tools, fake credentials."""
         endpoint = self.endpoint_url or UNREACHABLE_ENDPOINT
         env = self.shim_env()
-        env.update({
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": region,
-            "AWS_REGION": region,
-            "AWS_ENDPOINT_URL": endpoint,
-            "S3_ENDPOINT_URL": endpoint,  # s5cmd's name for it
-            "AWS_CONFIG_FILE": str(self.run_dir / "aws" / "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(self.run_dir / "aws" / "credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        })
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": region,
+                "AWS_REGION": region,
+                "AWS_ENDPOINT_URL": endpoint,
+                "S3_ENDPOINT_URL": endpoint,  # s5cmd's name for it
+                "AWS_CONFIG_FILE": str(self.run_dir / "aws" / "config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(self.run_dir / "aws" / "credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            }
+        )
+        env.update(self.extra_env)
         return env
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(SHIMS / "systemctl"), *args], env=self.shim_env(), capture_output=True, text=True,
-            timeout=60, check=False,
+            [str(SHIMS / "systemctl"), *args],
+            env=self.shim_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         if check and result.returncode != 0:
-            raise RuntimeError(f"systemctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise RuntimeError(
+                f"systemctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result
 
     # ------------------------------------------------------------------ fake Flux and the GPU
@@ -285,7 +317,7 @@ class Sandbox:
 
     def go_online(self) -> None:
         self.online = True
-        self.last_ping = dt.datetime.now(dt.timezone.utc)
+        self.last_ping = dt.datetime.now(dt.UTC)
 
     # ------------------------------------------------------------------ teardown
 

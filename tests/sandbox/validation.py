@@ -75,7 +75,9 @@ def resolve_parameters(definitions: dict[str, Any] | None, given: dict[str, Any]
             resolved[name] = "\n".join(str(v) for v in values)
             continue
         if len(values) != 1:
-            raise InvalidParameters(f'Parameter "{name}" of type {kind} takes exactly one value, got {len(values)}.')
+            raise InvalidParameters(
+                f'Parameter "{name}" of type {kind} takes exactly one value, got {len(values)}.'
+            )
         value = str(values[0])
         if kind == "Integer" and re.fullmatch(r"-?[0-9]+", value) is None:
             raise InvalidParameters(f'Parameter "{name}" must be an Integer, got "{_shown(value)}".')

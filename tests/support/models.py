@@ -150,6 +150,7 @@ def convert_smollm2(dest: Path) -> Path:
     gguf = smollm2_gguf_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    work.chmod(0o755)  # mkdtemp's 0700 would follow the folder into the shared cache
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
@@ -157,7 +158,7 @@ def convert_smollm2(dest: Path) -> Path:
         # the saved folder claim a quantization it no longer has.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         (work / _CONVERTED_MARKER).write_text(json.dumps({"source": gguf.name, "dtype": "bfloat16"}))

@@ -64,17 +64,20 @@ def main() -> int:
                 else:
                     state = "healthy"
                 rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                self._send(200 if state == "healthy" else 503, {
-                    "status": state,
-                    "model": settings.model_name,
-                    "gpu_memory_used": None,
-                    "gpu_memory_total": None,
-                    "ram_usage_gb": round(rss_kb / 1048576, 3),
-                    "port": settings.port,
-                    "timestamp": _now(),
-                    "service": "asoba-inference",
-                    "error": "fake runtime error" if state == "error" else None,
-                })
+                self._send(
+                    200 if state == "healthy" else 503,
+                    {
+                        "status": state,
+                        "model": settings.model_name,
+                        "gpu_memory_used": None,
+                        "gpu_memory_total": None,
+                        "ram_usage_gb": round(rss_kb / 1048576, 3),
+                        "port": settings.port,
+                        "timestamp": _now(),
+                        "service": "asoba-inference",
+                        "error": "fake runtime error" if state == "error" else None,
+                    },
+                )
             else:
                 self._send(404, {"detail": "Not Found"})
 

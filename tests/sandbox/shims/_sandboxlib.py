@@ -293,35 +293,74 @@ def supervise(root: Path, unit: str, path: Path) -> int:
             cwd = _last(section, "WorkingDirectory").lstrip("-") or "/"
         except SandboxError as error:
             journal(root, unit, f"{unit}: {error}")
-            write_state(root, unit, active_state="failed", sub_state="failed", main_pid=0,
-                        result="resources", exec_main_status=None, exited_at=time.time())
+            write_state(
+                root,
+                unit,
+                active_state="failed",
+                sub_state="failed",
+                main_pid=0,
+                result="resources",
+                exec_main_status=None,
+                exited_at=time.time(),
+            )
             return 1
         log_path(root, unit).parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path(root, unit), "ab")  # noqa: SIM115 - the child owns it while it runs
         try:
             child = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
         except OSError as error:
             log.close()
             journal(root, unit, f"{unit}: Failed to execute {argv[0]}: {error}")
-            write_state(root, unit, active_state="failed", sub_state="failed", main_pid=0,
-                        result="exit-code", exec_main_status=203, exited_at=time.time())
+            write_state(
+                root,
+                unit,
+                active_state="failed",
+                sub_state="failed",
+                main_pid=0,
+                result="exit-code",
+                exec_main_status=203,
+                exited_at=time.time(),
+            )
             return 1
         log.close()
-        write_state(root, unit, active_state="active", sub_state="running", main_pid=child.pid,
-                    started_at=time.time(), n_restarts=restarts, result="success",
-                    exec_main_status=None, exited_at=None, user=_last(section, "User"))
+        write_state(
+            root,
+            unit,
+            active_state="active",
+            sub_state="running",
+            main_pid=child.pid,
+            started_at=time.time(),
+            n_restarts=restarts,
+            result="success",
+            exec_main_status=None,
+            exited_at=None,
+            user=_last(section, "User"),
+        )
         journal(root, unit, f"Started {unit} (pid {child.pid}).")
         status = _wait_child(child, stop, owner)
         if stop["requested"] or (owner and not pid_alive(owner)):
             write_state(root, unit, active_state="deactivating", sub_state="stop-sigterm")
             _terminate(child, stop_timeout)
             journal(root, unit, f"Stopped {unit}.")
-            write_state(root, unit, active_state="inactive", sub_state="dead", main_pid=0,
-                        last_main_pid=child.pid, exec_main_status=child.returncode,
-                        exited_at=time.time(), result="success")
+            write_state(
+                root,
+                unit,
+                active_state="inactive",
+                sub_state="dead",
+                main_pid=0,
+                last_main_pid=child.pid,
+                exec_main_status=child.returncode,
+                exited_at=time.time(),
+                result="success",
+            )
             return 0
         _kill_group(child.pid, signal.SIGKILL)  # leftovers of a service that exited on its own
         how = f"code=killed, status={-status}" if status < 0 else f"code=exited, status={status}"
@@ -329,13 +368,29 @@ def supervise(root: Path, unit: str, path: Path) -> int:
         again = restart == "always" or (restart in ("on-failure", "on-abnormal") and status != 0)
         if not again:
             state = "inactive" if status == 0 else "failed"
-            write_state(root, unit, active_state=state, sub_state="dead" if status == 0 else "failed",
-                        main_pid=0, last_main_pid=child.pid, exec_main_status=status,
-                        exited_at=time.time(), result="success" if status == 0 else "exit-code")
+            write_state(
+                root,
+                unit,
+                active_state=state,
+                sub_state="dead" if status == 0 else "failed",
+                main_pid=0,
+                last_main_pid=child.pid,
+                exec_main_status=status,
+                exited_at=time.time(),
+                result="success" if status == 0 else "exit-code",
+            )
             return 0
-        write_state(root, unit, active_state="activating", sub_state="auto-restart", main_pid=0,
-                    last_main_pid=child.pid, exec_main_status=status, exited_at=time.time(),
-                    result="exit-code" if status else "success")
+        write_state(
+            root,
+            unit,
+            active_state="activating",
+            sub_state="auto-restart",
+            main_pid=0,
+            last_main_pid=child.pid,
+            exec_main_status=status,
+            exited_at=time.time(),
+            result="exit-code" if status else "success",
+        )
         deadline = time.monotonic() + restart_sec
         while time.monotonic() < deadline and not stop["requested"]:
             time.sleep(0.05)
@@ -367,10 +422,8 @@ def _kill_group(pid: int, sig: int) -> None:
 
 def _terminate(child: subprocess.Popen[bytes], timeout: float) -> None:
     _kill_group(child.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
     _kill_group(child.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=5)
@@ -403,7 +456,9 @@ def _wanted_links(root: Path, unit: str) -> list[Path]:
     directory = unit_dir(root)
     if not directory.is_dir():
         return []
-    return sorted(p / unit for p in directory.glob("*.wants") if (p / unit).is_symlink() or (p / unit).exists())
+    return sorted(
+        p / unit for p in directory.glob("*.wants") if (p / unit).is_symlink() or (p / unit).exists()
+    )
 
 
 def unit_file_state(root: Path, unit: str) -> str:
@@ -489,12 +544,22 @@ def start(root: Path, unit: str) -> None:
             (state_dir(root) / "loaded").mkdir(parents=True, exist_ok=True)
             _loaded_path(root, unit).write_bytes(path.read_bytes())
             path = _loaded_path(root, unit)
-        write_state(root, unit, active_state="activating", sub_state="start", main_pid=0,
-                    supervisor_pid=0, requested_at=time.time())
+        write_state(
+            root,
+            unit,
+            active_state="activating",
+            sub_state="start",
+            main_pid=0,
+            supervisor_pid=0,
+            requested_at=time.time(),
+        )
         supervisor = subprocess.Popen(
             [sys.executable, "-S", __file__, "supervise", str(root), unit, str(path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
         )
         write_state(root, unit, supervisor_pid=supervisor.pid)
     deadline = time.monotonic() + 10
@@ -509,7 +574,7 @@ def start(root: Path, unit: str) -> None:
     if state.get("active_state") == "failed" and state.get("exec_main_status") == 203:
         raise SandboxError(
             f"Job for {unit} failed because of unavailable resources or another system error.\n"
-            f"See \"systemctl status {unit}\" and \"journalctl -xeu {unit}\" for details.",
+            f'See "systemctl status {unit}" and "journalctl -xeu {unit}" for details.',
             1,
         )
 
@@ -530,8 +595,14 @@ def stop(root: Path, unit: str) -> None:
             kill_unit(root, unit)
     state = read_state(root, unit)
     if state and state.get("active_state") != "inactive":
-        write_state(root, unit, active_state="inactive", sub_state="dead", main_pid=0,
-                    exited_at=state.get("exited_at") or time.time())
+        write_state(
+            root,
+            unit,
+            active_state="inactive",
+            sub_state="dead",
+            main_pid=0,
+            exited_at=state.get("exited_at") or time.time(),
+        )
 
 
 def kill_unit(root: Path, unit: str) -> None:
@@ -544,9 +615,15 @@ def kill_unit(root: Path, unit: str) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     if state:
-        write_state(root, unit, active_state="inactive", sub_state="dead", main_pid=0,
-                    last_main_pid=state.get("main_pid") or state.get("last_main_pid") or 0,
-                    exited_at=time.time())
+        write_state(
+            root,
+            unit,
+            active_state="inactive",
+            sub_state="dead",
+            main_pid=0,
+            last_main_pid=state.get("main_pid") or state.get("last_main_pid") or 0,
+            exited_at=time.time(),
+        )
 
 
 def enable(root: Path, unit: str) -> None:
@@ -579,11 +656,11 @@ def disable(root: Path, unit: str) -> None:
         raise SandboxError(f"Failed to disable unit: Unit file {unit} does not exist.", 1)
     for link in links:
         link.unlink()
-        print(f"Removed \"{link}\".", file=sys.stderr)
+        print(f'Removed "{link}".', file=sys.stderr)
 
 
 def known_units(root: Path) -> list[str]:
-    names = set()
+    names: set[str] = set()
     directory = unit_dir(root)
     if directory.is_dir():
         names.update(p.name for p in directory.iterdir() if p.name.endswith(".service") and p.is_file())
@@ -599,7 +676,9 @@ def _print_status(root: Path, unit: str) -> int:
         print(f"Unit {unit} could not be found.", file=sys.stderr)
         return 4
     print(f"\u25cf {unit} - {props['Description']}")
-    print(f"     Loaded: {props['LoadState']} ({props['FragmentPath']}; {props['UnitFileState'] or 'static'})")
+    print(
+        f"     Loaded: {props['LoadState']} ({props['FragmentPath']}; {props['UnitFileState'] or 'static'})"
+    )
     print(f"     Active: {props['ActiveState']} ({props['SubState']})")
     if props["MainPID"] != "0":
         print(f"   Main PID: {props['MainPID']}")
@@ -654,8 +733,9 @@ def _unit_name(name: str) -> str:
     return name if "." in name else f"{name}.service"
 
 
-def _dispatch(root: Path, command: str, units: list[str], wanted: list[str], value_only: bool,
-              now: bool) -> int:
+def _dispatch(
+    root: Path, command: str, units: list[str], wanted: list[str], value_only: bool, now: bool
+) -> int:
     if command == "daemon-reload":
         with locked(root):
             daemon_reload(root)
@@ -663,7 +743,8 @@ def _dispatch(root: Path, command: str, units: list[str], wanted: list[str], val
     if command == "list-units":
         for unit in known_units(root):
             props = properties(root, unit)
-            print(f"{unit} {props['LoadState']} {props['ActiveState']} {props['SubState']} {props['Description']}")
+            fields = ("LoadState", "ActiveState", "SubState", "Description")
+            print(" ".join([unit, *(props[name] for name in fields)]))
         return 0
     if command == "reset-failed":
         for unit in units or known_units(root):
@@ -762,8 +843,15 @@ def journalctl_main(argv: list[str]) -> int:
 
 
 GPU_FIELDS = {
-    "index", "name", "uuid", "memory.total", "memory.used", "memory.free", "utilization.gpu",
-    "driver_version", "count",
+    "index",
+    "name",
+    "uuid",
+    "memory.total",
+    "memory.used",
+    "memory.free",
+    "utilization.gpu",
+    "driver_version",
+    "count",
 }
 APP_FIELDS = {"pid", "used_memory", "used_gpu_memory", "process_name", "name", "gpu_uuid"}
 _MIB_FIELDS = {"memory.total", "memory.used", "memory.free", "used_memory", "used_gpu_memory"}
@@ -847,9 +935,14 @@ def nvidia_smi_main(argv: list[str]) -> int:
             total = int(gpu["memory_total_mib"])
             gpu_used = used if int(gpu["index"]) == 0 else 0
             values = {
-                "index": gpu["index"], "name": gpu["name"], "uuid": gpu["uuid"], "memory.total": total,
-                "memory.used": gpu_used, "memory.free": max(total - gpu_used, 0),
-                "utilization.gpu": 0, "driver_version": config.get("driver_version", "535.183.01"),
+                "index": gpu["index"],
+                "name": gpu["name"],
+                "uuid": gpu["uuid"],
+                "memory.total": total,
+                "memory.used": gpu_used,
+                "memory.free": max(total - gpu_used, 0),
+                "utilization.gpu": 0,
+                "driver_version": config.get("driver_version", "535.183.01"),
                 "count": len(gpus),
             }
             rows.append([(f, values[f]) for f in query_gpu])
@@ -869,8 +962,12 @@ def nvidia_smi_main(argv: list[str]) -> int:
             except OSError:
                 name = "[Not Found]"
             values = {
-                "pid": pid, "used_memory": mib, "used_gpu_memory": mib, "process_name": name,
-                "name": name, "gpu_uuid": gpus[0]["uuid"],
+                "pid": pid,
+                "used_memory": mib,
+                "used_gpu_memory": mib,
+                "process_name": name,
+                "name": name,
+                "gpu_uuid": gpus[0]["uuid"],
             }
             rows.append([(f, values[f]) for f in query_apps])
         if header and not rows:
@@ -895,8 +992,15 @@ if __name__ == "__main__":
             sys.exit(supervise(_root, _unit, Path(sys.argv[4])))
         except Exception as _error:
             journal(_root, _unit, f"{_unit}: sandbox supervisor failed: {_error!r}")
-            write_state(_root, _unit, active_state="failed", sub_state="failed", main_pid=0,
-                        result="resources", exited_at=time.time())
+            write_state(
+                _root,
+                _unit,
+                active_state="failed",
+                sub_state="failed",
+                main_pid=0,
+                result="resources",
+                exited_at=time.time(),
+            )
             raise
     print("usage: _sandboxlib.py supervise ROOT UNIT UNIT_FILE", file=sys.stderr)
     sys.exit(2)

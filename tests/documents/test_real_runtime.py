@@ -1,0 +1,104 @@
+"""install-runtime with the real instance_runtime bundle and a real (tiny) model: the unit the
+shim starts loads the model and serves /health and /status in the seed's format."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from core.snapshot import InstanceSnapshot
+from tests.sandbox import Sandbox, free_port, run_document
+from tests.sandbox.bundles import RUNTIME_DIR, runtime_bundle, upload
+from tests.sandbox.fixtures import Aws
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (RUNTIME_DIR / "app.py").is_file(), reason="instance_runtime is not written yet"),
+]
+
+
+def test_the_real_runtime_installs_serves_and_goes_away(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    from tests.support.models import build_tiny_model
+
+    # Given the stack's runtime asset and a tiny model in S3
+    sandbox = make_sandbox(gpu=False)
+    port = free_port()
+    model = build_tiny_model(tmp_path / "tiny-llama")
+    for path in sorted(model.rglob("*")):
+        if path.is_file():
+            key = f"models/tiny-llama/{path.relative_to(model).as_posix()}"
+            aws.s3.upload_file(str(path), aws.bucket, key)
+    bundle = upload(aws.s3, aws.bucket, runtime_bundle(tmp_path / "runtime.zip"), "assets/runtime.zip")
+    synced = run_document(
+        aws.ssm,
+        sandbox,
+        "sync-model",
+        ModelName="tiny-llama",
+        SourceUri=f"s3://{aws.bucket}/models/tiny-llama/",
+    )
+    assert synced.status == "Success", synced.explain()
+
+    # When install-runtime runs
+    installed = run_document(
+        aws.ssm,
+        sandbox,
+        "install-runtime",
+        RuntimeBundleUri=bundle,
+        ModelName="tiny-llama",
+        ModelPath=str(sandbox.models_root / "tiny-llama"),
+        Port=str(port),
+        Host="127.0.0.1",
+        ContextTokens="512",
+        MaxNewTokens="64",
+    )
+
+    # Then the runtime's venv reuses the base packages (pip finds everything satisfied) and the
+    # unit runs the real service
+    assert installed.status == "Success", installed.explain()
+    assert installed.result is not None
+    import instance_runtime
+
+    assert installed.result["runtime_version"] == instance_runtime.__version__
+    assert (installed.result["venv_created"], installed.result["pip_ran"]) == (True, True)
+    assert "asoba-inference.service" in sandbox.processes()
+    deadline = time.monotonic() + 120
+    status = "down"
+    while time.monotonic() < deadline:
+        checked = run_document(aws.ssm, sandbox, "health-check", Port=str(port))
+        assert checked.result is not None, checked.explain()
+        status = str(checked.result["status"])
+        if status in ("healthy", "error"):
+            break
+        time.sleep(1)
+    assert status == "healthy", sandbox.journal("asoba-inference.service")[-3000:]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+        assert json.loads(answer.read())["status"] in ("ok", "healthy")
+    assert checked.result is not None
+    body = checked.result["status_body"]
+    assert isinstance(body, dict) and body["model"] == "tiny-llama" and body["port"] == port
+
+    # And the instance's own reports agree
+    snapshot = InstanceSnapshot.model_validate_json(
+        run_document(aws.ssm, sandbox, "collect-resources").stdout.strip()
+    )
+    service = snapshot.service("asoba-inference.service")
+    assert service is not None and service.active and service.port == port and service.rss_bytes > 0
+    assert snapshot.runtime_version == instance_runtime.__version__
+    validated = run_document(aws.ssm, sandbox, "validate", S3Uri=f"s3://{aws.bucket}/")
+    assert validated.result is not None, validated.explain()
+    checks = {check["name"]: check for check in validated.result["checks"]}
+    assert checks["health_format"]["status"] == "pass", checks["health_format"]
+    assert checks["runtime"]["status"] == "pass"
+
+    # When it is undeployed, nothing of it is left
+    undeployed = run_document(aws.ssm, sandbox, "undeploy")
+    assert undeployed.status == "Success", undeployed.explain()
+    assert sandbox.processes() == {}
+    assert not sandbox.runtime_root.exists() and not (sandbox.unit_dir / "asoba-inference.service").exists()
