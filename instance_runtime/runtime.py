@@ -205,7 +205,9 @@ class ModelRuntime:
         return stream
 
     async def shutdown(self) -> None:
-        await self.scheduler.close(self.settings.shutdown_timeout_s)
+        # uvicorn has already waited up to SHUTDOWN_TIMEOUT_S for open requests; what is left has
+        # no client. A short drain keeps the whole stop inside systemd's TimeoutStopSec.
+        await self.scheduler.close(min(5.0, self.settings.shutdown_timeout_s))
         if self.engine is not None:
             self.engine.close()
             self.engine = None

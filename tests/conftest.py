@@ -84,6 +84,8 @@ def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Port
         "instance_ids": [instance_id],
         "model_bucket": model_bucket,
         "poll_interval_seconds": 1,
+        # short enough for the timeout tests, long enough for a tiny model on 2 busy cores
+        "step_budgets": {"install": 90, "health_base": 120},
         "thresholds": {"coexist_port": ports.coexist, "replace_port": ports.flux},
         "instance_roots": {
             "models_root": str(sandbox.models_root),

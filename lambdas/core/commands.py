@@ -44,6 +44,7 @@ class CommandRef(BaseModel):
     result: dict[str, Any] | None = None
     stdout_tail: str = ""
     stderr_tail: str = ""
+    expect: dict[str, Any] | None = None  # what a successful result must show (see core/steps.py)
     finished_at: float | None = None  # when the command itself ended (SSM's clock)
     seen_at: float | None = None  # when a poll first saw it ended
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core import commands
+from core.checks import check_ssm_online
 from core.commands import CommandRef
 from core.settings import Settings
 from core.steps import StepSpec
@@ -19,6 +20,8 @@ def send_step(
     command = state.get("command")
     if isinstance(command, dict) and command.get("step") == spec.key and command.get("status") == "Resend":
         previous = CommandRef.model_validate(command)
+    if spec.require_online:
+        check_ssm_online(ssm, state["instance_id"])
     budget = spec.budget(config, state)
     parameters = spec.parameters(config, state)
     parameters["executionTimeout"] = str(SINGLE_RUN_SECONDS if spec.resend_while else budget)
@@ -34,6 +37,8 @@ def send_step(
         comment=f"{spec.key} {state.get('execution_name') or ''}",
         previous=previous,
     )
+    if spec.expect is not None:
+        ref = ref.model_copy(update={"expect": spec.expect(config, state)})
     return ref.model_dump(mode="json")
 
 
@@ -41,6 +46,8 @@ def poll_step(
     spec: StepSpec, config: Settings, ssm: Any, command: dict[str, Any], now: float
 ) -> dict[str, Any]:
     ref = commands.poll(ssm, CommandRef.model_validate(command), now=now, error=spec.error)
+    if ref.status == "Success" and spec.check is not None and ref.expect is not None:
+        spec.check(ref.result or {}, ref.expect)
     if ref.status != "Success" or not spec.resend_while:
         return ref.model_dump(mode="json")
     result = ref.result or {}

@@ -126,6 +126,27 @@ def validate_parameters(config: Settings, state: State) -> dict[str, str]:
     }
 
 
+def sync_expectation(config: Settings, state: State) -> dict[str, Any]:
+    """The model folder as the plan saw it: a sync that finds anything else is stale."""
+    plan = _plan(state)
+    prefix = plan["source_uri"].split("/", 3)[3]
+    keys = [f for f in plan.get("files", []) if str(f.get("key", "")).startswith(prefix)]
+    skipped = [k for k in plan.get("skipped_files", []) if str(k).startswith(prefix)]
+    return {
+        "files": len(keys) + len(skipped),
+        "bytes": sum(int(f["bytes"]) for f in keys) + (int(plan.get("skipped_bytes") or 0) if skipped else 0),
+    }
+
+
+def check_sync(result: dict[str, Any], expect: dict[str, Any]) -> None:
+    synced_files, synced_bytes = int(result.get("files_total", -1)), int(result.get("total_bytes", -1))
+    if (synced_files, synced_bytes) != (expect["files"], expect["bytes"]):
+        raise SyncFailed(
+            f"the model folder changed in S3 after it was planned: planned {expect['files']} files, "
+            f"{expect['bytes']} bytes; synced {synced_files} files, {synced_bytes} bytes"
+        )
+
+
 def health_budget(config: Settings, state: State) -> int:
     """Loading takes longer for bigger models: base + per GB of weights."""
     plan = state.get("plan") or {}
@@ -142,6 +163,11 @@ class StepSpec:
     budget: Callable[[Settings, State], int]
     # The health check runs its document again while the runtime is still loading.
     resend_while: tuple[str, ...] = ()
+    # Refuse at once when SSM says the agent is not online (the scheduled validation).
+    require_online: bool = False
+    # What a successful result must show, computed at send time and checked at the end.
+    expect: Callable[[Settings, State], dict[str, Any]] | None = None
+    check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
 
 STEPS: dict[str, StepSpec] = {
@@ -162,7 +188,15 @@ STEPS: dict[str, StepSpec] = {
             lambda c, s: c.step_budgets.collect,
         ),
         StepSpec("stop", "stop-service", StopFailed, stop_parameters, lambda c, s: c.step_budgets.stop),
-        StepSpec("sync", "sync-model", SyncFailed, sync_parameters, lambda c, s: c.step_budgets.sync),
+        StepSpec(
+            "sync",
+            "sync-model",
+            SyncFailed,
+            sync_parameters,
+            lambda c, s: c.step_budgets.sync,
+            expect=sync_expectation,
+            check=check_sync,
+        ),
         StepSpec(
             "install",
             "install-runtime",
@@ -187,6 +221,7 @@ STEPS: dict[str, StepSpec] = {
             ValidationFailed,
             validate_parameters,
             lambda c, s: c.step_budgets.validation,
+            require_online=True,
         ),
     )
 }

@@ -76,11 +76,8 @@ def test_first_deployment_then_rollback_then_undeploy(
     # When the deployment's steps run
     snapshot = ok(run_document(aws.ssm, sandbox, "snapshot-previous"))
     assert snapshot["running"] == ["flux-api.service"]
-    assert (snapshot["unit_backed_up"], snapshot["env_backed_up"], snapshot["profile_backed_up"]) == (
-        False,
-        False,
-        False,
-    )
+    backed_up = ("unit_backed_up", "env_backed_up", "profile_backed_up", "runtime_backed_up")
+    assert [snapshot[key] for key in backed_up] == [False] * 4
     ok(run_document(aws.ssm, sandbox, "stop-service", Unit="flux-api.service"))
     ok(run_document(aws.ssm, sandbox, "sync-model", ModelName="tiny-model", SourceUri=source))
     installed = install(aws, sandbox, bundle, "tiny-model", port)
@@ -158,11 +155,12 @@ def test_first_deployment_then_rollback_then_undeploy(
     rolled = ok(run_document(aws.ssm, sandbox, "rollback"))
 
     # Then the new service is gone and Flux serves again, as before the deployment
-    assert {k: rolled[k] for k in ("stopped", "unit", "env", "profile", "started")} == {
+    assert {k: rolled[k] for k in ("stopped", "unit", "env", "profile", "runtime", "started")} == {
         "stopped": True,
         "unit": "removed",
         "env": "removed",
         "profile": "removed",
+        "runtime": "kept",
         "started": ["flux-api.service"],
     }
     assert set(sandbox.processes()) == {"flux-api.service"}
@@ -202,14 +200,11 @@ def test_rollback_restores_the_previous_service(
     again = install(aws, sandbox, bundle_v1, "model-a", port_v1)
     assert (again["bundle_changed"], again["venv_created"], again["pip_ran"]) == (False, False, False)
 
-    # When a second deployment (v2, new requirements) replaces Flux with a model that crashes
+    # When a second deployment (v2, new code) replaces Flux with a model that crashes
     snapshot = ok(run_document(aws.ssm, sandbox, "snapshot-previous"))
     assert snapshot["running"] == ["flux-api.service", "asoba-inference.service"]
-    assert (snapshot["unit_backed_up"], snapshot["env_backed_up"], snapshot["profile_backed_up"]) == (
-        True,
-        True,
-        True,
-    )
+    backed_up = ("unit_backed_up", "env_backed_up", "profile_backed_up", "runtime_backed_up")
+    assert [snapshot[key] for key in backed_up] == [True] * 4
     ok(run_document(aws.ssm, sandbox, "stop-service", Unit="flux-api.service"))
     ok(
         run_document(
@@ -223,23 +218,27 @@ def test_rollback_restores_the_previous_service(
     bundle_v2 = upload(
         aws.s3,
         aws.bucket,
-        fake_runtime_bundle(tmp_path / "v2.zip", requirements="PyYAML\n# v2\n", version="0.0.2"),
+        fake_runtime_bundle(tmp_path / "v2.zip", requirements="PyYAML\n", version="0.0.2"),
         "assets/v2.zip",
     )
     second = install(aws, sandbox, bundle_v2, "model-b", port_v2)
-    assert (second["bundle_changed"], second["venv_created"], second["pip_ran"]) == (True, False, True)
+    # a new bundle with the same requirements: new code, no pip
+    assert (second["bundle_changed"], second["venv_created"], second["pip_ran"]) == (True, False, False)
+    assert second["runtime_version"] == "0.0.2"
     assert wait_health(aws, sandbox, port_v2, want="down", timeout_s=5)["status"] == "down"
 
     # And it is rolled back
     rolled = ok(run_document(aws.ssm, sandbox, "rollback"))
 
     # Then v1's unit and env are back, and both services that ran before run again
-    assert {k: rolled[k] for k in ("unit", "env", "profile", "started")} == {
+    assert {k: rolled[k] for k in ("unit", "env", "profile", "runtime", "started")} == {
         "unit": "restored",
         "env": "restored",
         "profile": "restored",
+        "runtime": "restored",
         "started": ["flux-api.service", "asoba-inference.service"],
     }
+    assert (sandbox.runtime_root / "VERSION").read_text() == "0.0.0+sandbox\n"
     assert (sandbox.unit_dir / "asoba-inference.service").read_text() == unit_v1
     assert (sandbox.env_dir / "env").read_text() == env_v1
     assert f"ASOBA_INFERENCE_PORT={port_v1}" in (sandbox.profile_dir / "asoba-inference.sh").read_text()
@@ -248,7 +247,7 @@ def test_rollback_restores_the_previous_service(
     assert port_open(flux_port)
     # And rolling back twice changes nothing more
     twice = ok(run_document(aws.ssm, sandbox, "rollback"))
-    assert twice["started"] == ["flux-api.service", "asoba-inference.service"]
+    assert (twice["runtime"], twice["started"]) == ("kept", ["flux-api.service", "asoba-inference.service"])
 
 
 def test_rollback_without_a_snapshot_refuses(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
 
 from tests.conftest import Ports
+from tests.e2e.helpers import finish, get_json, start
 from tests.emulator.executions import run_execution
 from tests.sandbox.sandbox import port_open
-
-
-def get_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 def test_dry_run_outputs_the_plan_and_changes_nothing(
@@ -59,3 +48,37 @@ def test_small_model_deploys_beside_flux(
     assert code == 200
     assert set(generated) >= {"choices", "usage", "model", "created", "id"}
     assert generated["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_large_model_replaces_flux(
+    sfn: Any, machine_arn: str, instance: Any, tiny_in_bucket: str, ports: Ports
+) -> None:
+    # Flux holds nearly all of the A10G: the model cannot sit beside it
+    instance.set_gpu_claim("flux-api.service", 22800)
+
+    result = run_execution(sfn, machine_arn, {"model": tiny_in_bucket}, timeout=600)
+
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    record = result.output
+    assert record["action"] == "replace"
+    assert record["port"] == ports.flux
+    assert "flux-api.service" not in instance.processes()
+    assert record["previous"] is not None
+    code, status = get_json(f"http://127.0.0.1:{ports.flux}/status")
+    assert code == 200 and status["model"] == tiny_in_bucket and status["port"] == ports.flux
+    assert "StopFlux" in result.states_entered
+
+
+def test_two_executions_at_once_only_one_deploys(
+    sfn: Any, machine_arn: str, instance: Any, tiny_in_bucket: str
+) -> None:
+    first = start(sfn, machine_arn, {"model": tiny_in_bucket}, "together-a")
+    second = start(sfn, machine_arn, {"model": tiny_in_bucket}, "together-b")
+
+    results = sorted((finish(sfn, first), finish(sfn, second)), key=lambda r: r.status)
+
+    assert [r.status for r in results] == ["FAILED", "SUCCEEDED"]
+    refused = results[0]
+    assert refused.error == "DeploymentInProgress"
+    assert "nothing was changed" in (refused.cause or "")
+    assert "CollectResources" not in refused.states_entered

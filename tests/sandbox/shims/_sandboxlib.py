@@ -18,18 +18,20 @@ sandbox (SANDBOX_OWNER_PID) dies.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+# Each shim call is a new process: keep imports lean (typing and subprocess only when needed).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
 
 UNIT_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT_CAP_S = 20.0  # a sandbox never waits systemd's full 90 s default
@@ -70,16 +72,33 @@ def log_path(root: Path, unit: str) -> Path:
     return state_dir(root) / "logs" / f"{unit}.log"
 
 
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    path = state_dir(root) / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+class _Suppress:
+    """contextlib.suppress without importing contextlib."""
+
+    def __init__(self, *errors: type[BaseException]) -> None:
+        self.errors = errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, value: object, traceback: object) -> bool:
+        return kind is not None and issubclass(kind, self.errors)
+
+
+class locked:  # a function-like name: used as `with locked(root):`
+    """The sandbox-wide systemctl lock (one start or stop decision at a time)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = state_dir(root) / "lock"
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")  # closed in __exit__
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
 
 
 def read_state(root: Path, unit: str) -> dict[str, Any]:
@@ -272,6 +291,8 @@ def exec_argv(section: dict[str, list[str]]) -> list[str]:
 
 def supervise(root: Path, unit: str, path: Path) -> int:
     """Run one unit until it is stopped or ends for good; keep its state file current."""
+    import subprocess
+
     section = _service_section(path)
     restart = _last(section, "Restart", "no")
     restart_sec = _seconds(_last(section, "RestartSec"), 0.1)
@@ -401,6 +422,8 @@ def supervise(root: Path, unit: str, path: Path) -> int:
 
 
 def _wait_child(child: subprocess.Popen[bytes], stop: dict[str, bool], owner: int) -> int:
+    import subprocess
+
     checked = time.monotonic()
     while True:
         try:
@@ -416,16 +439,18 @@ def _wait_child(child: subprocess.Popen[bytes], stop: dict[str, bool], owner: in
 
 
 def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    with _Suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 
 
 def _terminate(child: subprocess.Popen[bytes], timeout: float) -> None:
+    import subprocess
+
     _kill_group(child.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    with _Suppress(subprocess.TimeoutExpired):
         child.wait(timeout=timeout)
     _kill_group(child.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    with _Suppress(subprocess.TimeoutExpired):
         child.wait(timeout=5)
 
 
@@ -532,6 +557,8 @@ def properties(root: Path, unit: str) -> dict[str, str]:
 
 
 def start(root: Path, unit: str) -> None:
+    import subprocess
+
     with locked(root):
         path = unit_file(root, unit)
         if path is None:
@@ -586,7 +613,7 @@ def stop(root: Path, unit: str) -> None:
     supervisor = int(state.get("supervisor_pid") or 0)
     if pid_alive(supervisor):
         write_state(root, unit, active_state="deactivating", sub_state="stop-sigterm")
-        with contextlib.suppress(ProcessLookupError):
+        with _Suppress(ProcessLookupError):
             os.kill(supervisor, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_CAP_S + 5
         while pid_alive(supervisor) and time.monotonic() < deadline:
@@ -612,7 +639,7 @@ def kill_unit(root: Path, unit: str) -> None:
         pid = int(state.get(key) or 0)
         if pid > 0:
             _kill_group(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            with _Suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     if state:
         write_state(
