@@ -137,6 +137,9 @@ def test_first_deployment_then_rollback_then_undeploy(
     assert snapshot_now.cached("tiny-model") is not None
     validated = ok(run_document(aws.ssm, sandbox, "validate", S3Uri=f"s3://{aws.bucket}/models/"))
     checks = {check["name"]: check["status"] for check in validated["checks"]}  # type: ignore[attr-defined]
+    assert all(check["ok"] for check in validated["checks"])  # type: ignore[attr-defined]
+    assert validated["gpu_free_bytes"] == (23028 - 0) * 1024 * 1024  # Flux stopped, nothing else on it
+    assert validated["runtime_healthy"] is True
     assert checks == {
         "s3": "pass",
         "privileges": "pass",
@@ -163,6 +166,7 @@ def test_first_deployment_then_rollback_then_undeploy(
         "runtime": "kept",
         "started": ["flux-api.service"],
     }
+    assert (rolled["restored"], rolled["removed"]) == ([], ["unit", "env", "profile"])
     assert set(sandbox.processes()) == {"flux-api.service"}
     assert port_open(flux_port) and not port_open(port)
 
@@ -239,6 +243,7 @@ def test_rollback_restores_the_previous_service(
         "started": ["flux-api.service", "asoba-inference.service"],
     }
     assert (sandbox.runtime_root / "VERSION").read_text() == "0.0.0+sandbox\n"
+    assert (rolled["restored"], rolled["removed"]) == (["unit", "env", "profile", "runtime"], [])
     assert (sandbox.unit_dir / "asoba-inference.service").read_text() == unit_v1
     assert (sandbox.env_dir / "env").read_text() == env_v1
     assert f"ASOBA_INFERENCE_PORT={port_v1}" in (sandbox.profile_dir / "asoba-inference.sh").read_text()
@@ -305,3 +310,5 @@ def test_validate_reports_every_check_even_when_one_fails(
         "health_format": "skip",
     }
     assert (run.result["failed"], run.result["skipped"]) == (1, 3)
+    assert [c["name"] for c in run.result["checks"] if not c["ok"]] == ["s3"]  # type: ignore[union-attr]
+    assert (run.result["gpu_free_bytes"], run.result["runtime_healthy"]) == (None, None)

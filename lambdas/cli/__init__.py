@@ -1,0 +1,1 @@
+"""deploy-model: the command line of the deployment orchestrator (starts and follows executions)."""
