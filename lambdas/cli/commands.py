@@ -12,10 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from core.contracts import DeployRequest, parse_request
-from core.errors import InvalidInput
-from core.ledger import LedgerRecord, recent
-
 from cli.follow import Finished, Progress, follow
 from cli.render import (
     InstanceStatus,
@@ -29,6 +25,9 @@ from cli.render import (
     status_table,
 )
 from cli.stack import Aws, CliError, StackInfo
+from core.contracts import DeployRequest, parse_request
+from core.errors import InvalidInput
+from core.ledger import LedgerRecord, recent
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SSM_TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "ExecutionTimedOut")
@@ -121,7 +120,9 @@ def start(ctx: Context, payload: dict[str, Any], name: str) -> str:
     return arn
 
 
-def run_and_follow(ctx: Context, payload: dict[str, Any], name: str, follow_it: bool = True) -> Finished | None:
+def run_and_follow(
+    ctx: Context, payload: dict[str, Any], name: str, follow_it: bool = True
+) -> Finished | None:
     arn = start(ctx, payload, name)
     if not follow_it:
         ctx.say(f"not following; see it with: aws stepfunctions describe-execution --execution-arn {arn}")
@@ -223,7 +224,9 @@ def validate(ctx: Context, instance_id: str | None) -> int:
         events.extend(page["events"])
     result = _validation_result(events)
     if ctx.json_output:
-        ctx.out.write(json.dumps({"status": finished.status, "result": result}, indent=2, sort_keys=True) + "\n")
+        ctx.out.write(
+            json.dumps({"status": finished.status, "result": result}, indent=2, sort_keys=True) + "\n"
+        )
     elif result is not None:
         ctx.say()
         ctx.say(checks_table(result, ctx.style))
@@ -239,7 +242,9 @@ def validate(ctx: Context, instance_id: str | None) -> int:
 def _lock(ctx: Context, instance_id: str) -> dict[str, Any] | None:
     item = (
         ctx.aws.client("dynamodb")
-        .get_item(TableName=ctx.stack.lock_table, Key={"instance_id": {"S": instance_id}}, ConsistentRead=True)
+        .get_item(
+            TableName=ctx.stack.lock_table, Key={"instance_id": {"S": instance_id}}, ConsistentRead=True
+        )
         .get("Item")
     )
     if not item or not item.get("holder", {}).get("S"):
@@ -253,7 +258,7 @@ def _lock(ctx: Context, instance_id: str) -> dict[str, Any] | None:
 def _holder_running(ctx: Context, holder: str) -> bool:
     try:
         status = ctx.aws.client("stepfunctions").describe_execution(executionArn=holder)["status"]
-    except Exception:  # noqa: BLE001 - an unreadable holder is taken as running: refuse, do not guess
+    except Exception:
         return True
     return bool(status == "RUNNING")
 
@@ -280,7 +285,9 @@ def status(ctx: Context, instance_id: str | None) -> int:
         body = [
             {
                 "instance_id": s.instance_id,
-                "deployed": s.deployed.model_dump(mode="json", exclude={"plan", "results"}) if s.deployed else None,
+                "deployed": s.deployed.model_dump(mode="json", exclude={"plan", "results"})
+                if s.deployed
+                else None,
                 "latest_outcome": s.latest.outcome if s.latest else None,
                 "deployment_in_progress": s.lock_holder,
             }
@@ -350,7 +357,9 @@ def wait_for_command(ctx: Context, command_id: str, instance_id: str, timeout: f
     deadline = time.monotonic() + timeout
     while True:
         try:
-            invocation: dict[str, Any] = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            invocation: dict[str, Any] = ssm.get_command_invocation(
+                CommandId=command_id, InstanceId=instance_id
+            )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "InvocationDoesNotExist":
                 raise

@@ -40,6 +40,14 @@ def _json(text: Any) -> Any:
         return None
 
 
+def _details(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The event's `...EventDetails` object (each event type names its own)."""
+    for key, value in event.items():
+        if key.endswith("EventDetails") and isinstance(value, Mapping):
+            return value
+    return {}
+
+
 @dataclass
 class Step:
     name: str
@@ -60,7 +68,9 @@ def _free_of(free: Any, total: Any) -> str:
     return "?"
 
 
-def describe_result(step: str, key: str | None, result: Mapping[str, Any] | None, command: Mapping[str, Any]) -> str:
+def describe_result(
+    step: str, key: str | None, result: Mapping[str, Any] | None, command: Mapping[str, Any]
+) -> str:
     """One line about what an instance step's document reported."""
     if not isinstance(result, Mapping):
         return ""
@@ -97,7 +107,9 @@ def describe_result(step: str, key: str | None, result: Mapping[str, Any] | None
         checks = int(command.get("attempt", 1) or 1)
         return f"{result.get('status', '?')} on port {result.get('port', '?')} after {checks} check(s)"
     if key == "validation":
-        counts = [f"{result.get(k, 0)} {k}" for k in ("passed", "warnings", "failed", "skipped") if k in result]
+        counts = [
+            f"{result.get(k, 0)} {k}" for k in ("passed", "warnings", "failed", "skipped") if k in result
+        ]
         return ", ".join(counts)
     if key == "rollback":
         return "restored the previous state" if result.get("ok") else str(result.get("error", ""))
@@ -168,12 +180,12 @@ class Progress:
         elif exited:
             self._exited(kind, str(exited.get("name", "")), exited.get("output"), moment)
         elif kind in ("LambdaFunctionFailed", "TaskFailed", "LambdaFunctionTimedOut", "TaskTimedOut"):
-            details = next((v for k, v in event.items() if k.endswith("EventDetails")), {}) or {}
+            details = _details(event)
             if self.current is not None:
                 self.current.error = details.get("error") or kind
                 self.current.cause = details.get("cause")
         elif kind in TERMINAL_EVENTS:
-            details = next((v for k, v in event.items() if k.endswith("EventDetails")), {}) or {}
+            details = _details(event)
             self._close(moment, details.get("error"), details.get("cause"))
 
     def _entered(self, kind: str, name: str, moment: datetime) -> None:
@@ -214,14 +226,19 @@ class Progress:
         if step.exited_at is not None:
             took = (step.exited_at - step.entered_at).total_seconds()
             detail = self._detail(step)
-            self._line(step.exited_at, self.style.ok("done "), step.name, f"{human_seconds(took):>9}  {detail}")
+            self._line(
+                step.exited_at, self.style.ok("done "), step.name, f"{human_seconds(took):>9}  {detail}"
+            )
             return
         took = (moment - step.entered_at).total_seconds()
         name = step.error or error or "failed"
         message = unwrap_cause(step.cause if step.error else cause)
         self.failed_steps.append(step.name)
         self._line(
-            moment, self.style.bad("FAIL "), step.name, f"{human_seconds(took):>9}  {name}: {message}".rstrip(": ")
+            moment,
+            self.style.bad("FAIL "),
+            step.name,
+            f"{human_seconds(took):>9}  {name}: {message}".rstrip(": "),
         )
 
     def _detail(self, step: Step) -> str:
@@ -255,7 +272,12 @@ class Progress:
             note += f", run {command.get('attempt')}" if int(command.get("attempt") or 1) > 1 else ""
             note += ")"
         waited = (now_wall - step.entered_at).total_seconds()
-        self._line(now_wall, self.style.dim("..   "), step.name, self.style.dim(f"{human_seconds(waited):>9}  {note}"))
+        self._line(
+            now_wall,
+            self.style.dim("..   "),
+            step.name,
+            self.style.dim(f"{human_seconds(waited):>9}  {note}"),
+        )
 
 
 @dataclass
@@ -270,7 +292,11 @@ class Finished:
 
 def _failure_from(events: Iterable[Mapping[str, Any]]) -> tuple[str | None, str | None]:
     for event in events:
-        for key in ("executionFailedEventDetails", "executionTimedOutEventDetails", "executionAbortedEventDetails"):
+        for key in (
+            "executionFailedEventDetails",
+            "executionTimedOutEventDetails",
+            "executionAbortedEventDetails",
+        ):
             details = event.get(key)
             if details:
                 return details.get("error"), details.get("cause")
@@ -335,7 +361,9 @@ def follow(
             progress.heartbeat(datetime.now(tz=progress.started_at.tzinfo if progress.started_at else None))
         sleep(poll_seconds)
     if progress is not None and progress.current is not None:
-        progress._close(_timestamp(described.get("stopDate") or datetime.now(tz=progress.current.entered_at.tzinfo)))
+        progress._close(
+            _timestamp(described.get("stopDate") or datetime.now(tz=progress.current.entered_at.tzinfo))
+        )
     error, cause = described.get("error"), described.get("cause")
     if status != "SUCCEEDED" and not error:
         error, cause = _failure_from(reversed(reader.events))

@@ -13,10 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from core.errors import InvalidInput
-
 from cli import commands
 from cli.stack import DEFAULT_STACK, Aws, CliError, endpoint_from_env
+from core.errors import InvalidInput
 
 COMMANDS = ("deploy", "status", "history", "validate", "undeploy")
 # global options that take a value (to find the first positional argument)
@@ -39,15 +38,21 @@ For the local emulator: --endpoint-url http://127.0.0.1:PORT or DEPLOY_MODEL_END
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("where")
-    group.add_argument("--stack-name", default=DEFAULT_STACK, help="CloudFormation stack (default %(default)s)")
-    group.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile)")
+    group.add_argument(
+        "--stack-name", default=DEFAULT_STACK, help="CloudFormation stack (default %(default)s)"
+    )
+    group.add_argument(
+        "--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile)"
+    )
     group.add_argument(
         "--endpoint-url",
         help="AWS endpoint, e.g. the local emulator (default: DEPLOY_MODEL_ENDPOINT_URL or AWS_ENDPOINT_URL)",
     )
     group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     group.add_argument("--poll-seconds", type=float, default=None, help=argparse.SUPPRESS)
-    group.add_argument("--timeout", type=float, default=None, help="give up following after this many seconds")
+    group.add_argument(
+        "--timeout", type=float, default=None, help="give up following after this many seconds"
+    )
     return common
 
 
@@ -69,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{<model>,status,history,validate,undeploy}")
 
     deploy = sub.add_parser(
-        "deploy", parents=[common], help="plan or deploy a model (the default command)", description=(
+        "deploy",
+        parents=[common],
+        help="plan or deploy a model (the default command)",
+        description=(
             "Start an execution for <model> (a folder of the model bucket) and follow it step by step."
-        )
+        ),
     )
     deploy.add_argument("model", help="the model's folder in the bucket, e.g. qwen3-14b")
     deploy.add_argument("--dry-run", action="store_true", help="plan only: print the plan, change nothing")
@@ -110,14 +118,14 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     args = list(argv)
     index = 0
     while index < len(args):
-        token = args[index]
-        if token == "--":
+        arg = args[index]
+        if arg == "--":
             break
-        if token.startswith("-"):
-            index += 2 if token in VALUE_OPTIONS else 1
+        if arg.startswith("-"):
+            index += 2 if arg in VALUE_OPTIONS else 1
             continue
-        if token in COMMANDS:
-            return [token, *args[:index], *args[index + 1 :]]
+        if arg in COMMANDS:
+            return [arg, *args[:index], *args[index + 1 :]]
         return ["deploy", *args]
     if args in (["-h"], ["--help"]):
         return args
@@ -179,7 +187,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return commands.EXIT_FAILED
     except KeyboardInterrupt:
         return commands.EXIT_INTERRUPTED
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback (botocore errors, no credentials)
+    except Exception as error:
         err.write(f"error: {_describe(error)}\n")
         return commands.EXIT_FAILED
 

@@ -396,12 +396,12 @@ def record_summary(record: LedgerRecord, style: Style = PLAIN) -> str:
     if what:
         rows.append(("how", what))
     if record.endpoints:
-        rows.append(
-            ("endpoints", "\n".join(f"{value}  ({key})" for key, value in record.endpoints.items()))
-        )
+        rows.append(("endpoints", "\n".join(f"{value}  ({key})" for key, value in record.endpoints.items())))
     stopped = (record.plan or {}).get("stop_services") or []
     if stopped:
-        rows.append(("stopped", ", ".join(stopped) + "  (deploy-model undeploy --restore-flux brings it back)"))
+        rows.append(
+            ("stopped", ", ".join(stopped) + "  (deploy-model undeploy --restore-flux brings it back)")
+        )
     sync = sync_summary(record.results.get("sync"))
     if sync:
         rows.append(("sync", sync))
@@ -445,7 +445,18 @@ def history_table(records: Sequence[LedgerRecord], style: Style = PLAIN) -> str:
             ]
         )
     return table(
-        ["started (UTC)", "instance", "model", "outcome", "action", "port", "quant", "took", "execution", "error"],
+        [
+            "started (UTC)",
+            "instance",
+            "model",
+            "outcome",
+            "action",
+            "port",
+            "quant",
+            "took",
+            "execution",
+            "error",
+        ],
         rows,
         align="<<<<<><><<",
         style=style,
@@ -513,11 +524,22 @@ def checks_table(result: Mapping[str, Any] | None, style: Style = PLAIN) -> str:
             detail = str(check.get("detail") or check.get("error") or "")
         else:
             status, detail = ("pass" if check else "fail"), ""
-        painted = style.ok(status) if status == "pass" else style.warn(status) if status in (
-            "warn",
-            "warning",
-            "skip",
-            "skipped",
-        ) else style.bad(status)
+        painted = (
+            style.ok(status)
+            if status == "pass"
+            else style.warn(status)
+            if status
+            in (
+                "warn",
+                "warning",
+                "skip",
+                "skipped",
+            )
+            else style.bad(status)
+        )
         rows.append([str(name), painted, detail])
-    return table(["check", "status", "detail"], rows, indent=2, style=style) if rows else "  (no checks reported)"
+    return (
+        table(["check", "status", "detail"], rows, indent=2, style=style)
+        if rows
+        else "  (no checks reported)"
+    )

@@ -59,7 +59,9 @@ class Aws:
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60
+            )
             self._clients[service] = self._session.client(
                 service, region_name=self.region, endpoint_url=self.endpoint_url, config=config
             )
@@ -84,7 +86,9 @@ class StackInfo:
     def from_outputs(cls, name: str, outputs: dict[str, str]) -> StackInfo:
         missing = [key for key in REQUIRED_OUTPUTS if not outputs.get(key)]
         if missing:
-            raise CliError(f"stack {name} lacks the outputs {', '.join(missing)}: is it this project's stack?")
+            raise CliError(
+                f"stack {name} lacks the outputs {', '.join(missing)}: is it this project's stack?"
+            )
         roots: dict[str, str] = {}
         if outputs.get("InstanceRoots"):
             try:

@@ -63,7 +63,9 @@ def start_cloud(port: int | None = None) -> LocalCloud:
 def launch_instance(cloud: LocalCloud, instance_type: str = "g5.4xlarge") -> str:
     """A running EC2 instance in moto: the one the sandbox plays."""
     ec2 = cloud.client("ec2")
-    reservation = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType=instance_type)
+    reservation = ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType=instance_type
+    )
     return str(reservation["Instances"][0]["InstanceId"])
 
 

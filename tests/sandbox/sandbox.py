@@ -74,6 +74,7 @@ class Sandbox:
             self.models_root,
             self.run_dir / "home",
             self.run_dir / "aws",
+            self.run_dir / "tmp",
         ):
             folder.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "aws" / "config").write_text("")
@@ -194,6 +195,9 @@ class Sandbox:
                 "AWS_SHARED_CREDENTIALS_FILE": str(self.run_dir / "aws" / "credentials"),
                 "AWS_EC2_METADATA_DISABLED": "true",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                "TMPDIR": str(
+                    self.run_dir / "tmp"
+                ),  # the instance's /tmp: what a killed script leaves stays here
             }
         )
         env.update(self.extra_env)
