@@ -65,7 +65,7 @@ class DeployFunctions(Construct):
                 f"{LAMBDA_LAYER_DIR}/python is missing: run `make lambda-layer` before synth"
             )
         code = lambda_.Code.from_asset(
-            str(LAMBDAS_DIR), exclude=["**/__pycache__", "**/*.pyc", "requirements.txt"]
+            str(LAMBDAS_DIR), exclude=["**/__pycache__", "**/*.pyc", "requirements.txt", "cli/**"]
         )
         layer = lambda_.LayerVersion(
             self,

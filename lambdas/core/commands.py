@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import datetime
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
@@ -126,8 +127,12 @@ def last_json_line(stdout: str) -> dict[str, Any] | None:
 
 
 def _timestamp(value: Any) -> float | None:
+    """GetCommandInvocation gives ISO 8601 strings (the API's StringDateTime)."""
     if hasattr(value, "timestamp"):
         return float(value.timestamp())
+    if isinstance(value, str) and value:
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value).timestamp()
     return None
 
 

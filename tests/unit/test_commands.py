@@ -1,0 +1,80 @@
+"""Following an SSM invocation: statuses, deadlines, results and the command's own clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.commands import CommandRef, InvocationDoesNotExist, last_json_line, poll
+from core.errors import InstanceUnavailable, SyncFailed
+
+
+class FakeSsm:
+    def __init__(self, invocation: dict[str, Any] | Exception) -> None:
+        self.invocation = invocation
+        self.cancelled: list[str] = []
+
+    def get_command_invocation(self, **_: Any) -> dict[str, Any]:
+        if isinstance(self.invocation, Exception):
+            raise self.invocation
+        return self.invocation
+
+    def cancel_command(self, CommandId: str, **_: Any) -> None:
+        self.cancelled.append(CommandId)
+
+
+REF = CommandRef(
+    step="sync", document="sync-model", command_id="c-1", instance_id="i-0123456789abcdef0",
+    sent_at=100.0, first_sent_at=100.0, deadline=200.0,
+)
+
+
+def test_success_carries_the_last_json_line_and_the_command_end_time() -> None:
+    ssm = FakeSsm({
+        "Status": "Success",
+        "StandardOutputContent": 'progress\n{"ok": true, "bytes_transferred": 5}\n',
+        "ExecutionEndDateTime": "2026-11-26T22:00:00.500000+00:00",
+    })
+    ref = poll(ssm, REF, now=150.0, error=SyncFailed)
+    assert ref.status == "Success"
+    assert ref.result == {"ok": True, "bytes_transferred": 5}
+    assert ref.finished_at == pytest.approx(1795730400.5)
+    assert ref.seen_at == 150.0
+
+
+def test_running_past_the_deadline_is_cancelled_and_fails_with_the_step_error() -> None:
+    ssm = FakeSsm({"Status": "InProgress"})
+    assert poll(ssm, REF, now=150.0, error=SyncFailed).status == "InProgress"
+    with pytest.raises(SyncFailed, match="did not finish within 150 s"):
+        poll(ssm, REF, now=250.0, error=SyncFailed)
+    assert ssm.cancelled == ["c-1"]
+
+
+def test_never_delivered_is_instance_unavailable() -> None:
+    ssm = FakeSsm({"Status": "TimedOut", "StatusDetails": "DeliveryTimedOut"})
+    with pytest.raises(InstanceUnavailable, match="DeliveryTimedOut"):
+        poll(ssm, REF, now=150.0, error=SyncFailed)
+
+
+def test_failure_reason_comes_from_the_json_error_line() -> None:
+    ssm = FakeSsm({
+        "Status": "Failed",
+        "StandardOutputContent": '{"ok": false, "error": "s5cmd: access denied"}\n',
+        "StandardErrorContent": "noise\n",
+    })
+    with pytest.raises(SyncFailed, match="s5cmd: access denied"):
+        poll(ssm, REF, now=150.0, error=SyncFailed)
+
+
+def test_unregistered_invocation_is_retried_by_its_own_name() -> None:
+    from botocore.exceptions import ClientError
+
+    error = ClientError({"Error": {"Code": "InvocationDoesNotExist", "Message": "no"}}, "GetCommandInvocation")
+    with pytest.raises(InvocationDoesNotExist):
+        poll(FakeSsm(error), REF, now=150.0, error=SyncFailed)
+
+
+def test_last_json_line_ignores_other_output() -> None:
+    assert last_json_line("a\n{not json\n") is None
+    assert last_json_line('{"a": 1}\nplain text after\n') == {"a": 1}
