@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from instance_runtime.engine import Engine  # noqa: E402
 from instance_runtime.settings import RuntimeSettings  # noqa: E402
+from bench.planner_estimate import gpu_estimate  # noqa: E402
 from tests.support.models import build_tiny_model, convert_smollm2  # noqa: E402
 
 PROMPT = "Explain in a few sentences why a GPU inference service needs a fast health check."
@@ -189,7 +190,7 @@ def run_http(
         "ALLOW_CPU_QUANTIZATION": "true" if cpu else "false",
         "MAX_NEW_TOKENS": str(max(tokens, 16)),
         "LOG_LEVEL": "warning",
-        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     }
     if cpu:
         env["TORCH_THREADS"] = "1"
@@ -251,6 +252,11 @@ def check_case(
 ) -> Any:
     case: dict[str, Any] = {"model": name, "quantization": quantization, "dtype": dtype}
     label = f"{name} {dtype} quantization={quantization}"
+    try:
+        total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 24 * 1024**3
+        case["planner"] = gpu_estimate(folder, quantization, total)
+    except Exception as exc:  # the estimate is a comparison, not the check itself
+        case["planner"] = {"error": f"{type(exc).__name__}: {exc}"}
     try:
         log(f"{label}: direct")
         case["direct"] = run_direct(

@@ -54,6 +54,7 @@ def snapshot_parameters(config: Settings, state: State) -> dict[str, str]:
     roots = config.instance_roots
     return {
         "StateDir": roots.state_dir,
+        "RuntimeRoot": roots.runtime_root,
         "UnitDir": roots.unit_dir,
         "EnvDir": roots.env_dir,
         "ProfileDir": roots.profile_dir,
@@ -106,6 +107,7 @@ def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
     roots = config.instance_roots
     return {
         "StateDir": roots.state_dir,
+        "RuntimeRoot": roots.runtime_root,
         "UnitDir": roots.unit_dir,
         "EnvDir": roots.env_dir,
         "ProfileDir": roots.profile_dir,
