@@ -42,9 +42,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from bench.planner_estimate import gpu_estimate  # noqa: E402
 from instance_runtime.engine import Engine  # noqa: E402
 from instance_runtime.settings import RuntimeSettings  # noqa: E402
-from bench.planner_estimate import gpu_estimate  # noqa: E402
 from tests.support.models import build_tiny_model, convert_smollm2  # noqa: E402
 
 PROMPT = "Explain in a few sentences why a GPU inference service needs a fast health check."
@@ -253,7 +253,9 @@ def check_case(
     case: dict[str, Any] = {"model": name, "quantization": quantization, "dtype": dtype}
     label = f"{name} {dtype} quantization={quantization}"
     try:
-        total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 24 * 1024**3
+        total = (
+            torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 24 * 1024**3
+        )
         case["planner"] = gpu_estimate(folder, quantization, total)
     except Exception as exc:  # the estimate is a comparison, not the check itself
         case["planner"] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -59,7 +59,9 @@ class LocalFolderReader:
         return path.read_bytes()
 
 
-def gpu_estimate(folder: Path, quantization: str, gpu_total_bytes: int, context_tokens: int = 4096) -> dict[str, Any]:
+def gpu_estimate(
+    folder: Path, quantization: str, gpu_total_bytes: int, context_tokens: int = 4096
+) -> dict[str, Any]:
     """The planner's GPU need for `folder` served with `quantization` (none or bnb-4bit)."""
     reader = LocalFolderReader(folder.parent)
     manifest = read_manifest(reader, "", folder.name, builtin_catalog())

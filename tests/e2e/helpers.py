@@ -37,7 +37,9 @@ def wait_healthy(port: int, timeout: float = 120) -> dict[str, Any]:
 
 
 def start(sfn: Any, machine_arn: str, payload: dict[str, Any], name: str) -> str:
-    return str(sfn.start_execution(stateMachineArn=machine_arn, input=json.dumps(payload), name=name)["executionArn"])
+    return str(
+        sfn.start_execution(stateMachineArn=machine_arn, input=json.dumps(payload), name=name)["executionArn"]
+    )
 
 
 def wait_until_state_entered(sfn: Any, execution_arn: str, state: str, timeout: float = 300) -> None:

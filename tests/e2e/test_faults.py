@@ -67,8 +67,15 @@ def with_requirements(bundle: bytes, extra_line: str) -> bytes:
 
 
 def test_health_never_healthy_restores_the_previous_runtime(
-    sfn: Any, machine_arn: str, instance: Any, tiny_in_bucket: str, tiny_model: Path,
-    local_cloud: Any, model_bucket: str, ports: Ports, tmp_path: Path,
+    sfn: Any,
+    machine_arn: str,
+    instance: Any,
+    tiny_in_bucket: str,
+    tiny_model: Path,
+    local_cloud: Any,
+    model_bucket: str,
+    ports: Ports,
+    tmp_path: Path,
 ) -> None:
     # Given a runtime already serving the tiny model beside Flux
     first = run_execution(sfn, machine_arn, {"model": tiny_in_bucket}, timeout=600)
@@ -94,8 +101,13 @@ def test_health_never_healthy_restores_the_previous_runtime(
 
 
 def test_install_failure_restarts_flux(
-    sfn: Any, machine_arn: str, flux_holds_the_gpu: Any, tiny_in_bucket: str, ports: Ports,
-    local_cloud: Any, runtime_bundle: tuple[str, str, bytes],
+    sfn: Any,
+    machine_arn: str,
+    flux_holds_the_gpu: Any,
+    tiny_in_bucket: str,
+    ports: Ports,
+    local_cloud: Any,
+    runtime_bundle: tuple[str, str, bytes],
 ) -> None:
     bucket, key, original = runtime_bundle
     broken = with_requirements(original, "asoba-no-such-package==9.9.9")
@@ -111,8 +123,13 @@ def test_install_failure_restarts_flux(
 
 
 def test_command_timeout_fails_install_and_restarts_flux(
-    sfn: Any, machine_arn: str, flux_holds_the_gpu: Any, tiny_in_bucket: str, ports: Ports,
-    local_cloud: Any, runtime_bundle: tuple[str, str, bytes],
+    sfn: Any,
+    machine_arn: str,
+    flux_holds_the_gpu: Any,
+    tiny_in_bucket: str,
+    ports: Ports,
+    local_cloud: Any,
+    runtime_bundle: tuple[str, str, bytes],
 ) -> None:
     # a requirement whose download never answers: install-runtime outlives its executionTimeout
     server = SilentServer()
@@ -135,8 +152,13 @@ def test_command_timeout_fails_install_and_restarts_flux(
 
 
 def test_object_missing_mid_way_fails_sync(
-    sfn: Any, machine_arn: str, flux_holds_the_gpu: Any, tiny_model: Path, ports: Ports,
-    local_cloud: Any, model_bucket: str,
+    sfn: Any,
+    machine_arn: str,
+    flux_holds_the_gpu: Any,
+    tiny_model: Path,
+    ports: Ports,
+    local_cloud: Any,
+    model_bucket: str,
 ) -> None:
     s3 = local_cloud.client("s3")
     upload_model(s3, model_bucket, "tiny-vanishing", tiny_model)

@@ -28,9 +28,11 @@ def resources(synth: Synthesized, kind: str) -> dict[str, Any]:
 
 
 def test_cdk_nag_has_no_unacknowledged_findings(synth: Synthesized) -> None:
-    report = json.loads((synth.outdir / "validation-report.json").read_text()) if (
-        synth.outdir / "validation-report.json"
-    ).exists() else {"pluginReports": []}
+    report = (
+        json.loads((synth.outdir / "validation-report.json").read_text())
+        if (synth.outdir / "validation-report.json").exists()
+        else {"pluginReports": []}
+    )
     violations = [v for r in report["pluginReports"] for v in r.get("violations", [])]
     assert violations == []
 
@@ -57,7 +59,10 @@ def test_statelint_passes_on_the_extracted_definition(synth: Synthesized, tmp_pa
     definition = tmp_path / "definition.json"
     definition.write_text(json.dumps(synth.state_machine_definition))
     run = subprocess.run(
-        [str(BIN / "statelint"), "--ignore=FLOAT", str(definition)], capture_output=True, text=True, check=False
+        [str(BIN / "statelint"), "--ignore=FLOAT", str(definition)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -139,7 +144,10 @@ def test_schedule_runs_validate_mode_and_alarm_notifies(synth: Synthesized) -> N
     assert len(rules) == 1
     rule = next(iter(rules.values()))["Properties"]
     assert rule["ScheduleExpression"] == "rate(1 hour)"
-    assert json.loads(rule["Targets"][0]["Input"]) == {"mode": "validate", "instance_id": "i-0123456789abcdef0"}
+    assert json.loads(rule["Targets"][0]["Input"]) == {
+        "mode": "validate",
+        "instance_id": "i-0123456789abcdef0",
+    }
     alarm = next(iter(resources(synth, "AWS::CloudWatch::Alarm").values()))["Properties"]
     assert alarm["MetricName"] == "ValidationPassed"
     assert alarm["TreatMissingData"] == "breaching"

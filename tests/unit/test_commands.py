@@ -25,17 +25,24 @@ class FakeSsm:
 
 
 REF = CommandRef(
-    step="sync", document="sync-model", command_id="c-1", instance_id="i-0123456789abcdef0",
-    sent_at=100.0, first_sent_at=100.0, deadline=200.0,
+    step="sync",
+    document="sync-model",
+    command_id="c-1",
+    instance_id="i-0123456789abcdef0",
+    sent_at=100.0,
+    first_sent_at=100.0,
+    deadline=200.0,
 )
 
 
 def test_success_carries_the_last_json_line_and_the_command_end_time() -> None:
-    ssm = FakeSsm({
-        "Status": "Success",
-        "StandardOutputContent": 'progress\n{"ok": true, "bytes_transferred": 5}\n',
-        "ExecutionEndDateTime": "2026-11-26T22:00:00.500000+00:00",
-    })
+    ssm = FakeSsm(
+        {
+            "Status": "Success",
+            "StandardOutputContent": 'progress\n{"ok": true, "bytes_transferred": 5}\n',
+            "ExecutionEndDateTime": "2026-11-26T22:00:00.500000+00:00",
+        }
+    )
     ref = poll(ssm, REF, now=150.0, error=SyncFailed)
     assert ref.status == "Success"
     assert ref.result == {"ok": True, "bytes_transferred": 5}
@@ -58,11 +65,13 @@ def test_never_delivered_is_instance_unavailable() -> None:
 
 
 def test_failure_reason_comes_from_the_json_error_line() -> None:
-    ssm = FakeSsm({
-        "Status": "Failed",
-        "StandardOutputContent": '{"ok": false, "error": "s5cmd: access denied"}\n',
-        "StandardErrorContent": "noise\n",
-    })
+    ssm = FakeSsm(
+        {
+            "Status": "Failed",
+            "StandardOutputContent": '{"ok": false, "error": "s5cmd: access denied"}\n',
+            "StandardErrorContent": "noise\n",
+        }
+    )
     with pytest.raises(SyncFailed, match="s5cmd: access denied"):
         poll(ssm, REF, now=150.0, error=SyncFailed)
 
@@ -70,7 +79,9 @@ def test_failure_reason_comes_from_the_json_error_line() -> None:
 def test_unregistered_invocation_is_retried_by_its_own_name() -> None:
     from botocore.exceptions import ClientError
 
-    error = ClientError({"Error": {"Code": "InvocationDoesNotExist", "Message": "no"}}, "GetCommandInvocation")
+    error = ClientError(
+        {"Error": {"Code": "InvocationDoesNotExist", "Message": "no"}}, "GetCommandInvocation"
+    )
     with pytest.raises(InvocationDoesNotExist):
         poll(FakeSsm(error), REF, now=150.0, error=SyncFailed)
 
