@@ -26,6 +26,7 @@ ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
 class StepTiming(BaseModel):
     seconds: float | None  # first send -> the state machine saw it end
     command_seconds: float | None  # the last command's own run time
+    lag_seconds: float | None = None  # the command ended -> the state machine saw it
     attempts: int = 1
 
 
@@ -61,6 +62,7 @@ def _timing(command: dict[str, Any]) -> StepTiming:
     return StepTiming(
         seconds=round(seen - first, 3) if first is not None and seen is not None else None,
         command_seconds=round(finished - sent, 3) if sent is not None and finished is not None else None,
+        lag_seconds=round(seen - finished, 3) if seen is not None and finished is not None else None,
         attempts=int(command.get("attempt", 1)),
     )
 
