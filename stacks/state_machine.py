@@ -107,6 +107,7 @@ class DeployStateMachine(Construct):
                 "request": sfn.JsonPath.object_at("$.request"),
                 "snapshot": sfn.JsonPath.object_at("$.steps.collect.result"),
                 "instance_id": sfn.JsonPath.string_at("$.instance_id"),
+                "execution_name": sfn.JsonPath.string_at("$.execution_name"),
             },
             "$.plan",
             comment="Decide coexist/replace, quantization, memory; this is the dry run",

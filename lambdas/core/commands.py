@@ -46,6 +46,7 @@ class CommandRef(BaseModel):
     stdout_tail: str = ""
     stderr_tail: str = ""
     expect: dict[str, Any] | None = None  # what a successful result must show (see core/steps.py)
+    execution_name: str | None = None  # the log correlation id
     finished_at: float | None = None  # when the command itself ended (SSM's clock)
     seen_at: float | None = None  # when a poll first saw it ended
 

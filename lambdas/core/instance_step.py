@@ -37,6 +37,7 @@ def send_step(
         comment=f"{spec.key} {state.get('execution_name') or ''}",
         previous=previous,
     )
+    ref = ref.model_copy(update={"execution_name": state.get("execution_name")})
     if spec.expect is not None:
         ref = ref.model_copy(update={"expect": spec.expect(config, state)})
     return ref.model_dump(mode="json")

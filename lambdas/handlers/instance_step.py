@@ -21,9 +21,12 @@ Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 def make_handler(step: str, logger: Logger, tracer: Tracer) -> Handler:
     spec = STEPS[step]
 
-    @logger.inject_lambda_context(correlation_id_path="state.execution_name")
+    @logger.inject_lambda_context
     @tracer.capture_lambda_handler(capture_response=False)
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        # the execution's name ties every log line of a deployment together
+        carrier = event.get("state") or event.get("command") or {}
+        logger.set_correlation_id(carrier.get("execution_name"))
         config = settings()
         ssm = aws.client("ssm")
         action = event.get("action")
