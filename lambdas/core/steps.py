@@ -35,29 +35,32 @@ def _plan(state: State) -> dict[str, Any]:
 
 RUNTIME_UNIT = "asoba-inference.service"
 
+# Document parameter -> where that root lives on the instance (core.settings.InstanceRoots).
+ROOT_PARAMETERS = {
+    "ModelsRoot": "models_root",
+    "RuntimeRoot": "runtime_root",
+    "UnitDir": "unit_dir",
+    "EnvDir": "env_dir",
+    "ProfileDir": "profile_dir",
+    "StateDir": "state_dir",
+}
+
+
+def _roots(config: Settings, *names: str) -> dict[str, str]:
+    return {name: str(getattr(config.instance_roots, ROOT_PARAMETERS[name])) for name in names}
+
 
 def _units(config: Settings) -> dict[str, str]:
     return {"FluxUnit": config.flux_service, "ServiceUnit": RUNTIME_UNIT}
 
 
 def collect_parameters(config: Settings, state: State) -> dict[str, str]:
-    roots = config.instance_roots
-    return {
-        "ModelsRoot": roots.models_root,
-        "RuntimeRoot": roots.runtime_root,
-        "EnvDir": roots.env_dir,
-        **_units(config),
-    }
+    return {**_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"), **_units(config)}
 
 
 def snapshot_parameters(config: Settings, state: State) -> dict[str, str]:
-    roots = config.instance_roots
     return {
-        "StateDir": roots.state_dir,
-        "RuntimeRoot": roots.runtime_root,
-        "UnitDir": roots.unit_dir,
-        "EnvDir": roots.env_dir,
-        "ProfileDir": roots.profile_dir,
+        **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         **_units(config),
     }
 
@@ -72,14 +75,12 @@ def sync_parameters(config: Settings, state: State) -> dict[str, str]:
     return {
         "ModelName": plan["deploy_model"],
         "SourceUri": plan["source_uri"],
-        "ModelsRoot": config.instance_roots.models_root,
-        "RuntimeRoot": config.instance_roots.runtime_root,
+        **_roots(config, "ModelsRoot", "RuntimeRoot"),
     }
 
 
 def install_parameters(config: Settings, state: State) -> dict[str, str]:
     plan = _plan(state)
-    roots = config.instance_roots
     return {
         "RuntimeBundleUri": config.runtime_bundle_uri,
         "ModelName": plan["deploy_model"],
@@ -89,10 +90,7 @@ def install_parameters(config: Settings, state: State) -> dict[str, str]:
         "Dtype": str(plan.get("dtype") or "auto"),
         "ContextTokens": str(plan.get("context_tokens") or 4096),
         "BasePython": config.base_python,
-        "RuntimeRoot": roots.runtime_root,
-        "UnitDir": roots.unit_dir,
-        "EnvDir": roots.env_dir,
-        "ProfileDir": roots.profile_dir,
+        **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         "ServiceUnit": RUNTIME_UNIT,
         "ServiceUser": config.service_user,
     }
@@ -104,26 +102,18 @@ def health_parameters(config: Settings, state: State) -> dict[str, str]:
 
 def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
     # Flux is restarted from what snapshot-previous recorded, so no Flux unit here.
-    roots = config.instance_roots
     return {
-        "StateDir": roots.state_dir,
-        "RuntimeRoot": roots.runtime_root,
-        "UnitDir": roots.unit_dir,
-        "EnvDir": roots.env_dir,
-        "ProfileDir": roots.profile_dir,
+        **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         "ServiceUnit": RUNTIME_UNIT,
     }
 
 
 def validate_parameters(config: Settings, state: State) -> dict[str, str]:
-    roots = config.instance_roots
     return {
         "S3Uri": f"s3://{config.model_bucket}/{config.model_prefix}",
         "Port": str(config.coexist_port),
         "BasePython": config.base_python,
-        "ModelsRoot": roots.models_root,
-        "RuntimeRoot": roots.runtime_root,
-        "EnvDir": roots.env_dir,
+        **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
         **_units(config),
     }
 

@@ -58,8 +58,9 @@ def finish(sfn: Any, execution_arn: str, timeout: float = 600) -> ExecutionResul
     return wait_for_execution(sfn, execution_arn, timeout=timeout)
 
 
-class SilentServer:
-    """Accepts connections and never answers: a download that hangs."""
+class TricklingServer:
+    """Answers every request with a huge body, one byte a second: a download that never ends
+    and never trips a client's read timeout."""
 
     def __init__(self) -> None:
         import socket
@@ -69,6 +70,7 @@ class SilentServer:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.connections: list[Any] = []
+        self.closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -79,8 +81,23 @@ class SilentServer:
             except OSError:
                 return
             self.connections.append(connection)
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: Any) -> None:
+        try:
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: 100000000\r\n\r\n"
+            )
+            while not self.closed:
+                connection.sendall(b"\0")
+                time.sleep(1)
+        except OSError:
+            return
 
     def close(self) -> None:
+        self.closed = True
         self.sock.close()
         for connection in self.connections:
             connection.close()

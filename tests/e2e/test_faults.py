@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Ports
-from tests.e2e.helpers import SilentServer, finish, start, wait_healthy, wait_until_state_entered
+from tests.e2e.helpers import TricklingServer, finish, start, wait_healthy, wait_until_state_entered
 from tests.emulator.executions import run_execution
 from tests.emulator.models import upload_model
 from tests.sandbox.sandbox import port_open
@@ -131,8 +131,8 @@ def test_command_timeout_fails_install_and_restarts_flux(
     local_cloud: Any,
     runtime_bundle: tuple[str, str, bytes],
 ) -> None:
-    # a requirement whose download never answers: install-runtime outlives its executionTimeout
-    server = SilentServer()
+    # a requirement whose download never ends: install-runtime outlives its executionTimeout
+    server = TricklingServer()
     try:
         bucket, key, original = runtime_bundle
         hanging = with_requirements(
