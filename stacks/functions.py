@@ -65,7 +65,15 @@ class DeployFunctions(Construct):
                 f"{LAMBDA_LAYER_DIR}/python is missing: run `make lambda-layer` before synth"
             )
         code = lambda_.Code.from_asset(
-            str(LAMBDAS_DIR), exclude=["**/__pycache__", "**/*.pyc", "requirements.txt", "cli/**"]
+            str(LAMBDAS_DIR),
+            # handlers + core only: the deploy-model CLI (cli/) and its packaging metadata stay out
+            exclude=[
+                "**/__pycache__",
+                "**/*.pyc",
+                "requirements.txt",
+                *("cli", "cli/**"),
+                *("*.egg-info", "*.egg-info/**"),
+            ],
         )
         layer = lambda_.LayerVersion(
             self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +24,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL_BUCKET = "asoba-llm-cache"
 
+# The same pieces `make demo` brings up (tests/emulator/environment.py), one fixture each.
+from tests.emulator.environment import Ports  # noqa: E402 - after the environment defaults above
+
 
 @pytest.fixture(scope="session")
 def local_cloud() -> Iterator[Any]:
-    from tests.emulator.cloud import LocalCloud
+    from tests.emulator.environment import start_cloud
 
-    cloud = LocalCloud().start()
+    cloud = start_cloud()
     yield cloud
     cloud.stop()
 
 
 @pytest.fixture(scope="session")
 def instance_id(local_cloud: Any) -> str:
-    ec2 = local_cloud.client("ec2")
-    reservation = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="g5.4xlarge")
-    return str(reservation["Instances"][0]["InstanceId"])
+    from tests.emulator.environment import launch_instance
+
+    return launch_instance(local_cloud)
 
 
 @pytest.fixture(scope="session")
 def model_bucket(local_cloud: Any) -> str:
-    from tests.emulator.models import ensure_bucket
+    from tests.emulator.environment import model_bucket as ensure_model_bucket
 
-    ensure_bucket(local_cloud.client("s3"), MODEL_BUCKET, local_cloud.region)
-    return MODEL_BUCKET
-
-
-@dataclass
-class Ports:
-    flux: int  # the seed's 8000: Flux, and what a replacing runtime takes over
-    coexist: int  # the seed's 8001: a runtime beside Flux
+    return ensure_model_bucket(local_cloud, MODEL_BUCKET)
 
 
 @pytest.fixture(scope="session")
@@ -68,46 +63,27 @@ def sandbox(
     local_cloud: Any, instance_id: str, ports: Ports, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """The instance: an A10G-like sandbox with Flux running on its port."""
-    from tests.sandbox.sandbox import Sandbox
+    from tests.emulator.environment import start_sandbox
 
-    box = Sandbox(
-        tmp_path_factory.mktemp("instance"), instance_id, gpu=True, endpoint_url=local_cloud.endpoint
-    )
-    box.install_fake_flux(ports.flux)
+    box = start_sandbox(tmp_path_factory.mktemp("instance"), local_cloud, instance_id, ports.flux)
     yield box
     box.close()
 
 
 @pytest.fixture(scope="session")
 def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Ports) -> dict[str, Any]:
-    return {
-        "instance_ids": [instance_id],
-        "model_bucket": model_bucket,
-        "poll_interval_seconds": 1,
-        # short enough for the timeout tests, long enough for a tiny model on 2 busy cores
-        "step_budgets": {"install": 90, "health_base": 120},
-        "thresholds": {"coexist_port": ports.coexist, "replace_port": ports.flux},
-        "instance_roots": {
-            "models_root": str(sandbox.models_root),
-            "runtime_root": str(sandbox.runtime_root),
-            "unit_dir": str(sandbox.unit_dir),
-            "env_dir": str(sandbox.env_dir),
-            "profile_dir": str(sandbox.profile_dir),
-            "state_dir": str(sandbox.state_dir),
-        },
-        "base_python": sandbox.base_python,
-        "service_user": sandbox.service_user,
-    }
+    from tests.emulator.environment import stack_context as context_for
+
+    return context_for(instance_id, model_bucket, sandbox, ports)
 
 
 @pytest.fixture(scope="session")
 def deployed_stack(
     local_cloud: Any, stack_context: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Any:
-    from tests.emulator.stack import deploy, synthesize
+    from tests.emulator.environment import deploy_stack
 
-    synth = synthesize(tmp_path_factory.mktemp("cdk") / "cdk.out", stack_context)
-    return deploy(synth, local_cloud, local_cloud.region)
+    return deploy_stack(local_cloud, stack_context, tmp_path_factory.mktemp("cdk") / "cdk.out")
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,11 @@ class Context:
     def style(self) -> Style:
         return Style.for_stream(self.out)
 
+    def progress(self) -> Progress:
+        """Step lines: on stdout, or on stderr when stdout carries JSON."""
+        stream = self.err if self.json_output else self.out
+        return Progress(stream, Style.for_stream(stream))
+
     def say(self, text: str = "") -> None:
         """Human text: stdout, or stderr when stdout carries JSON."""
         stream = self.err if self.json_output else self.out
@@ -129,7 +134,7 @@ def run_and_follow(
         if ctx.json_output:
             ctx.out.write(json.dumps({"executionArn": arn}) + "\n")
         return None
-    progress = Progress(ctx.err if ctx.json_output else ctx.out, ctx.style)
+    progress = ctx.progress()
     try:
         return follow(
             ctx.aws.client("stepfunctions"),
@@ -216,7 +221,7 @@ def validate(ctx: Context, instance_id: str | None) -> int:
     except ValueError as error:
         raise CliError(f"InvalidInput: {error}", EXIT_USAGE) from None
     arn = start(ctx, payload, execution_name("validate", instance_id))
-    progress = Progress(ctx.err if ctx.json_output else ctx.out, ctx.style)
+    progress = ctx.progress()
     sfn = ctx.aws.client("stepfunctions")
     finished = follow(sfn, arn, progress, poll_seconds=ctx.poll_seconds, timeout=ctx.timeout, sleep=ctx.sleep)
     events: list[dict[str, Any]] = []
@@ -404,7 +409,7 @@ def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout:
     lines = [
         f"undeployed from {target} in {human_seconds(time.monotonic() - started)}",
         f"  service   {'stopped' if result.get('stopped') else 'was not running'}",
-        f"  removed   {len(removed)} path(s)" + (f": {', '.join(map(str, removed))}" if removed else ""),
+        f"  removed   {len(removed)} path(s)" + "".join(f"\n              {path}" for path in removed),
         f"  flux      {ctx.stack.flux_service} {result.get('flux_state', '?')}"
         + (" (started)" if result.get("flux_started") else ""),
         "  models stay cached on the instance",

@@ -22,7 +22,7 @@ from cli.render import PLAIN, Style, human_bytes, human_seconds, sync_summary, u
 TERMINAL_EVENTS = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted")
 STEP_TYPES = ("TaskStateEntered",)
 HEARTBEAT_SECONDS = 15.0
-NAME_WIDTH = 18
+NAME_WIDTH = 24
 
 
 def _timestamp(value: Any) -> datetime:
@@ -202,6 +202,10 @@ class Progress:
         if kind in STEP_TYPES:
             self.current = Step(name=name, entered_at=moment, last_heartbeat=self.clock())
             self._line(moment, "start", name)
+        elif kind == "SucceedStateEntered":
+            self._line(moment, self.style.ok("end  "), name)
+        elif kind == "FailStateEntered":
+            self._line(moment, self.style.bad("FAIL "), name)
 
     def _exited(self, kind: str, name: str, output: Any, moment: datetime) -> None:
         current = self.current

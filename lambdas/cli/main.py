@@ -173,7 +173,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         if options.command == "validate":
             return commands.validate(ctx, options.instance_id)
         if options.command == "undeploy":
-            return commands.undeploy(ctx, options.instance_id, options.restore_flux)
+            return commands.undeploy(
+                ctx, options.instance_id, options.restore_flux, timeout=options.timeout or 330
+            )
         parser.print_help(err)
         return commands.EXIT_USAGE
     except InvalidInput as error:

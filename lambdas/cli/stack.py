@@ -45,6 +45,8 @@ class Aws:
 
     @classmethod
     def connect(cls, region: str | None, endpoint_url: str | None) -> Aws:
+        # botocore reads AWS_DEFAULT_REGION and the profile; AWS_REGION is what Lambda and most SDKs set
+        region = region or os.environ.get("AWS_REGION") or None
         session = boto3.Session(region_name=region) if region else boto3.Session()
         chosen = region or session.region_name
         if not chosen:

@@ -17,12 +17,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.emulator.cloud import LocalCloud, free_port
-from tests.emulator.models import ensure_bucket, upload_model
-from tests.emulator.stack import STACK_NAME, DeployedStack, deploy, synthesize
-from tests.sandbox.sandbox import Sandbox
+# moto, the CDK and the sandbox load on first use: tests/conftest.py imports this module for
+# every test, and unit tests should not pay for them.
+if TYPE_CHECKING:
+    from tests.emulator.cloud import LocalCloud
+    from tests.emulator.stack import DeployedStack
+    from tests.sandbox.sandbox import Sandbox
 
 MODEL_BUCKET = "asoba-llm-cache"
 FLUX_UNIT = "flux-api.service"
@@ -32,6 +34,12 @@ FLUX_UNIT = "flux-api.service"
 class Ports:
     flux: int  # the seed's 8000: Flux, and what a replacing runtime takes over
     coexist: int  # the seed's 8001: a runtime beside Flux
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
@@ -57,6 +65,8 @@ def preferred_port(wanted: int | None, taken: set[int] | None = None) -> int:
 
 def start_cloud(port: int | None = None) -> LocalCloud:
     """moto's server on 127.0.0.1 executing state machines, Lambdas run in process."""
+    from tests.emulator.cloud import LocalCloud
+
     return LocalCloud(port=port).start()
 
 
@@ -70,12 +80,16 @@ def launch_instance(cloud: LocalCloud, instance_type: str = "g5.4xlarge") -> str
 
 
 def model_bucket(cloud: LocalCloud, name: str = MODEL_BUCKET) -> str:
+    from tests.emulator.models import ensure_bucket
+
     ensure_bucket(cloud.client("s3"), name, cloud.region)
     return name
 
 
 def start_sandbox(root: Path, cloud: LocalCloud, instance_id: str, flux_port: int) -> Sandbox:
     """The instance: an A10G-like sandbox with (fake) Flux running on ``flux_port``."""
+    from tests.sandbox.sandbox import Sandbox
+
     box = Sandbox(root, instance_id, gpu=True, endpoint_url=cloud.endpoint)
     try:
         box.install_fake_flux(flux_port)
@@ -107,6 +121,8 @@ def stack_context(instance_id: str, bucket: str, sandbox: Sandbox, ports: Ports)
 
 def deploy_stack(cloud: LocalCloud, context: dict[str, Any], cdk_out: Path) -> DeployedStack:
     """Synthesize the real stack (cdk-nag included) and create it in moto as `cdk deploy` would."""
+    from tests.emulator.stack import STACK_NAME, deploy, synthesize
+
     synth = synthesize(cdk_out, context)
     stack = deploy(synth, cloud, cloud.region)
     outputs = cloud.client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"][0]
@@ -182,7 +198,16 @@ class LocalEnvironment:
         return self.cloud.region
 
     def upload_model(self, name: str, folder: Path) -> list[str]:
-        return upload_model(self.cloud.client("s3"), self.bucket, name, folder)
+        """Every file of ``folder`` but hidden ones (a cache's markers) under s3://bucket/<name>/."""
+        s3 = self.cloud.client("s3")
+        keys = []
+        for path in sorted(Path(folder).rglob("*")):
+            relative = path.relative_to(folder)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                key = f"{name}/{relative.as_posix()}"
+                s3.upload_file(str(path), self.bucket, key)
+                keys.append(key)
+        return keys
 
     def stop(self) -> None:
         """Kill every process of the sandbox (Flux, the runtime), then stop the local cloud."""
