@@ -198,3 +198,21 @@ def test_cdk_nag_runs_on_every_synth(tmp_path: Path) -> None:
     role.add_to_policy(iam.PolicyStatement(actions=["s3:*"], resources=["*"]))
     with pytest.raises(Exception, match=r"AwsSolutions-IAM5\[Action::s3:\*\]"):
         app.synth()
+
+
+def test_several_instances_each_get_send_rights_a_schedule_and_an_alarm(tmp_path: Path) -> None:
+    ids = ["i-0123456789abcdef0", "i-0fedcba9876543210"]
+    synth = synthesize(tmp_path / "cdk.out", {"instance_ids": ids})
+    sends = [
+        json.dumps(s["Resource"])
+        for p in resources(synth, "AWS::IAM::Policy").values()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if "ssm:SendCommand" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    ]
+    assert sends and all(all(i in text for i in ids) for text in sends)
+    inputs = [
+        json.loads(r["Properties"]["Targets"][0]["Input"])
+        for r in resources(synth, "AWS::Events::Rule").values()
+    ]
+    assert sorted(i["instance_id"] for i in inputs) == ids
+    assert len(resources(synth, "AWS::CloudWatch::Alarm")) == 2
