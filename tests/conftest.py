@@ -74,7 +74,10 @@ def sandbox(
 def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Ports) -> dict[str, Any]:
     from tests.emulator.environment import stack_context as context_for
 
-    return context_for(instance_id, model_bucket, sandbox, ports)
+    # Budgets short enough for the timeout faults, long enough for a tiny model on 2 busy cores.
+    return context_for(instance_id, model_bucket, sandbox, ports) | {
+        "step_budgets": {"install": 90, "health_base": 120}
+    }
 
 
 @pytest.fixture(scope="session")
