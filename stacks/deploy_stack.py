@@ -204,6 +204,7 @@ class ModelDeployStack(Stack):
             ("DocumentPrefix", f"{self.stack_name}-", "SSM documents are <prefix><file stem>"),
             ("InstanceRoots", config.instance_roots.model_dump_json(), "where things live on the instance"),
             ("FluxService", config.flux_service, "the co-resident service"),
+            ("InstanceType", config.instance_type, "for the ledger's cost per hour"),
             ("InstancePolicyArn", instance_policy.managed_policy_arn, "attach to the instance role"),
             ("AlarmTopicArn", self.schedule.topic.topic_arn, "validation alarms"),
         ):

@@ -27,7 +27,7 @@ from cli.render import (
 from cli.stack import Aws, CliError, StackInfo
 from core.contracts import DeployRequest, parse_request
 from core.errors import InvalidInput
-from core.ledger import LedgerRecord, recent
+from core.ledger import LedgerRecord, current_deployment, put, recent, undeploy_record, utcnow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SSM_TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "ExecutionTimedOut")
@@ -270,7 +270,7 @@ def _holder_running(ctx: Context, holder: str) -> bool:
 
 def instance_status(ctx: Context, instance_id: str) -> InstanceStatus:
     records = recent(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, instance_id, limit=50)
-    deployed = next((r for r in records if r.outcome == "succeeded" and not r.dry_run), None)
+    deployed = current_deployment(records)
     lock = _lock(ctx, instance_id)
     if lock and not _holder_running(ctx, lock["holder"]):
         lock = None
@@ -405,6 +405,14 @@ def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout:
         ctx.err.write(error_line("UndeployFailed", message) + "\n")
         return EXIT_FAILED
     assert result is not None
+    record = undeploy_record(
+        target,
+        instance_type=ctx.stack.instance_type,
+        now=utcnow(),
+        command_id=command["CommandId"],
+        result=result,
+    )
+    put(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, record)
     removed = result.get("removed") or []
     lines = [
         f"undeployed from {target} in {human_seconds(time.monotonic() - started)}",

@@ -83,6 +83,7 @@ class StackInfo:
     document_prefix: str = ""
     instance_roots: dict[str, str] = field(default_factory=dict)
     flux_service: str = "flux-api.service"
+    instance_type: str = ""
 
     @classmethod
     def from_outputs(cls, name: str, outputs: dict[str, str]) -> StackInfo:
@@ -107,6 +108,7 @@ class StackInfo:
             document_prefix=outputs.get("DocumentPrefix", f"{name}-"),
             instance_roots=roots,
             flux_service=outputs.get("FluxService") or "flux-api.service",
+            instance_type=outputs.get("InstanceType", ""),
         )
 
     @classmethod

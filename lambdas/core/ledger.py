@@ -39,7 +39,7 @@ class LedgerRecord(BaseModel):
     model: str | None
     deploy_model: str | None = None
     dry_run: bool
-    outcome: Literal["succeeded", "failed", "planned"]
+    outcome: Literal["succeeded", "failed", "planned", "undeployed"]
     started_at: str
     finished_at: str
     instance_type: str
@@ -100,6 +100,36 @@ def build_record(state: dict[str, Any], outcome: str, *, instance_type: str, now
         error=failure.get("Error"),
         cause=failure.get("Cause"),
     )
+
+
+def undeploy_record(
+    instance_id: str, *, instance_type: str, now: datetime, command_id: str, result: dict[str, Any]
+) -> LedgerRecord:
+    """An undeploy ends what the last deployment started: `status` reads it as "nothing deployed"."""
+    stamp = now.isoformat()
+    return LedgerRecord(
+        instance_id=instance_id,
+        record_key=f"{stamp}#undeploy-{command_id}",
+        execution=f"ssm:{command_id}",
+        model=None,
+        dry_run=False,
+        outcome="undeployed",
+        started_at=stamp,
+        finished_at=stamp,
+        instance_type=instance_type,
+        cost_per_hour_usd=ON_DEMAND_USD_PER_HOUR.get(instance_type),
+        results={"undeploy": result},
+    )
+
+
+def current_deployment(records: list[LedgerRecord]) -> LedgerRecord | None:
+    """The deployment in place, from records newest first: the last success not undeployed since."""
+    for record in records:
+        if record.outcome == "undeployed":
+            return None
+        if record.outcome == "succeeded" and not record.dry_run:
+            return record
+    return None
 
 
 def put(dynamodb: Any, table: str, record: LedgerRecord) -> None:

@@ -121,6 +121,10 @@ def test_deploy_status_history_and_undeploy(
     assert not port_open(ports.coexist)
     assert not (instance.unit_dir / "asoba-inference.service").exists()
     assert port_open(ports.flux)
+    # And status no longer reports the model: the undeploy is in the ledger
+    after = cli("status")
+    row = next(line for line in after.out.splitlines() if line.startswith(instance.instance_id))
+    assert tiny_in_bucket not in row
 
 
 def test_a_failed_execution_is_one_error_line(cli: Any, instance: Any) -> None:

@@ -2,7 +2,8 @@
 
 The recordings in cli_recordings/ are real executions of the synthesized machine in the local
 emulator (a dry run, a deploy, and three failures: unknown model, a plan that does not fit, a
-health check failure that was rolled back), trimmed to what the CLI reads.
+health check failure that was rolled back), trimmed to what the CLI reads. Re-record them when
+the state machine changes: `.venv/bin/python -m tests.unit.cli_recordings.record`.
 """
 
 from __future__ import annotations
