@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cli import commands
 from cli.follow import HistoryReader, Progress, follow
 from cli.main import build_parser, main, normalize_argv
@@ -34,7 +35,6 @@ from cli.render import (
     unwrap_cause,
 )
 from cli.stack import CliError, StackInfo, endpoint_from_env
-
 from core.errors import InvalidInput
 from core.ledger import LedgerRecord
 
