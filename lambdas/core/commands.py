@@ -50,14 +50,6 @@ class CommandRef(BaseModel):
     finished_at: float | None = None  # when the command itself ended (SSM's clock)
     seen_at: float | None = None  # when a poll first saw it ended
 
-    @property
-    def budget_left(self) -> float:
-        return self.deadline - self.sent_at
-
-
-class CommandFailure(DeployError):
-    """Raised through the step's own error class; this carries the details."""
-
 
 def _raise_transient(error: ClientError) -> None:
     code = error.response.get("Error", {}).get("Code", "")

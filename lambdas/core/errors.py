@@ -54,5 +54,3 @@ class CommandFailed(DeployError):
 class ValidationFailed(DeployError):
     """The scheduled validation found a failing check."""
 
-
-ERROR_NAMES: tuple[str, ...] = tuple(cls.__name__ for cls in DeployError.__subclasses__())

@@ -199,15 +199,9 @@ class LocalEnvironment:
 
     def upload_model(self, name: str, folder: Path) -> list[str]:
         """Every file of ``folder`` but hidden ones (a cache's markers) under s3://bucket/<name>/."""
-        s3 = self.cloud.client("s3")
-        keys = []
-        for path in sorted(Path(folder).rglob("*")):
-            relative = path.relative_to(folder)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-                key = f"{name}/{relative.as_posix()}"
-                s3.upload_file(str(path), self.bucket, key)
-                keys.append(key)
-        return keys
+        from tests.emulator.models import upload_model
+
+        return upload_model(self.cloud.client("s3"), self.bucket, name, folder)
 
     def stop(self) -> None:
         """Kill every process of the sandbox (Flux, the runtime), then stop the local cloud."""

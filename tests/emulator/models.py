@@ -7,11 +7,13 @@ from typing import Any
 
 
 def upload_model(s3: Any, bucket: str, name: str, folder: Path, prefix: str = "") -> list[str]:
-    """Upload every file of `folder` under s3://bucket/<prefix><name>/; returns the keys."""
+    """Upload every file of `folder` under s3://bucket/<prefix><name>/, hidden ones aside (a
+    cache's markers); returns the keys."""
     keys = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            key = f"{prefix}{name}/{path.relative_to(folder).as_posix()}"
+    for path in sorted(Path(folder).rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            key = f"{prefix}{name}/{relative.as_posix()}"
             s3.upload_file(str(path), bucket, key)
             keys.append(key)
     return keys
