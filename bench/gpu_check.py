@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from bench.planner_estimate import gpu_estimate  # noqa: E402
 from instance_runtime.engine import Engine  # noqa: E402
 from instance_runtime.settings import RuntimeSettings  # noqa: E402
-from tests.support.models import build_tiny_model, convert_smollm2  # noqa: E402
+from local.models import build_tiny_model, convert_smollm2  # noqa: E402
 
 PROMPT = "Explain in a few sentences why a GPU inference service needs a fast health check."
 MIB = 1024 * 1024

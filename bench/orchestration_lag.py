@@ -34,9 +34,9 @@ def measure(poll_seconds: int) -> dict[str, Any]:
     import logging
 
     logging.disable(logging.WARNING)
-    from tests.emulator import environment as env
-    from tests.emulator.executions import run_execution
-    from tests.support.models import build_tiny_model
+    from local import environment as env
+    from local.executions import run_execution
+    from local.models import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="orchestration-lag-"))
     cloud = env.start_cloud()
@@ -50,7 +50,7 @@ def measure(poll_seconds: int) -> dict[str, Any]:
             "poll_interval_seconds": poll_seconds
         }
         stack = env.deploy_stack(cloud, context, work / "cdk.out")
-        from tests.emulator.models import upload_model
+        from local.bucket import upload_model
 
         upload_model(cloud.client("s3"), bucket, "tiny-llama", build_tiny_model(work / "tiny-llama"))
         started = time.monotonic()

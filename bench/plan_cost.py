@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
 
-from core.catalog import builtin_catalog  # noqa: E402
-from core.contracts import DeployRequest  # noqa: E402
-from core.manifest import read_manifest  # noqa: E402
-from core.planner import plan  # noqa: E402
-from core.policy import Policy  # noqa: E402
-from core.s3 import BotoS3Reader, CountingReader  # noqa: E402
-from tests.support.sparse_models import (  # noqa: E402
+from asoba_deploy.core.catalog import builtin_catalog  # noqa: E402
+from asoba_deploy.core.contracts import DeployRequest  # noqa: E402
+from asoba_deploy.core.manifest import read_manifest  # noqa: E402
+from asoba_deploy.core.planner import plan  # noqa: E402
+from asoba_deploy.core.policy import Policy  # noqa: E402
+from asoba_deploy.core.s3 import BotoS3Reader, CountingReader  # noqa: E402
+from local.sparse_models import (  # noqa: E402
     decoder_tensors,
     start_rclone_s3,
     stop_rclone_s3,

@@ -14,14 +14,14 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "lambdas")]
 
-from core.catalog import builtin_catalog  # noqa: E402
-from core.contracts import DeployRequest  # noqa: E402
-from core.errors import InvalidInput  # noqa: E402
-from core.manifest import read_manifest  # noqa: E402
-from core.planner import plan  # noqa: E402
-from core.policy import Policy  # noqa: E402
-from core.s3 import ObjectInfo  # noqa: E402
-from core.snapshot import GpuDevice, InstanceSnapshot  # noqa: E402
+from asoba_deploy.core.catalog import builtin_catalog  # noqa: E402
+from asoba_deploy.core.contracts import DeployRequest  # noqa: E402
+from asoba_deploy.core.errors import InvalidInput  # noqa: E402
+from asoba_deploy.core.manifest import read_manifest  # noqa: E402
+from asoba_deploy.core.planner import plan  # noqa: E402
+from asoba_deploy.core.policy import Policy  # noqa: E402
+from asoba_deploy.core.s3 import ObjectInfo  # noqa: E402
+from asoba_deploy.core.snapshot import GpuDevice, InstanceSnapshot  # noqa: E402
 
 
 class LocalFolderReader:

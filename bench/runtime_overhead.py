@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from instance_runtime.engine import Engine  # noqa: E402
 from instance_runtime.settings import RuntimeSettings  # noqa: E402
-from tests.support.models import build_tiny_model, convert_smollm2  # noqa: E402
+from local.models import build_tiny_model, convert_smollm2  # noqa: E402
 
 PROMPT = "Write a short paragraph about why health checks must answer quickly, even under load."
 

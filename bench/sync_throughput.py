@@ -1,11 +1,11 @@
-"""How fast the sync-model document brings a model onto the instance, against the alternatives.
+"""How fast the sync document brings a model onto the instance, against the alternatives.
 
 A ~2 GB synthetic model folder (500 MB shards of real bytes plus the json files a Hugging Face
 checkpoint carries) is served by `rclone serve s3` on 127.0.0.1. The same bytes are then
 fetched four ways, each into an empty folder, each timed until the data is on disk (the timing
 ends with `sync`), best of --rounds:
 
-* the sync-model SSM document (s5cmd), sent through moto's SSM to the sandbox agent, timed from
+* the sync SSM document (s5cmd), sent through moto's SSM to the sandbox agent, timed from
   SendCommand to Success as the state machine would see it (listing and size checks included);
 * `aws s3 sync` (the aws CLI of this venv);
 * boto3's download_file (s3transfer, default TransferConfig), files in parallel;
@@ -41,9 +41,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
 import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from tests.sandbox import Sandbox, free_port, register_documents, run_document  # noqa: E402
-from tests.sandbox.fixtures import launch_instance  # noqa: E402
-from tests.support.sparse_models import (  # noqa: E402
+from local.sandbox import Sandbox, free_port, register_documents, run_document  # noqa: E402
+from tests.fixtures import launch_instance  # noqa: E402
+from local.sparse_models import (  # noqa: E402
     RCLONE_ACCESS_KEY,
     RCLONE_SECRET_KEY,
     start_rclone_s3,
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
         moto_url = f"http://127.0.0.1:{moto_port}"
         ssm = boto3.client("ssm", endpoint_url=moto_url, **credentials)
         ec2 = boto3.client("ec2", endpoint_url=moto_url, **credentials)
-        register_documents(ssm, ["sync-model"])
+        register_documents(ssm, ["sync"])
         sandbox = Sandbox(
             work / "instance",
             launch_instance(ec2),
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
 
         def document() -> None:
             run = run_document(
-                ssm, sandbox, "sync-model", wait_s=3600, ModelName=MODEL, SourceUri=uri, Tool="s5cmd"
+                ssm, sandbox, "sync", wait_s=3600, ModelName=MODEL, SourceUri=uri, Tool="s5cmd"
             )
             if run.status != "Success" or run.result is None:
                 raise RuntimeError(run.explain())
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
             subprocess.run(["cp", "-r", str(source), str(work / "cp")], check=True)
 
         ways: dict[str, tuple[Callable[[], None], Path]] = {
-            "sync-model document (s5cmd, via SSM + sandbox agent)": (document, synced),
+            "sync document (s5cmd, via SSM + sandbox agent)": (document, synced),
             "aws s3 sync": (aws_cli, work / "aws"),
             "boto3 download_file, 8 files at a time": (boto3_download, work / "boto3"),
             "cp -r (local copy limit)": (local_copy, work / "cp"),
@@ -230,7 +230,7 @@ def main(argv: list[str]) -> int:
         resync_bytes = int(report["bytes_transferred"])  # type: ignore[call-overload]
 
         rates = {name: total / seconds for name, seconds in best.items()}
-        baselines = [name for name in ways if not name.startswith("sync-model")]
+        baselines = [name for name in ways if not name.startswith("sync")]
         reference = max(rates[name] for name in baselines)
         doc_name = next(iter(ways))
         print()

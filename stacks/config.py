@@ -52,14 +52,15 @@ class StepBudgets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collect: int = Field(default=120, ge=10)
-    stop: int = Field(default=180, ge=10)
+    collect_resources: int = Field(default=120, ge=10)
+    snapshot_previous: int = Field(default=120, ge=10)
+    stop_flux: int = Field(default=180, ge=10)
     sync: int = Field(default=3600, ge=30)
     install: int = Field(default=1800, ge=30)
-    health_base: int = Field(default=300, ge=10)
-    health_per_gb: int = Field(default=20, ge=0)
+    health_check: int = Field(default=300, ge=10)
+    health_check_per_gb: int = Field(default=20, ge=0)
     rollback: int = Field(default=600, ge=30)
-    validation: int = Field(default=300, ge=10)
+    check_instance: int = Field(default=300, ge=10)
 
 
 class InstanceRoots(BaseModel):

@@ -34,9 +34,9 @@ from stacks.tables import DeploymentTables
 INSTANCE_STEPS: dict[str, list[str]] = {
     "CollectResources": ["collect-resources"],
     "SnapshotPrevious": ["snapshot-previous"],
-    "StopFlux": ["stop-service"],
-    "SyncModel": ["sync-model"],
-    "Install": ["install-runtime"],
+    "StopFlux": ["stop-flux"],
+    "SyncModel": ["sync"],
+    "Install": ["install"],
     "HealthCheck": ["health-check"],
     "Rollback": ["rollback"],
     "Validation": ["validate"],

@@ -25,12 +25,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MODEL_BUCKET = "asoba-llm-cache"
 
 # The same pieces `make demo` brings up (tests/emulator/environment.py), one fixture each.
-from tests.emulator.environment import Ports  # noqa: E402 - after the environment defaults above
+from local.environment import Ports  # noqa: E402 - after the environment defaults above
 
 
 @pytest.fixture(scope="session")
 def local_cloud() -> Iterator[Any]:
-    from tests.emulator.environment import start_cloud
+    from local.environment import start_cloud
 
     cloud = start_cloud()
     yield cloud
@@ -39,21 +39,21 @@ def local_cloud() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def instance_id(local_cloud: Any) -> str:
-    from tests.emulator.environment import launch_instance
+    from local.environment import launch_instance
 
     return launch_instance(local_cloud)
 
 
 @pytest.fixture(scope="session")
 def model_bucket(local_cloud: Any) -> str:
-    from tests.emulator.environment import model_bucket as ensure_model_bucket
+    from local.environment import model_bucket as ensure_model_bucket
 
     return ensure_model_bucket(local_cloud, MODEL_BUCKET)
 
 
 @pytest.fixture(scope="session")
 def ports() -> Ports:
-    from tests.emulator.cloud import free_port
+    from local.cloud import free_port
 
     return Ports(flux=free_port(), coexist=free_port())
 
@@ -63,7 +63,7 @@ def sandbox(
     local_cloud: Any, instance_id: str, ports: Ports, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """The instance: an A10G-like sandbox with Flux running on its port."""
-    from tests.emulator.environment import start_sandbox
+    from local.environment import start_sandbox
 
     box = start_sandbox(tmp_path_factory.mktemp("instance"), local_cloud, instance_id, ports.flux)
     yield box
@@ -72,11 +72,11 @@ def sandbox(
 
 @pytest.fixture(scope="session")
 def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Ports) -> dict[str, Any]:
-    from tests.emulator.environment import stack_context as context_for
+    from local.environment import stack_context as context_for
 
     # Budgets short enough for the timeout faults, long enough for a tiny model on 2 busy cores.
     return context_for(instance_id, model_bucket, sandbox, ports) | {
-        "step_budgets": {"install": 90, "health_base": 120}
+        "step_budgets": {"install": 90, "health_check": 120}
     }
 
 
@@ -84,21 +84,21 @@ def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Port
 def deployed_stack(
     local_cloud: Any, stack_context: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Any:
-    from tests.emulator.environment import deploy_stack
+    from local.environment import deploy_stack
 
     return deploy_stack(local_cloud, stack_context, tmp_path_factory.mktemp("cdk") / "cdk.out")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support.models import build_tiny_model
+    from local.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture
 def upload_model(local_cloud: Any, model_bucket: str) -> Callable[[str, Path], list[str]]:
-    from tests.emulator.models import upload_model as _upload
+    from local.bucket import upload_model as _upload
 
     def _do(name: str, folder: Path) -> list[str]:
         return _upload(local_cloud.client("s3"), model_bucket, name, folder)

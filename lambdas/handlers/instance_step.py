@@ -9,11 +9,11 @@ from typing import Any
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core import aws
-from core.errors import InvalidInput
-from core.instance_step import poll_step, send_step
-from core.settings import settings
-from core.steps import STEPS
+from asoba_deploy.core import aws
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.instance_step import poll_step, send_step
+from asoba_deploy.core.settings import settings
+from asoba_deploy.core.steps import STEPS
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 

@@ -7,8 +7,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core import aws, ledger
-from core.settings import settings
+from asoba_deploy.core import aws, ledger
+from asoba_deploy.core.settings import settings
 
 logger = Logger()
 

@@ -8,9 +8,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core import aws, lock
-from core.errors import InvalidInput
-from core.settings import settings
+from asoba_deploy.core import aws, lock
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.settings import settings
 
 logger = Logger()
 

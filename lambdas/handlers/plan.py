@@ -19,15 +19,15 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core import aws
-from core.catalog import load_catalog
-from core.contracts import describe_validation_error, parse_request
-from core.errors import InvalidInput
-from core.manifest import read_manifest
-from core.planner import plan
-from core.policy import Policy
-from core.s3 import BotoS3Reader, CountingReader
-from core.snapshot import InstanceSnapshot
+from asoba_deploy.core import aws
+from asoba_deploy.core.catalog import load_catalog
+from asoba_deploy.core.contracts import describe_validation_error, parse_request
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.manifest import read_manifest
+from asoba_deploy.core.planner import plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.s3 import BotoS3Reader, CountingReader
+from asoba_deploy.core.snapshot import InstanceSnapshot
 
 logger = Logger()
 

@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core.rollback import explain
+from asoba_deploy.core.rollback import explain
 from handlers.instance_step import make_handler
 
 logger = Logger()

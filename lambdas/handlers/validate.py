@@ -7,10 +7,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core import aws
-from core.checks import check_instance_running, check_model_present, choose_instance
-from core.contracts import parse_request
-from core.settings import settings
+from asoba_deploy.core import aws
+from asoba_deploy.core.checks import check_instance_running, check_model_present, choose_instance
+from asoba_deploy.core.contracts import parse_request
+from asoba_deploy.core.settings import settings
 
 logger = Logger()
 

@@ -10,8 +10,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core.errors import ValidationFailed
-from core.validation import error_class, failed_checks, metrics_for
+from asoba_deploy.core.errors import ValidationFailed
+from asoba_deploy.core.validation import error_class, failed_checks, metrics_for
 from handlers.instance_step import make_handler
 
 logger = Logger()

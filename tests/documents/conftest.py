@@ -1,3 +1,3 @@
 """Fixtures for the SSM document tests: a moto server, sandbox instances, the documents."""
 
-from tests.sandbox.fixtures import *  # noqa: F403
+from tests.fixtures import *  # noqa: F403

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 
-from tests.sandbox import Sandbox, send_document, wait_invocation
-from tests.sandbox.fixtures import CREDENTIALS, Aws, launch_instance
+from local.sandbox import Sandbox, send_document, wait_invocation
+from tests.fixtures import CREDENTIALS, Aws, launch_instance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -321,7 +321,7 @@ def test_the_agent_works_with_mock_aws_in_process(tmp_path: Path) -> None:
     program = textwrap.dedent(f"""
         import json, boto3
         from moto import mock_aws
-        from tests.sandbox import Sandbox, register_documents, run_document
+        from local.sandbox import Sandbox, register_documents, run_document
         with mock_aws():
             ec2 = boto3.client("ec2", region_name="us-east-1")
             ssm = boto3.client("ssm", region_name="us-east-1")

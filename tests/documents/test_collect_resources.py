@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.snapshot import InstanceSnapshot
-from tests.sandbox import Sandbox, free_port, run_document
-from tests.sandbox.fixtures import Aws
+from asoba_deploy.core.snapshot import InstanceSnapshot
+from local.sandbox import Sandbox, free_port, run_document
+from tests.fixtures import Aws
 
 MIB = 1024 * 1024
 

@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox.documents import DOCUMENTS_DIR, document_content, document_names
-from tests.sandbox.validation import PLACEHOLDER, resolve_parameters, substitute
+from asoba_deploy.core.steps import instance_steps
+from local.sandbox.documents import DOCUMENTS_DIR, document_content, document_names
+from local.sandbox.validation import PLACEHOLDER, resolve_parameters, substitute
 
-EXPECTED = [
-    "collect-resources",
-    "health-check",
-    "install-runtime",
-    "rollback",
-    "snapshot-previous",
-    "stop-service",
-    "sync-model",
-    "undeploy",
-    "validate",
-]
+# Every instance step of the registry has its document, and no document is without a step.
+EXPECTED = sorted(str(step.document) for step in instance_steps())
 ROOT_DEFAULTS = {
     "ModelsRoot": "/opt/models",
     "RuntimeRoot": "/opt/asoba-inference",
@@ -97,7 +89,7 @@ def test_the_common_prelude_is_identical_everywhere() -> None:
 
 
 def test_the_install_templates_only_use_placeholders_the_document_fills() -> None:
-    script = script_of("install-runtime")
+    script = script_of("install")
     filled = set(re.findall(r"line//(@[A-Z_]+@)/", script))
     templates = Path(DOCUMENTS_DIR.parent, "instance_runtime", "systemd")
     for template in templates.glob("*.template"):
@@ -121,7 +113,7 @@ def test_the_unit_template_carries_the_seed_settings() -> None:
         "WantedBy=multi-user.target",
     ):
         assert line in unit.splitlines()
-    install = document_content("install-runtime")["parameters"]
+    install = document_content("install")["parameters"]
     assert install["ServiceUser"]["default"] == "ubuntu"
     assert install["MemoryMax"]["default"] == "32G"
     assert install["CpuQuota"]["default"] == "800%"

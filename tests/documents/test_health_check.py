@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.sandbox import Sandbox, free_port, run_document
-from tests.sandbox.fixtures import Aws
+from local.sandbox import Sandbox, free_port, run_document
+from tests.fixtures import Aws
 
 Answers = dict[str, tuple[int, str]]
 

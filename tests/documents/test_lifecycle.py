@@ -1,5 +1,5 @@
 """A deployment's instance side, document by document, with the fake runtime (no model to load):
-snapshot-previous, stop-service, sync-model, install-runtime, health-check, collect-resources,
+snapshot-previous, stop-flux, sync, install, health-check, collect-resources,
 validate, rollback, undeploy."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.snapshot import InstanceSnapshot
-from tests.sandbox import DocumentRun, Sandbox, free_port, port_open, run_document
-from tests.sandbox.bundles import fake_runtime_bundle, upload
-from tests.sandbox.fixtures import Aws
+from asoba_deploy.core.snapshot import InstanceSnapshot
+from local.sandbox import DocumentRun, Sandbox, free_port, port_open, run_document
+from local.sandbox.bundles import fake_runtime_bundle, upload
+from tests.fixtures import Aws
 
 
 def upload_model(aws: Aws, name: str, *, crash: bool = False) -> str:
@@ -34,7 +34,7 @@ def install(aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int) -> d
         run_document(
             aws.ssm,
             sandbox,
-            "install-runtime",
+            "install",
             RuntimeBundleUri=bundle,
             ModelName=model,
             ModelPath=str(sandbox.models_root / model),
@@ -78,8 +78,8 @@ def test_first_deployment_then_rollback_then_undeploy(
     assert snapshot["running"] == ["flux-api.service"]
     backed_up = ("unit_backed_up", "env_backed_up", "profile_backed_up", "runtime_backed_up")
     assert [snapshot[key] for key in backed_up] == [False] * 4
-    ok(run_document(aws.ssm, sandbox, "stop-service", Unit="flux-api.service"))
-    ok(run_document(aws.ssm, sandbox, "sync-model", ModelName="tiny-model", SourceUri=source))
+    ok(run_document(aws.ssm, sandbox, "stop-flux", Unit="flux-api.service"))
+    ok(run_document(aws.ssm, sandbox, "sync", ModelName="tiny-model", SourceUri=source))
     installed = install(aws, sandbox, bundle, "tiny-model", port)
 
     # Then the service is installed as the seed describes and answers
@@ -135,7 +135,7 @@ def test_first_deployment_then_rollback_then_undeploy(
     assert service is not None and service.active and service.port == port
     assert snapshot_now.runtime_version == "0.0.0+sandbox"
     assert snapshot_now.cached("tiny-model") is not None
-    validated = ok(run_document(aws.ssm, sandbox, "validate", S3Uri=f"s3://{aws.bucket}/models/"))
+    validated = ok(run_document(aws.ssm, sandbox, "check-instance", S3Uri=f"s3://{aws.bucket}/models/"))
     checks = {check["name"]: check["status"] for check in validated["checks"]}  # type: ignore[attr-defined]
     assert all(check["ok"] for check in validated["checks"])  # type: ignore[attr-defined]
     assert validated["gpu_free_bytes"] == (23028 - 0) * 1024 * 1024  # Flux stopped, nothing else on it
@@ -191,7 +191,7 @@ def test_rollback_restores_the_previous_service(
     )
     ok(
         run_document(
-            aws.ssm, sandbox, "sync-model", ModelName="model-a", SourceUri=upload_model(aws, "model-a")
+            aws.ssm, sandbox, "sync", ModelName="model-a", SourceUri=upload_model(aws, "model-a")
         )
     )
     first = install(aws, sandbox, bundle_v1, "model-a", port_v1)
@@ -209,12 +209,12 @@ def test_rollback_restores_the_previous_service(
     assert snapshot["running"] == ["flux-api.service", "asoba-inference.service"]
     backed_up = ("unit_backed_up", "env_backed_up", "profile_backed_up", "runtime_backed_up")
     assert [snapshot[key] for key in backed_up] == [True] * 4
-    ok(run_document(aws.ssm, sandbox, "stop-service", Unit="flux-api.service"))
+    ok(run_document(aws.ssm, sandbox, "stop-flux", Unit="flux-api.service"))
     ok(
         run_document(
             aws.ssm,
             sandbox,
-            "sync-model",
+            "sync",
             ModelName="model-b",
             SourceUri=upload_model(aws, "model-b", crash=True),
         )
@@ -290,7 +290,7 @@ def test_validate_reports_every_check_even_when_one_fails(
     # Given a CPU instance whose model bucket does not exist
     sandbox = make_sandbox(gpu=False)
 
-    run = run_document(aws.ssm, sandbox, "validate", S3Uri="s3://no-such-bucket-anywhere/")
+    run = run_document(aws.ssm, sandbox, "check-instance", S3Uri="s3://no-such-bucket-anywhere/")
 
     assert (run.status, run.response_code) == ("Failed", 1)
     assert run.result is not None

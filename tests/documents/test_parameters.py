@@ -10,10 +10,10 @@ from botocore.exceptions import ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ssm.models import ssm_backends
 
-from tests.sandbox import Sandbox
-from tests.sandbox.documents import document_content, document_names
-from tests.sandbox.fixtures import REGION, Aws
-from tests.sandbox.validation import InvalidParameters, resolve_parameters
+from local.sandbox import Sandbox
+from local.sandbox.documents import document_content, document_names
+from tests.fixtures import REGION, Aws
+from local.sandbox.validation import InvalidParameters, resolve_parameters
 
 HOSTILE = [
     "../../etc/passwd",
@@ -96,7 +96,7 @@ def test_hostile_values_are_refused_before_anything_runs(
     assert sandbox.tree_digest() == before
 
 
-@pytest.mark.parametrize("name", ["sync-model", "install-runtime"])
+@pytest.mark.parametrize("name", ["sync", "install"])
 def test_a_missing_required_value_is_refused(
     name: str, aws: Aws, make_sandbox: Callable[..., Sandbox]
 ) -> None:
@@ -115,7 +115,7 @@ def test_an_unknown_parameter_and_two_values_are_refused(
     sandbox = make_sandbox()
     for values in ({"Surprise": "1"}, {"Unit": ["a.service", "b.service"]}):
         with pytest.raises(ClientError) as refused:
-            send(aws, sandbox, "stop-service", values)
+            send(aws, sandbox, "stop-flux", values)
         assert refused.value.response["Error"]["Code"] == "InvalidParameters"
 
 
@@ -170,7 +170,7 @@ def test_roots_refuse_relative_and_dotted_paths(value: str) -> None:
     ],
 )
 def test_roots_accept_real_paths(value: str) -> None:
-    spec = document_content("install-runtime")["parameters"]
+    spec = document_content("install")["parameters"]
     assert resolve_parameters({"BasePython": spec["BasePython"]}, {"BasePython": [value]}) == {
         "BasePython": value
     }
@@ -181,7 +181,7 @@ def test_roots_accept_real_paths(value: str) -> None:
     ["s3://bkt/models/../x/", "s3://bkt/./x/", "s3://BKT/x/", "s3://b", "https://b/x", "s3://bucket/a b/"],
 )
 def test_sources_refuse_what_is_not_a_plain_s3_prefix(value: str) -> None:
-    spec = document_content("sync-model")["parameters"]
+    spec = document_content("sync")["parameters"]
     with pytest.raises(InvalidParameters):
         resolve_parameters(spec, {"ModelName": ["m"], "SourceUri": [value]})
 
@@ -190,11 +190,11 @@ def test_model_names_with_dot_dot_pass_the_pattern_but_not_the_script(
     aws: Aws, make_sandbox: Callable[..., Sandbox]
 ) -> None:
     # "a..b" is one harmless path segment for SSM's pattern; the script still refuses any "..".
-    from tests.sandbox.documents import run_document
+    from local.sandbox.documents import run_document
 
     sandbox = make_sandbox()
     run = run_document(
-        aws.ssm, sandbox, "sync-model", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/"
+        aws.ssm, sandbox, "sync", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/"
     )
     assert run.status == "Failed"
     assert run.result == {"ok": False, "error": "model name must not contain '..': a..b"}

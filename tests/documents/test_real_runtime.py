@@ -1,4 +1,4 @@
-"""install-runtime with the real instance_runtime bundle and a real (tiny) model: the unit the
+"""install with the real instance_runtime bundle and a real (tiny) model: the unit the
 shim starts loads the model and serves /health and /status in the seed's format."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core.snapshot import InstanceSnapshot
-from tests.sandbox import Sandbox, free_port, run_document
-from tests.sandbox.bundles import RUNTIME_DIR, runtime_bundle, upload
-from tests.sandbox.fixtures import Aws
+from asoba_deploy.core.snapshot import InstanceSnapshot
+from local.sandbox import Sandbox, free_port, run_document
+from local.sandbox.bundles import RUNTIME_DIR, runtime_bundle, upload
+from tests.fixtures import Aws
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,7 +25,7 @@ pytestmark = [
 def test_the_real_runtime_installs_serves_and_goes_away(
     aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
-    from tests.support.models import build_tiny_model
+    from local.models import build_tiny_model
 
     # Given the stack's runtime asset and a tiny model in S3
     sandbox = make_sandbox(gpu=False)
@@ -39,17 +39,17 @@ def test_the_real_runtime_installs_serves_and_goes_away(
     synced = run_document(
         aws.ssm,
         sandbox,
-        "sync-model",
+        "sync",
         ModelName="tiny-llama",
         SourceUri=f"s3://{aws.bucket}/models/tiny-llama/",
     )
     assert synced.status == "Success", synced.explain()
 
-    # When install-runtime runs
+    # When install runs
     installed = run_document(
         aws.ssm,
         sandbox,
-        "install-runtime",
+        "install",
         RuntimeBundleUri=bundle,
         ModelName="tiny-llama",
         ModelPath=str(sandbox.models_root / "tiny-llama"),
@@ -91,7 +91,7 @@ def test_the_real_runtime_installs_serves_and_goes_away(
     service = snapshot.service("asoba-inference.service")
     assert service is not None and service.active and service.port == port and service.rss_bytes > 0
     assert snapshot.runtime_version == instance_runtime.__version__
-    validated = run_document(aws.ssm, sandbox, "validate", S3Uri=f"s3://{aws.bucket}/")
+    validated = run_document(aws.ssm, sandbox, "check-instance", S3Uri=f"s3://{aws.bucket}/")
     assert validated.result is not None, validated.explain()
     checks = {check["name"]: check for check in validated.result["checks"]}
     assert checks["health_format"]["status"] == "pass", checks["health_format"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import Sandbox, free_port, port_open, wait_for_port
-from tests.sandbox.sandbox import SHIMS
+from local.sandbox import Sandbox, free_port, port_open, wait_for_port
+from local.sandbox.sandbox import SHIMS
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Ports
-from tests.sandbox.sandbox import port_open, wait_for_port
+from local.sandbox.sandbox import port_open, wait_for_port
 
 RUNTIME_UNIT = "asoba-inference.service"
 FLUX_UNIT = "flux-api.service"
@@ -28,7 +28,7 @@ def machine_arn(deployed_stack: Any) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_in_bucket(local_cloud: Any, model_bucket: str, tiny_model: Path) -> str:
-    from tests.emulator.models import upload_model
+    from local.bucket import upload_model
 
     upload_model(local_cloud.client("s3"), model_bucket, "tiny-llama", tiny_model)
     return "tiny-llama"

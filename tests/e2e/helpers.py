@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.emulator.executions import ExecutionResult, wait_for_execution
+from local.executions import ExecutionResult, wait_for_execution
 
 
 def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -> tuple[int, dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Ports
-from tests.sandbox.sandbox import port_open
+from local.sandbox.sandbox import port_open
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

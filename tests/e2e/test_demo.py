@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator.demo import READY_MARKER, SMOLLM2
+from local.demo import READY_MARKER, SMOLLM2
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -72,7 +72,7 @@ def test_demo_end_to_end_then_the_kept_endpoint(tmp_path_factory: pytest.TempPat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_", "DEPLOY_MODEL_"))}
     env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.emulator.demo", "--keep", "--free-ports", "--workdir", str(workdir)],
+        [sys.executable, "-m", "local.demo", "--keep", "--free-ports", "--workdir", str(workdir)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -6,8 +6,8 @@ from typing import Any
 
 from tests.conftest import Ports
 from tests.e2e.helpers import finish, get_json, start
-from tests.emulator.executions import run_execution
-from tests.sandbox.sandbox import port_open
+from local.executions import run_execution
+from local.sandbox.sandbox import port_open
 
 
 def test_dry_run_outputs_the_plan_and_changes_nothing(

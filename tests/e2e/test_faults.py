@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import Ports
 from tests.e2e.helpers import TricklingServer, finish, start, wait_healthy, wait_until_state_entered
-from tests.emulator.executions import run_execution
-from tests.emulator.models import upload_model
-from tests.sandbox.sandbox import port_open
+from local.executions import run_execution
+from local.bucket import upload_model
+from local.sandbox.sandbox import port_open
 
 FLUX = "flux-api.service"
 RUNTIME = "asoba-inference.service"
@@ -131,7 +131,7 @@ def test_command_timeout_fails_install_and_restarts_flux(
     local_cloud: Any,
     runtime_bundle: tuple[str, str, bytes],
 ) -> None:
-    # a requirement whose download never ends: install-runtime outlives its executionTimeout
+    # a requirement whose download never ends: install outlives its executionTimeout
     server = TricklingServer()
     try:
         bucket, key, original = runtime_bundle

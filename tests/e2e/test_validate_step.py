@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.executions import run_execution
+from local.executions import run_execution
 
 
 @pytest.fixture(scope="module")
 def machine(deployed_stack: Any, local_cloud: Any, tiny_model: Path, model_bucket: str) -> tuple[Any, str]:
-    from tests.emulator.models import upload_model
+    from local.bucket import upload_model
 
     upload_model(local_cloud.client("s3"), model_bucket, "tiny-llama", tiny_model)
     return local_cloud.client("stepfunctions"), deployed_stack.state_machine_arn

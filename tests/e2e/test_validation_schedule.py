@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.executions import run_execution
+from local.executions import run_execution
 
 
 def emitted_metrics(output: str) -> dict[str, float]:

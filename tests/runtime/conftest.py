@@ -27,7 +27,7 @@ from tests.runtime.harness import (
     BackgroundStream,
     RuntimeServer,
 )
-from tests.support.models import build_tiny_model, convert_smollm2
+from local.models import build_tiny_model, convert_smollm2
 
 
 @pytest.fixture(scope="session", autouse=True)

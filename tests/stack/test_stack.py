@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.emulator.stack import PROJECT_ROOT, Synthesized, synthesize
+from local.stack import PROJECT_ROOT, Synthesized, synthesize
 
 BIN = Path(sys.executable).parent
 
@@ -191,7 +191,7 @@ def test_cdk_nag_runs_on_every_synth(tmp_path: Path) -> None:
     from aws_cdk import aws_iam as iam
 
     from app import build_app
-    from tests.emulator.stack import default_context
+    from local.stack import default_context
 
     app, stack = build_app(cdk.App(outdir=str(tmp_path), context=default_context()))
     role = iam.Role(stack, "Careless", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.support.sparse_models import (
+from local.sparse_models import (
     LLAMA_3_70B,
     SEED_MODELS,
     S3Server,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from core.snapshot import InstanceSnapshot
+from asoba_deploy.core.snapshot import InstanceSnapshot
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from core.catalog import builtin_catalog, load_catalog
-from core.contracts import DeployRequest
-from core.errors import InvalidInput
-from core.manifest import read_manifest
-from core.planner import plan
-from core.policy import Policy
-from core.s3 import BotoS3Reader
-from tests.support.sparse_models import decoder_tensors, upload_folder, write_model
+from asoba_deploy.core.catalog import builtin_catalog, load_catalog
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.manifest import read_manifest
+from asoba_deploy.core.planner import plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.s3 import BotoS3Reader
+from local.sparse_models import decoder_tensors, upload_folder, write_model
 from tests.unit.planner_support import seed_snapshot
 from tests.unit.test_manifest import TINY
 

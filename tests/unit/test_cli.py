@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from cli import commands
-from cli.follow import HistoryReader, Progress, follow
-from cli.main import build_parser, main, normalize_argv
-from cli.render import (
+from asoba_deploy.cli import commands
+from asoba_deploy.cli.follow import HistoryReader, Progress, follow
+from asoba_deploy.cli.main import build_parser, main, normalize_argv
+from asoba_deploy.cli.render import (
     PLAIN,
     InstanceStatus,
     Style,
@@ -34,9 +34,9 @@ from cli.render import (
     table,
     unwrap_cause,
 )
-from cli.stack import CliError, StackInfo, endpoint_from_env
-from core.errors import InvalidInput
-from core.ledger import LedgerRecord
+from asoba_deploy.cli.stack import CliError, StackInfo, endpoint_from_env
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.ledger import LedgerRecord
 
 RECORDINGS = Path(__file__).parent / "cli_recordings"
 ANSI = re.compile(r"\033\[[0-9;]*m")

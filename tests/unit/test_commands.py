@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from core.commands import CommandRef, InvocationDoesNotExist, last_json_line, poll
-from core.errors import InstanceUnavailable, SyncFailed
+from asoba_deploy.core.commands import CommandRef, InvocationDoesNotExist, last_json_line, poll
+from asoba_deploy.core.errors import InstanceUnavailable, SyncFailed
 
 
 class FakeSsm:
@@ -26,7 +26,7 @@ class FakeSsm:
 
 REF = CommandRef(
     step="sync",
-    document="sync-model",
+    document="sync",
     command_id="c-1",
     instance_id="i-0123456789abcdef0",
     sent_at=100.0,

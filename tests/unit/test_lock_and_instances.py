@@ -9,9 +9,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from core import lock
-from core.checks import choose_instance
-from core.errors import DeploymentInProgress, InvalidInput
+from asoba_deploy.core import lock
+from asoba_deploy.core.checks import choose_instance
+from asoba_deploy.core.errors import DeploymentInProgress, InvalidInput
 
 IDS = ["i-0123456789abcdef0", "i-0fedcba9876543210"]
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from core.catalog import builtin_catalog
-from core.contracts import DeployRequest
-from core.errors import InvalidInput, ModelNotFound
-from core.manifest import read_manifest, shape_from_config
-from core.planner import plan
-from core.policy import Policy
-from core.s3 import BotoS3Reader, CountingReader
-from core.safetensors_header import read_header
-from tests.support.sparse_models import (
+from asoba_deploy.core.catalog import builtin_catalog
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.errors import InvalidInput, ModelNotFound
+from asoba_deploy.core.manifest import read_manifest, shape_from_config
+from asoba_deploy.core.planner import plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.s3 import BotoS3Reader, CountingReader
+from asoba_deploy.core.safetensors_header import read_header
+from local.sparse_models import (
     QWEN3_14B,
     Tensor,
     decoder_tensors,
@@ -267,7 +267,7 @@ def test_shape_from_config_handles_variants() -> None:
 
 def test_adapter_base_from_catalog_and_prequantized_base(moto_s3: Any, tmp_path: Path) -> None:
     # Given an adapter whose config names a hub id unknown here, and a catalog naming its base
-    from core.catalog import Catalog
+    from asoba_deploy.core.catalog import Catalog
 
     config = {**TINY, "torch_dtype": "float16",
               "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32}}

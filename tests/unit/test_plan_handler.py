@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import InvalidInput, ModelNotFound
+from asoba_deploy.core.errors import InvalidInput, ModelNotFound
 from handlers import plan as plan_handler
 from tests.unit.conftest import SeedBucket
 from tests.unit.planner_support import seed_snapshot

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from core.catalog import builtin_catalog
-from core.contracts import DeployRequest
-from core.manifest import read_manifest
-from core.planner import Plan, plan
-from core.policy import Policy
-from core.s3 import BotoS3Reader, CountingReader
-from core.snapshot import InstanceSnapshot
+from asoba_deploy.core.catalog import builtin_catalog
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.manifest import read_manifest
+from asoba_deploy.core.planner import Plan, plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.s3 import BotoS3Reader, CountingReader
+from asoba_deploy.core.snapshot import InstanceSnapshot
 from tests.unit.conftest import SeedBucket
 from tests.unit.planner_support import GIB, flux_stopped_snapshot, seed_snapshot
 

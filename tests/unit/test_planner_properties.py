@@ -14,13 +14,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.catalog import builtin_catalog
-from core.contracts import DeployRequest
-from core.manifest import Manifest
-from core.planner import Plan, plan
-from core.policy import Policy
-from core.snapshot import InstanceSnapshot
-from tests.support.sparse_models import (
+from asoba_deploy.core.catalog import builtin_catalog
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.manifest import Manifest
+from asoba_deploy.core.planner import Plan, plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.snapshot import InstanceSnapshot
+from local.sparse_models import (
     SEED_MODELS,
     decoder_tensors,
     manifest_from_tensors,

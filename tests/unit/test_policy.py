@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidInput
-from core.policy import ENV_VARS, GIB, Policy
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.policy import ENV_VARS, GIB, Policy
 
 
 def test_defaults_are_the_seeds() -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from core.settings import Settings
-from core.steps import STEPS, health_budget
+from asoba_deploy.core.settings import Settings
+from asoba_deploy.core.steps import STEPS, health_budget
 
 DOCUMENTS = Path(__file__).resolve().parents[2] / "ssm_documents"
 
@@ -54,4 +54,4 @@ def test_parameters_match_the_document(step: str) -> None:
 def test_health_budget_grows_with_model_size() -> None:
     small = health_budget(CONFIG, {"plan": {"total_bytes": 1024**3}})
     large = health_budget(CONFIG, {"plan": {"total_bytes": 30 * 1024**3}})
-    assert large - small == 29 * CONFIG.step_budgets.health_per_gb
+    assert large - small == 29 * CONFIG.step_budgets.health_check_per_gb

@@ -72,9 +72,9 @@ def trim(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    from tests.emulator.environment import LocalEnvironment
-    from tests.emulator.executions import run_execution
-    from tests.support.models import build_tiny_model
+    from local.environment import LocalEnvironment
+    from local.executions import run_execution
+    from local.models import build_tiny_model
 
     workdir = Path(tempfile.mkdtemp(prefix="cli-recordings-"))
     env = LocalEnvironment.start(workdir)

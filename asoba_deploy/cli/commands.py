@@ -1,0 +1,427 @@
+"""What each deploy-model command does, against the stack's state machine, tables and documents."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from asoba_deploy.cli.follow import Finished, Progress, follow
+from asoba_deploy.cli.render import (
+    InstanceStatus,
+    Style,
+    checks_table,
+    error_line,
+    history_table,
+    human_seconds,
+    plan_table,
+    record_summary,
+    status_table,
+)
+from asoba_deploy.cli.stack import Aws, CliError, StackInfo
+from asoba_deploy.core.contracts import DeployRequest, parse_request
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.ledger import LedgerRecord, current_deployment, put, recent, undeploy_record, utcnow
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SSM_TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "ExecutionTimedOut")
+
+
+@dataclass
+class Context:
+    """What every command works with: AWS clients, the stack, and where to write."""
+
+    aws: Aws
+    stack_name: str
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+    json_output: bool = False
+    poll_seconds: float = 1.0
+    timeout: float | None = None
+    sleep: Callable[[float], None] = time.sleep
+    _stack: StackInfo | None = None
+
+    @property
+    def stack(self) -> StackInfo:
+        if self._stack is None:
+            self._stack = StackInfo.load(self.aws, self.stack_name)
+        return self._stack
+
+    @property
+    def style(self) -> Style:
+        return Style.for_stream(self.out)
+
+    def progress(self) -> Progress:
+        """Step lines: on stdout, or on stderr when stdout carries JSON."""
+        stream = self.err if self.json_output else self.out
+        return Progress(stream, Style.for_stream(stream))
+
+    def say(self, text: str = "") -> None:
+        """Human text: stdout, or stderr when stdout carries JSON."""
+        stream = self.err if self.json_output else self.out
+        stream.write(text + "\n")
+        stream.flush()
+
+
+# ------------------------------------------------------------------------------- executions
+
+
+def execution_name(kind: str, model: str | None, now: datetime | None = None) -> str:
+    """`<kind>-<model>-<UTC time>-<4 hex>`: at most 80 characters of [A-Za-z0-9_-]."""
+    moment = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    label = re.sub(r"[^A-Za-z0-9_-]", "-", model or "")[:40]
+    parts = [kind, label, moment, secrets.token_hex(2)]
+    return "-".join(p for p in parts if p)[:80]
+
+
+def build_request(
+    model: str,
+    *,
+    dry_run: bool = False,
+    force_quantize: bool = False,
+    allow_stop_flux: bool = True,
+    port: int | None = None,
+    context_tokens: int | None = None,
+    instance_id: str | None = None,
+) -> dict[str, Any]:
+    """The execution input with only what the user chose (the machine applies its defaults),
+    checked against the contract before anything is started (InvalidInput otherwise)."""
+    payload: dict[str, Any] = {"model": model}
+    if dry_run:
+        payload["dry_run"] = True
+    if force_quantize:
+        payload["force_quantize"] = True
+    if not allow_stop_flux:
+        payload["allow_stop_flux"] = False
+    if port is not None:
+        payload["port"] = port
+    if context_tokens is not None:
+        payload["context_tokens"] = context_tokens
+    if instance_id:
+        payload["instance_id"] = instance_id
+    parse_request(payload)
+    return payload
+
+
+def console_url(region: str, arn: str) -> str:
+    return f"https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
+
+
+def start(ctx: Context, payload: dict[str, Any], name: str) -> str:
+    arn = str(
+        ctx.aws.client("stepfunctions").start_execution(
+            stateMachineArn=ctx.stack.state_machine_arn, name=name, input=json.dumps(payload)
+        )["executionArn"]
+    )
+    ctx.say(f"execution {name} started on {ctx.stack.state_machine_arn.rsplit(':', 1)[-1]}")
+    if not ctx.aws.is_local:
+        ctx.say(f"  console: {console_url(ctx.aws.region, arn)}")
+    return arn
+
+
+def run_and_follow(
+    ctx: Context, payload: dict[str, Any], name: str, follow_it: bool = True
+) -> Finished | None:
+    arn = start(ctx, payload, name)
+    if not follow_it:
+        ctx.say(f"not following; see it with: aws stepfunctions describe-execution --execution-arn {arn}")
+        if ctx.json_output:
+            ctx.out.write(json.dumps({"executionArn": arn}) + "\n")
+        return None
+    progress = ctx.progress()
+    try:
+        return follow(
+            ctx.aws.client("stepfunctions"),
+            arn,
+            progress,
+            poll_seconds=ctx.poll_seconds,
+            timeout=ctx.timeout,
+            sleep=ctx.sleep,
+        )
+    except KeyboardInterrupt:
+        ctx.err.write(
+            f"\ninterrupted: the execution goes on without this terminal: {arn}\n"
+            f"  aws stepfunctions describe-execution --execution-arn {arn}\n"
+        )
+        raise
+
+
+def report_failure(ctx: Context, finished: Finished) -> int:
+    ctx.err.write(error_line(finished.error or finished.status, finished.cause) + "\n")
+    if finished.error == InvalidInput.__name__:
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def deploy(
+    ctx: Context,
+    model: str,
+    *,
+    dry_run: bool,
+    force_quantize: bool,
+    allow_stop_flux: bool,
+    port: int | None,
+    context_tokens: int | None,
+    instance_id: str | None,
+    follow_it: bool,
+) -> int:
+    payload = build_request(
+        model,
+        dry_run=dry_run,
+        force_quantize=force_quantize,
+        allow_stop_flux=allow_stop_flux,
+        port=port,
+        context_tokens=context_tokens,
+        instance_id=instance_id,
+    )
+    if instance_id:
+        ctx.stack.choose_instance(instance_id)
+    finished = run_and_follow(ctx, payload, execution_name("dry" if dry_run else "deploy", model), follow_it)
+    if finished is None:
+        return EXIT_OK
+    if finished.status != "SUCCEEDED":
+        return report_failure(ctx, finished)
+    if ctx.json_output:
+        ctx.out.write(json.dumps(finished.output, indent=2, sort_keys=True) + "\n")
+    elif dry_run:
+        ctx.say()
+        ctx.say(plan_table(finished.output or {}, ctx.style))
+    else:
+        ctx.say()
+        ctx.say(record_summary(LedgerRecord.model_validate(finished.output), ctx.style))
+    ctx.say(f"\n{'dry run' if dry_run else 'deploy'} wall time: {human_seconds(finished.seconds)}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- validate
+
+
+def _validation_result(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for event in reversed(events):
+        details = event.get("stateExitedEventDetails")
+        if details and details.get("name") == "Validation.Result":
+            state = json.loads(details.get("output") or "{}")
+            result = ((state.get("steps") or {}).get("validation") or {}).get("result")
+            return result if isinstance(result, dict) else None
+    return None
+
+
+def validate(ctx: Context, instance_id: str | None) -> int:
+    payload: dict[str, Any] = {"mode": "validate"}
+    if instance_id:
+        payload["instance_id"] = ctx.stack.choose_instance(instance_id)
+    try:
+        DeployRequest.model_validate(payload)
+    except ValueError as error:
+        raise CliError(f"InvalidInput: {error}", EXIT_USAGE) from None
+    arn = start(ctx, payload, execution_name("validate", instance_id))
+    progress = ctx.progress()
+    sfn = ctx.aws.client("stepfunctions")
+    finished = follow(sfn, arn, progress, poll_seconds=ctx.poll_seconds, timeout=ctx.timeout, sleep=ctx.sleep)
+    events: list[dict[str, Any]] = []
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
+        events.extend(page["events"])
+    result = _validation_result(events)
+    if ctx.json_output:
+        ctx.out.write(
+            json.dumps({"status": finished.status, "result": result}, indent=2, sort_keys=True) + "\n"
+        )
+    elif result is not None:
+        ctx.say()
+        ctx.say(checks_table(result, ctx.style))
+    if finished.status != "SUCCEEDED":
+        return report_failure(ctx, finished)
+    ctx.say(f"\nvalidation passed ({human_seconds(finished.seconds)})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- ledger
+
+
+def _lock(ctx: Context, instance_id: str) -> dict[str, Any] | None:
+    item = (
+        ctx.aws.client("dynamodb")
+        .get_item(
+            TableName=ctx.stack.lock_table, Key={"instance_id": {"S": instance_id}}, ConsistentRead=True
+        )
+        .get("Item")
+    )
+    if not item or not item.get("holder", {}).get("S"):
+        return None
+    expires = float(item.get("expires_at", {}).get("N", "0") or 0)
+    if expires and expires < time.time():
+        return None
+    return {"holder": item["holder"]["S"], "model": item.get("model", {}).get("S", "")}
+
+
+def _holder_running(ctx: Context, holder: str) -> bool:
+    try:
+        status = ctx.aws.client("stepfunctions").describe_execution(executionArn=holder)["status"]
+    except Exception:
+        return True
+    return bool(status == "RUNNING")
+
+
+def instance_status(ctx: Context, instance_id: str) -> InstanceStatus:
+    records = recent(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, instance_id, limit=50)
+    deployed = current_deployment(records)
+    lock = _lock(ctx, instance_id)
+    if lock and not _holder_running(ctx, lock["holder"]):
+        lock = None
+    return InstanceStatus(
+        instance_id=instance_id,
+        deployed=deployed,
+        latest=records[0] if records else None,
+        lock_holder=lock["holder"] if lock else None,
+        lock_model=lock["model"] if lock else None,
+    )
+
+
+def status(ctx: Context, instance_id: str | None) -> int:
+    ids = [ctx.stack.choose_instance(instance_id)] if instance_id else list(ctx.stack.instance_ids)
+    statuses = [instance_status(ctx, i) for i in ids]
+    if ctx.json_output:
+        body = [
+            {
+                "instance_id": s.instance_id,
+                "deployed": s.deployed.model_dump(mode="json", exclude={"plan", "results"})
+                if s.deployed
+                else None,
+                "latest_outcome": s.latest.outcome if s.latest else None,
+                "deployment_in_progress": s.lock_holder,
+            }
+            for s in statuses
+        ]
+        ctx.out.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+    ctx.say(status_table(statuses, ctx.style))
+    for entry in statuses:
+        if entry.deployed and entry.deployed.endpoints.get("status"):
+            ctx.say(f"\n{entry.instance_id}: {entry.deployed.endpoints['status']}")
+    return EXIT_OK
+
+
+def history(ctx: Context, instance_id: str | None, limit: int) -> int:
+    ids = [ctx.stack.choose_instance(instance_id)] if instance_id else list(ctx.stack.instance_ids)
+    records: list[LedgerRecord] = []
+    for each in ids:
+        records.extend(recent(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, each, limit=limit))
+    records.sort(key=lambda r: r.started_at, reverse=True)
+    records = records[:limit]
+    if ctx.json_output:
+        body = [r.model_dump(mode="json", exclude={"plan", "results"}) for r in records]
+        ctx.out.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+    if not records:
+        ctx.say("no deployments recorded yet")
+        return EXIT_OK
+    ctx.say(history_table(records, ctx.style))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- undeploy
+
+
+def undeploy_parameters(stack: StackInfo, restore_flux: bool) -> dict[str, list[str]]:
+    """Parameters of the undeploy document: the stack's instance roots, Flux's unit, StartFlux."""
+    roots = stack.instance_roots
+    names = {
+        "RuntimeRoot": "runtime_root",
+        "StateDir": "state_dir",
+        "UnitDir": "unit_dir",
+        "EnvDir": "env_dir",
+        "ProfileDir": "profile_dir",
+    }
+    parameters = {param: [roots[key]] for param, key in names.items() if roots.get(key)}
+    parameters["FluxUnit"] = [stack.flux_service]
+    parameters["StartFlux"] = ["true" if restore_flux else "false"]
+    return parameters
+
+
+def _last_json_line(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            return parsed
+    return None
+
+
+def wait_for_command(ctx: Context, command_id: str, instance_id: str, timeout: float) -> dict[str, Any]:
+    from botocore.exceptions import ClientError
+
+    ssm = ctx.aws.client("ssm")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            invocation: dict[str, Any] = ssm.get_command_invocation(
+                CommandId=command_id, InstanceId=instance_id
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "InvocationDoesNotExist":
+                raise
+            invocation = {"Status": "Pending"}
+        status = str(invocation.get("Status"))
+        if status in SSM_TERMINAL or str(invocation.get("StatusDetails")) in SSM_TERMINAL:
+            return invocation
+        if time.monotonic() > deadline:
+            raise CliError(f"command {command_id} still {status} after {timeout:.0f} s")
+        ctx.sleep(ctx.poll_seconds)
+
+
+def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout: float = 330.0) -> int:
+    target = ctx.stack.choose_instance(instance_id)
+    lock = _lock(ctx, target)
+    if lock and _holder_running(ctx, lock["holder"]):
+        raise CliError(
+            f"DeploymentInProgress: instance {target} is being deployed by "
+            f"{lock['holder'].rsplit(':', 1)[-1]} (model {lock['model'] or '?'}); nothing was changed"
+        )
+    document = ctx.stack.document("undeploy")
+    started = time.monotonic()
+    command = ctx.aws.client("ssm").send_command(
+        InstanceIds=[target],
+        DocumentName=document,
+        Parameters=undeploy_parameters(ctx.stack, restore_flux),
+        Comment="deploy-model undeploy",
+        TimeoutSeconds=60,
+    )["Command"]
+    ctx.say(f"sent {document} to {target} (command {command['CommandId']})")
+    invocation = wait_for_command(ctx, command["CommandId"], target, timeout)
+    result = _last_json_line(str(invocation.get("StandardOutputContent") or ""))
+    if ctx.json_output:
+        ctx.out.write(json.dumps({"status": invocation.get("Status"), "result": result}, indent=2) + "\n")
+    if invocation.get("Status") != "Success" or not (result or {}).get("ok", False):
+        message = (result or {}).get("error") or str(invocation.get("StandardErrorContent") or "").strip()
+        message = message or str(invocation.get("StatusDetails") or invocation.get("Status"))
+        ctx.err.write(error_line("UndeployFailed", message) + "\n")
+        return EXIT_FAILED
+    assert result is not None
+    record = undeploy_record(
+        target,
+        instance_type=ctx.stack.instance_type,
+        now=utcnow(),
+        command_id=command["CommandId"],
+        result=result,
+    )
+    put(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, record)
+    removed = result.get("removed") or []
+    lines = [
+        f"undeployed from {target} in {human_seconds(time.monotonic() - started)}",
+        f"  service   {'stopped' if result.get('stopped') else 'was not running'}",
+        f"  removed   {len(removed)} path(s)" + "".join(f"\n              {path}" for path in removed),
+        f"  flux      {ctx.stack.flux_service} {result.get('flux_state', '?')}"
+        + (" (started)" if result.get("flux_started") else ""),
+        "  models stay cached on the instance",
+    ]
+    if not ctx.json_output:
+        ctx.say("\n".join(lines))
+    return EXIT_OK

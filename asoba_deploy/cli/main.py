@@ -1,0 +1,215 @@
+"""deploy-model: plan, deploy, validate and undeploy models through the deployed stack.
+
+    deploy-model <model> [--dry-run] [--force-quantize] [--no-follow]
+    deploy-model status | history | validate | undeploy [--restore-flux]
+
+Exit codes: 0 success; 1 the deployment (or command) failed; 2 bad input; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from asoba_deploy.cli import commands
+from asoba_deploy.cli.stack import DEFAULT_STACK, Aws, CliError, endpoint_from_env
+from asoba_deploy.core.errors import InvalidInput
+
+COMMANDS = ("deploy", "status", "history", "validate", "undeploy")
+# global options that take a value (to find the first positional argument)
+VALUE_OPTIONS = ("--stack-name", "--region", "--endpoint-url", "--poll-seconds", "--timeout")
+
+EPILOG = """\
+examples:
+  deploy-model mistral_iac_generation --dry-run     the plan, nothing changes
+  deploy-model qwen3-14b                            deploy and follow each step
+  deploy-model qwen3-14b --force-quantize --no-follow
+  deploy-model status                               what runs where (from the ledger)
+  deploy-model undeploy --restore-flux              remove the service, start Flux again
+
+The stack is found through the CloudFormation outputs of stack AsobaModelDeploy (--stack-name).
+For the local emulator: --endpoint-url http://127.0.0.1:PORT or DEPLOY_MODEL_ENDPOINT_URL
+(AWS_ENDPOINT_URL is honoured too). A model named like a command: deploy-model deploy <model>.
+"""
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("where")
+    group.add_argument(
+        "--stack-name", default=DEFAULT_STACK, help="CloudFormation stack (default %(default)s)"
+    )
+    group.add_argument(
+        "--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile)"
+    )
+    group.add_argument(
+        "--endpoint-url",
+        help="AWS endpoint, e.g. the local emulator (default: DEPLOY_MODEL_ENDPOINT_URL or AWS_ENDPOINT_URL)",
+    )
+    group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    group.add_argument("--poll-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--timeout", type=float, default=None, help="give up following after this many seconds"
+    )
+    return common
+
+
+def _positive_port(text: str) -> int:
+    value = int(text)
+    if not 1024 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be between 1024 and 65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="deploy-model",
+        description="Resource-aware model deployment to the stack's GPU instance (Step Functions + SSM).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{<model>,status,history,validate,undeploy}")
+
+    deploy = sub.add_parser(
+        "deploy",
+        parents=[common],
+        help="plan or deploy a model (the default command)",
+        description=(
+            "Start an execution for <model> (a folder of the model bucket) and follow it step by step."
+        ),
+    )
+    deploy.add_argument("model", help="the model's folder in the bucket, e.g. qwen3-14b")
+    deploy.add_argument("--dry-run", action="store_true", help="plan only: print the plan, change nothing")
+    deploy.add_argument("--force-quantize", action="store_true", help="load with bitsandbytes 4-bit")
+    deploy.add_argument("--no-follow", action="store_true", help="start the execution and return at once")
+    deploy.add_argument(
+        "--no-stop-flux", action="store_true", help="never stop Flux: plan beside it or refuse"
+    )
+    deploy.add_argument("--port", type=_positive_port, help="serve on this port instead of the planned one")
+    deploy.add_argument("--context-tokens", type=int, help="KV cache reserve in tokens (default 4096)")
+    deploy.add_argument("--instance-id", help="target instance (when the stack has several)")
+
+    status = sub.add_parser("status", parents=[common], help="what is deployed where (from the ledger)")
+    status.add_argument("--instance-id")
+
+    history = sub.add_parser("history", parents=[common], help="recent executions (from the ledger)")
+    history.add_argument("--instance-id")
+    history.add_argument("--limit", type=int, default=20, help="how many records (default %(default)s)")
+
+    validate = sub.add_parser(
+        "validate", parents=[common], help="check S3, instance, resources, services, runtime health"
+    )
+    validate.add_argument("--instance-id")
+
+    undeploy = sub.add_parser(
+        "undeploy", parents=[common], help="stop and remove the inference service (models stay cached)"
+    )
+    undeploy.add_argument("--instance-id")
+    undeploy.add_argument("--restore-flux", action="store_true", help="start the Flux service afterwards")
+    return parser
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Put the command first: `deploy-model <model> ...` is `deploy-model deploy <model> ...`, and
+    options may come before the command (`--region x status` is `status --region x`)."""
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            index += 2 if arg in VALUE_OPTIONS else 1
+            continue
+        if arg in COMMANDS:
+            return [arg, *args[:index], *args[index + 1 :]]
+        return ["deploy", *args]
+    if args in (["-h"], ["--help"]):
+        return args
+    return ["deploy", *args]  # no model given: the deploy parser says what is missing
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if not raw:
+        parser.print_help(err)
+        return commands.EXIT_USAGE
+    options = parser.parse_args(normalize_argv(raw))
+    try:
+        endpoint = endpoint_from_env(options.endpoint_url)
+        aws = Aws.connect(options.region, endpoint)
+        poll = options.poll_seconds if options.poll_seconds is not None else (0.5 if aws.is_local else 1.0)
+        ctx = commands.Context(
+            aws=aws,
+            stack_name=options.stack_name,
+            out=out,
+            err=err,
+            json_output=options.json,
+            poll_seconds=max(0.1, poll),
+            timeout=options.timeout,
+        )
+        if options.command == "deploy":
+            return commands.deploy(
+                ctx,
+                options.model,
+                dry_run=options.dry_run,
+                force_quantize=options.force_quantize,
+                allow_stop_flux=not options.no_stop_flux,
+                port=options.port,
+                context_tokens=options.context_tokens,
+                instance_id=options.instance_id,
+                follow_it=not options.no_follow,
+            )
+        if options.command == "status":
+            return commands.status(ctx, options.instance_id)
+        if options.command == "history":
+            return commands.history(ctx, options.instance_id, max(1, options.limit))
+        if options.command == "validate":
+            return commands.validate(ctx, options.instance_id)
+        if options.command == "undeploy":
+            return commands.undeploy(
+                ctx, options.instance_id, options.restore_flux, timeout=options.timeout or 330
+            )
+        parser.print_help(err)
+        return commands.EXIT_USAGE
+    except InvalidInput as error:
+        err.write(f"error: InvalidInput: {error}\n")
+        return commands.EXIT_USAGE
+    except CliError as error:
+        err.write(f"error: {error}\n")
+        return error.exit_code
+    except TimeoutError as error:
+        err.write(f"error: {error}\n")
+        return commands.EXIT_FAILED
+    except KeyboardInterrupt:
+        return commands.EXIT_INTERRUPTED
+    except Exception as error:
+        err.write(f"error: {_describe(error)}\n")
+        return commands.EXIT_FAILED
+
+
+def _describe(error: Exception) -> str:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(error, NoCredentialsError):
+        return (
+            "no AWS credentials found (configure a profile; for the local emulator export "
+            "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing)"
+        )
+    if isinstance(error, ClientError):
+        info = error.response.get("Error", {})
+        operation = getattr(error, "operation_name", "")
+        return f"{info.get('Code', 'ClientError')}: {info.get('Message', str(error))}" + (
+            f" (in {operation})" if operation else ""
+        )
+    return f"{type(error).__name__}: {error}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

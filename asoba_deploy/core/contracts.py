@@ -1,0 +1,70 @@
+"""The execution contract: what `start-execution --input` accepts."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from asoba_deploy.core.errors import InvalidInput
+
+# A model name is one path segment: no slashes, no leading dot, no "..".
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+INSTANCE_ID_PATTERN = r"^(i|mi)-[0-9a-f]{8,17}$"
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+
+Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+def check_model_name(value: str) -> str:
+    if not _MODEL_NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "must be one name of letters, digits, '.', '_' or '-' (no '/', no '..'), 1-128 characters"
+        )
+    return value
+
+
+class DeployRequest(BaseModel):
+    """Input of one execution of the deployment state machine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["deploy", "validate"] = "deploy"
+    model: str | None = None
+    dry_run: StrictBool = False
+    force_quantize: StrictBool = False
+    allow_stop_flux: StrictBool = True
+    port: Port | None = None
+    context_tokens: Annotated[int, Field(ge=256, le=131072)] = 4096
+    instance_id: Annotated[str, Field(pattern=INSTANCE_ID_PATTERN)] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_name(value)
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.mode == "deploy" and self.model is None:
+            raise ValueError("model: required when mode is 'deploy'")
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming every bad field, for the execution's cause."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "input"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_request(event: object) -> DeployRequest:
+    """Parse the raw execution input or raise InvalidInput with a readable cause."""
+    if not isinstance(event, dict):
+        raise InvalidInput(f"input must be a JSON object, got {type(event).__name__}")
+    try:
+        return DeployRequest.model_validate(event)
+    except ValidationError as error:
+        raise InvalidInput(describe_validation_error(error)) from None
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None

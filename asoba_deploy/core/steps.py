@@ -1,0 +1,397 @@
+"""The step registry: every step of the deployment, once, under one name.
+
+A step's name (kebab-case, e.g. `stop-flux`) is the only spelling written down; every other
+one is derived from it:
+
+| spelling            | rule                   | stop-flux                         |
+|---------------------|------------------------|-----------------------------------|
+| state label         | PascalCase             | StopFlux                          |
+| Lambda function id  | the label              | StopFlux                          |
+| handler file        | lambdas/handlers/<key> | lambdas/handlers/stop_flux.py     |
+| SSM document        | ssm_documents/<name>   | ssm_documents/stop-flux.yaml      |
+| result key          | snake_case             | $.steps.stop_flux                 |
+| typed error         | <label>Failed          | StopFluxFailed                    |
+| CLI progress line   | the name               | stop-flux                         |
+| test file           | test_<key>.py          | tests/documents/test_stop_flux.py |
+
+The stack (functions, documents, IAM), the state machine (its phases, in registry order),
+the handlers' dispatch and the CLI's progress read this registry instead of repeating it.
+
+Instance-step parameters are built from the state the machine carries (the request, the
+plan, the snapshot). Every value was validated before it got here, and the document's own
+allowedPattern checks it again on the SSM side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from asoba_deploy.core import errors
+from asoba_deploy.core.errors import CommandFailed, DeployError, SyncFailed
+from asoba_deploy.core.settings import Settings
+
+State = dict[str, Any]
+GB = 1024**3
+
+
+def _plan(state: State) -> dict[str, Any]:
+    plan = state.get("plan")
+    if not isinstance(plan, dict):
+        raise CommandFailed("this step needs the plan in $.plan")
+    return plan
+
+
+RUNTIME_UNIT = "asoba-inference.service"
+
+# Document parameter -> where that root lives on the instance (core.settings.InstanceRoots).
+ROOT_PARAMETERS = {
+    "ModelsRoot": "models_root",
+    "RuntimeRoot": "runtime_root",
+    "UnitDir": "unit_dir",
+    "EnvDir": "env_dir",
+    "ProfileDir": "profile_dir",
+    "StateDir": "state_dir",
+}
+
+
+def _roots(config: Settings, *names: str) -> dict[str, str]:
+    return {name: str(getattr(config.instance_roots, ROOT_PARAMETERS[name])) for name in names}
+
+
+def _units(config: Settings) -> dict[str, str]:
+    return {"FluxUnit": config.flux_service, "ServiceUnit": RUNTIME_UNIT}
+
+
+def collect_parameters(config: Settings, state: State) -> dict[str, str]:
+    return {**_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"), **_units(config)}
+
+
+def snapshot_parameters(config: Settings, state: State) -> dict[str, str]:
+    return {
+        **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
+        **_units(config),
+    }
+
+
+def stop_parameters(config: Settings, state: State) -> dict[str, str]:
+    units = _plan(state).get("stop_services") or [config.flux_service]
+    return {"Unit": str(units[0]), "WaitSeconds": str(max(10, config.step_budgets.stop_flux - 30))}
+
+
+def sync_parameters(config: Settings, state: State) -> dict[str, str]:
+    plan = _plan(state)
+    return {
+        "ModelName": plan["deploy_model"],
+        "SourceUri": plan["source_uri"],
+        **_roots(config, "ModelsRoot", "RuntimeRoot"),
+    }
+
+
+def install_parameters(config: Settings, state: State) -> dict[str, str]:
+    plan = _plan(state)
+    return {
+        "RuntimeBundleUri": config.runtime_bundle_uri,
+        "ModelName": plan["deploy_model"],
+        "ModelPath": plan["model_path"],
+        "Port": str(plan["port"]),
+        "Quantization": plan["quantization"],
+        "Dtype": str(plan.get("dtype") or "auto"),
+        "ContextTokens": str(plan.get("context_tokens") or 4096),
+        "BasePython": config.base_python,
+        **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
+        "ServiceUnit": RUNTIME_UNIT,
+        "ServiceUser": config.service_user,
+    }
+
+
+def health_parameters(config: Settings, state: State) -> dict[str, str]:
+    return {"Port": str(_plan(state)["port"])}
+
+
+def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
+    # Flux is restarted from what snapshot-previous recorded, so no Flux unit here.
+    return {
+        **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
+        "ServiceUnit": RUNTIME_UNIT,
+    }
+
+
+def validate_parameters(config: Settings, state: State) -> dict[str, str]:
+    return {
+        "S3Uri": f"s3://{config.model_bucket}/{config.model_prefix}",
+        "Port": str(config.coexist_port),
+        "BasePython": config.base_python,
+        **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
+        **_units(config),
+    }
+
+
+def undeploy_parameters(config: Settings, state: State) -> dict[str, str]:
+    """`state["restore_flux"]`: start Flux again afterwards."""
+    return {
+        **_roots(config, "RuntimeRoot", "StateDir", "UnitDir", "EnvDir", "ProfileDir"),
+        "ServiceUnit": RUNTIME_UNIT,
+        "FluxUnit": config.flux_service,
+        "StartFlux": "true" if state.get("restore_flux") else "false",
+    }
+
+
+def sync_expectation(config: Settings, state: State) -> dict[str, Any]:
+    """The model folder as the plan saw it: a sync that finds anything else is stale."""
+    plan = _plan(state)
+    prefix = plan["source_uri"].split("/", 3)[3]
+    keys = [f for f in plan.get("files", []) if str(f.get("key", "")).startswith(prefix)]
+    skipped = [k for k in plan.get("skipped_files", []) if str(k).startswith(prefix)]
+    return {
+        "files": len(keys) + len(skipped),
+        "bytes": sum(int(f["bytes"]) for f in keys) + (int(plan.get("skipped_bytes") or 0) if skipped else 0),
+    }
+
+
+def check_sync(result: dict[str, Any], expect: dict[str, Any]) -> None:
+    synced_files, synced_bytes = int(result.get("files_total", -1)), int(result.get("total_bytes", -1))
+    if (synced_files, synced_bytes) != (expect["files"], expect["bytes"]):
+        raise SyncFailed(
+            f"the model folder changed in S3 after it was planned: planned {expect['files']} files, "
+            f"{expect['bytes']} bytes; synced {synced_files} files, {synced_bytes} bytes"
+        )
+
+
+def health_budget(config: Settings, state: State) -> int:
+    """Loading takes longer for bigger models: base + per GB of weights."""
+    plan = state.get("plan") or {}
+    gigabytes = float(plan.get("total_bytes") or 0) / GB
+    budgets = config.step_budgets
+    return int(budgets.health_check + budgets.health_check_per_gb * gigabytes)
+
+
+class Phase(StrEnum):
+    """Where a step sits in the state machine; steps of a phase run in registry order."""
+
+    INPUT = "input"  # the first state: parse and check the execution input
+    CHECK = "check"  # the scheduled instance check (mode "validate")
+    LOCK = "lock"  # around a deployment
+    INSPECT = "inspect"  # read the instance, before the plan
+    PLAN = "plan"  # the dry run
+    BACKUP = "backup"  # once the plan fits: record what runs now
+    CHANGE = "change"  # change the instance; any failure here is rolled back
+    UNDO = "undo"  # the rollback
+    RECORD = "record"  # the ledger
+    ON_DEMAND = "on-demand"  # sent by the deploy-model CLI only (no function)
+
+
+class Grant(StrEnum):
+    """What a step's function may touch, besides its own document (granted by the stack)."""
+
+    READ_MODELS = "read-models"  # s3:GetObject under the prefix, s3:ListBucket on it
+    SEE_INSTANCES = "see-instances"  # ec2:DescribeInstances, ssm:DescribeInstanceInformation
+    LOCK_TABLE = "lock-table"
+    LEDGER_TABLE = "ledger-table"
+    DESCRIBE_EXECUTIONS = "describe-executions"  # is the lock's holder still running?
+
+
+@dataclass(frozen=True)
+class InstanceStep:
+    """How a step acts on the instance: its document's parameters and its budget."""
+
+    parameters: Callable[[Settings, State], dict[str, str]]
+    budget: Callable[[Settings, State], int]
+    # The health check runs its document again while the runtime is still loading.
+    resend_while: tuple[str, ...] = ()
+    # Refuse at once when SSM says the agent is not online (the scheduled check).
+    require_online: bool = False
+    # What a successful result must show, computed at send time and checked at the end.
+    expect: Callable[[Settings, State], dict[str, Any]] | None = None
+    check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # the one spelling: kebab-case
+    phase: Phase
+    description: str  # the function's description and the state's comment
+    error: type[DeployError]  # raised when the step fails (an instance step's is <Label>Failed)
+    instance: InstanceStep | None = None  # None: the step is a Lambda of its own, no document
+    grants: frozenset[Grant] = frozenset()
+    # Run only when this JSONPath is present in the state (a Choice "<Label>?" before it).
+    run_if: str | None = None
+    timeout_seconds: int = 30
+    memory_mb: int = 256
+
+    @property
+    def label(self) -> str:
+        return "".join(part.capitalize() for part in self.name.split("-"))
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def function_id(self) -> str:
+        return self.label
+
+    @property
+    def handler(self) -> str:
+        return f"handlers.{self.key}.handler"
+
+    @property
+    def document(self) -> str | None:
+        return self.name if self.instance is not None else None
+
+    @property
+    def has_function(self) -> bool:
+        return self.phase is not Phase.ON_DEMAND
+
+    @property
+    def result_path(self) -> str:
+        return f"$.steps.{self.key}"
+
+
+def _budget(name: str) -> Callable[[Settings, State], int]:
+    return lambda config, state: int(getattr(config.step_budgets, name))
+
+
+def _registry(*steps: Step) -> dict[str, Step]:
+    registry: dict[str, Step] = {}
+    for step in steps:
+        if step.name in registry:
+            raise ValueError(f"step {step.name!r} is registered twice")
+        if step.instance is not None and step.error.__name__ != f"{step.label}Failed":
+            raise ValueError(f"step {step.name!r}: its error must be {step.label}Failed")
+        registry[step.name] = step
+    return registry
+
+
+_SEE_INSTANCES = frozenset({Grant.SEE_INSTANCES})
+
+STEPS: dict[str, Step] = _registry(
+    Step(
+        "validate-input",
+        Phase.INPUT,
+        "Parse the input; check model and instance",
+        errors.InvalidInput,
+        grants=frozenset({Grant.READ_MODELS, Grant.SEE_INSTANCES}),
+    ),
+    Step(
+        "check-instance",
+        Phase.CHECK,
+        "Scheduled check of the instance: S3, agent, resources, services, runtime",
+        errors.CheckInstanceFailed,
+        InstanceStep(validate_parameters, _budget("check_instance"), require_online=True),
+        grants=frozenset({Grant.READ_MODELS, Grant.SEE_INSTANCES}),
+    ),
+    Step(
+        "lock",
+        Phase.LOCK,
+        "Acquire or release the per-instance lock",
+        errors.DeploymentInProgress,
+        grants=frozenset({Grant.LOCK_TABLE, Grant.DESCRIBE_EXECUTIONS}),
+    ),
+    Step(
+        "collect-resources",
+        Phase.INSPECT,
+        "Snapshot RAM, GPU, services, disk, cache",
+        errors.CollectResourcesFailed,
+        InstanceStep(collect_parameters, _budget("collect_resources")),
+        grants=_SEE_INSTANCES,
+    ),
+    Step(
+        "plan",
+        Phase.PLAN,
+        "Plan the deployment (the dry run)",
+        errors.InsufficientResources,
+        grants=frozenset({Grant.READ_MODELS}),
+        timeout_seconds=60,
+        memory_mb=512,
+    ),
+    Step(
+        "snapshot-previous",
+        Phase.BACKUP,
+        "Record what runs now; back up unit and env",
+        errors.SnapshotPreviousFailed,
+        InstanceStep(snapshot_parameters, _budget("snapshot_previous")),
+        grants=_SEE_INSTANCES,
+    ),
+    Step(
+        "stop-flux",
+        Phase.CHANGE,
+        "Stop Flux and wait until its GPU memory is free",
+        errors.StopFluxFailed,
+        InstanceStep(stop_parameters, _budget("stop_flux")),
+        grants=_SEE_INSTANCES,
+        run_if="$.plan.stop_services[0]",
+    ),
+    Step(
+        "sync",
+        Phase.CHANGE,
+        "Sync the model folder from S3 (s5cmd)",
+        errors.SyncFailed,
+        InstanceStep(sync_parameters, _budget("sync"), expect=sync_expectation, check=check_sync),
+        grants=_SEE_INSTANCES,
+    ),
+    Step(
+        "install",
+        Phase.CHANGE,
+        "Install the runtime, write env and unit, start it",
+        errors.InstallFailed,
+        InstanceStep(install_parameters, _budget("install")),
+        grants=_SEE_INSTANCES,
+    ),
+    Step(
+        "health-check",
+        Phase.CHANGE,
+        "Wait until /status and /health say healthy",
+        errors.HealthCheckFailed,
+        InstanceStep(health_parameters, health_budget, resend_while=("loading", "down")),
+        grants=_SEE_INSTANCES,
+    ),
+    Step(
+        "rollback",
+        Phase.UNDO,
+        "Restore the previous service and restart Flux",
+        errors.RollbackFailed,
+        InstanceStep(rollback_parameters, _budget("rollback")),
+        grants=_SEE_INSTANCES,
+    ),
+    Step(
+        "record",
+        Phase.RECORD,
+        "Record the execution in the ledger",
+        errors.RecordFailed,
+        grants=frozenset({Grant.LEDGER_TABLE}),
+    ),
+    Step(
+        "undeploy",
+        Phase.ON_DEMAND,
+        "Stop and remove the deployed runtime (deploy-model undeploy)",
+        errors.UndeployFailed,
+        InstanceStep(undeploy_parameters, _budget("rollback")),
+    ),
+)
+
+
+def phase(which: Phase) -> list[Step]:
+    """The steps of one phase, in registry order."""
+    return [step for step in STEPS.values() if step.phase is which]
+
+
+def the(which: Phase) -> Step:
+    """The one step of a phase that has exactly one (INPUT, LOCK, PLAN, UNDO, RECORD, CHECK)."""
+    found = phase(which)
+    if len(found) != 1:
+        raise LookupError(f"phase {which} has {len(found)} steps, not one")
+    return found[0]
+
+
+def instance_steps() -> list[Step]:
+    return [step for step in STEPS.values() if step.instance is not None]
+
+
+def by_key(key: str) -> Step:
+    for step in STEPS.values():
+        if step.key == key:
+            return step
+    raise KeyError(key)

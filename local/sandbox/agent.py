@@ -1,0 +1,656 @@
+"""A local SSM agent for moto (test and demo support; not product code).
+
+moto's SendCommand checks nothing and reports Success at once with empty output. ``install()``
+wraps moto's SSM backend so that, for instance ids registered by a ``Sandbox``, a command
+behaves as on a real instance:
+
+* SendCommand validates the document and its parameters as SSM does (unknown document:
+  InvalidDocument; unknown, missing or refused parameter: InvalidParameters; an instance that
+  is not a sandbox: InvalidInstanceId) before anything runs;
+* each ``aws:runShellScript`` step of the document, ``{{ Parameter }}`` substituted, is written
+  to a file and started as ``sh -c <file>`` (as the Linux agent does, so the ``#!/bin/bash`` line
+  decides the shell) in a background thread, with the sandbox's environment and the step's
+  ``timeoutSeconds``;
+* the invocation goes Pending -> InProgress -> Success | Failed | TimedOut (ExecutionTimedOut),
+  with StandardOutputContent / StandardErrorContent (first 24,000 / 8,000 characters, as the API)
+  and ResponseCode, per step (PluginName = step name);
+* an offline sandbox leaves new commands Pending until the command's TimeoutSeconds passes, then
+  TimedOut with StatusDetails DeliveryTimedOut; DescribeInstanceInformation reports it
+  ConnectionLost (and Online otherwise); a stopped EC2 instance counts as offline;
+* CancelCommand stops a pending or running invocation (Cancelled; its processes are killed);
+* with CloudWatchOutputConfig, each step's stdout and stderr also go to moto's CloudWatch Logs
+  (streams <command-id>/<instance-id>/<step>/stdout|stderr, the log group created if needed);
+* ListCommandInvocations, DescribeInstanceInformation and CancelCommand, absent from moto, are added.
+
+Works with ``mock_aws()`` and with ``moto.server.ThreadedMotoServer`` in the same process (both
+use the same backend objects). Commands for other instance ids keep moto's behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import inspect
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
+from moto.logs.models import logs_backends
+from moto.ssm.exceptions import SSMException
+from moto.ssm.models import Command, SimpleSystemManagerBackend
+from moto.ssm.responses import SimpleSystemManagerResponse
+
+from local.sandbox.validation import resolve_parameters, substitute
+
+if TYPE_CHECKING:
+    from local.sandbox.sandbox import Sandbox
+
+STDOUT_LIMIT = 24_000
+STDERR_LIMIT = 8_000
+LIST_OUTPUT_LIMIT = 2_500
+DEFAULT_STEP_TIMEOUT_S = 3600
+TIMED_OUT_RESPONSE_CODE = 137  # the agent's "stopped preemptively" exit code
+TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled")
+
+_lock = threading.RLock()
+_sandboxes: dict[str, Sandbox] = {}
+_runs: dict[tuple[str, str], InvocationRun] = {}
+_installed = False
+_request = threading.local()  # CloudWatchOutputConfig of the SendCommand being handled
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso_duration(seconds: float) -> str:
+    return f"PT{seconds:.3f}S"
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    marker = "\n---Output truncated---"
+    return text[: limit - len(marker)] + marker
+
+
+class _Error(SSMException):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+
+
+@dataclass
+class StepRun:
+    """One plugin (document step) of one invocation."""
+
+    name: str
+    action: str
+    inputs: dict[str, Any]
+    status: str = "Pending"
+    status_details: str = "Pending"
+    response_code: int = -1
+    stdout: str = ""
+    stderr: str = ""
+    started: dt.datetime | None = None
+    finished: dt.datetime | None = None
+
+
+@dataclass
+class InvocationRun:
+    """One command on one sandbox instance."""
+
+    command: Command
+    instance_id: str
+    document_name: str
+    document_version: str
+    region: str
+    steps: list[StepRun]
+    requested: dt.datetime = field(default_factory=_now)
+    status: str = "Pending"
+    status_details: str = "Pending"
+    process: subprocess.Popen[bytes] | None = None
+    cancelled: bool = False
+    log_group: str = ""  # CloudWatchOutputConfig: stdout/stderr also go to this log group
+
+    def step(self, plugin_name: str | None) -> StepRun:
+        if plugin_name is None:
+            if len(self.steps) != 1:
+                raise _Error(
+                    "InvalidPluginName",
+                    "The document has several steps: give the PluginName (step name) to read.",
+                )
+            return self.steps[0]
+        for step in self.steps:
+            if step.name == plugin_name:
+                return step
+        raise _Error("InvocationDoesNotExist", f"No step named {plugin_name} in this invocation.")
+
+    def invocation_view(self, plugin_name: str | None) -> dict[str, Any]:
+        with _lock:
+            step = self.step(plugin_name)
+            done = step.status in TERMINAL
+            started = step.started
+            finished = step.finished
+            elapsed = ((finished or _now()) - started).total_seconds() if started else 0.0
+            return {
+                "CommandId": self.command.command_id,
+                "InstanceId": self.instance_id,
+                "Comment": self.command.comment,
+                "DocumentName": self.document_name,
+                "DocumentVersion": self.document_version,
+                "PluginName": step.name,
+                "ResponseCode": step.response_code,
+                "ExecutionStartDateTime": started.isoformat() if started else "",
+                "ExecutionElapsedTime": _iso_duration(elapsed),
+                "ExecutionEndDateTime": finished.isoformat() if finished else "",
+                "Status": step.status,
+                "StatusDetails": step.status_details,
+                "StandardOutputContent": _truncate(step.stdout, STDOUT_LIMIT) if done else "",
+                "StandardOutputUrl": "",
+                "StandardErrorContent": _truncate(step.stderr, STDERR_LIMIT) if done else "",
+                "StandardErrorUrl": "",
+                "CloudWatchOutputConfig": {
+                    "CloudWatchLogGroupName": self.log_group,
+                    "CloudWatchOutputEnabled": bool(self.log_group),
+                },
+            }
+
+    def list_view(self, details: bool) -> dict[str, Any]:
+        with _lock:
+            view: dict[str, Any] = {
+                "CommandId": self.command.command_id,
+                "InstanceId": self.instance_id,
+                "InstanceName": "",
+                "Comment": self.command.comment,
+                "DocumentName": self.document_name,
+                "DocumentVersion": self.document_version,
+                "RequestedDateTime": self.requested,
+                "Status": self.status,
+                "StatusDetails": self.status_details,
+                "StandardOutputUrl": "",
+                "StandardErrorUrl": "",
+                "CommandPlugins": [],
+            }
+            if details:
+                for step in self.steps:
+                    output = step.stdout
+                    if step.stderr:
+                        output += "\n----------ERROR-------\n" + step.stderr
+                    plugin: dict[str, Any] = {
+                        "Name": step.name,
+                        "Status": step.status,
+                        "StatusDetails": step.status_details,
+                        "ResponseCode": step.response_code,
+                        "Output": _truncate(output, LIST_OUTPUT_LIMIT) if step.status in TERMINAL else "",
+                        "StandardOutputUrl": "",
+                        "StandardErrorUrl": "",
+                    }
+                    if step.started:
+                        plugin["ResponseStartDateTime"] = step.started
+                    if step.finished:
+                        plugin["ResponseFinishDateTime"] = step.finished
+                    view["CommandPlugins"].append(plugin)
+            return view
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def register(sandbox: Sandbox) -> None:
+    install()
+    with _lock:
+        _sandboxes[sandbox.instance_id] = sandbox
+
+
+def unregister(instance_id: str) -> None:
+    with _lock:
+        _sandboxes.pop(instance_id, None)
+        runs = [run for key, run in _runs.items() if key[1] == instance_id]
+    for run in runs:
+        _cancel(run)
+
+
+def runs_for(instance_id: str) -> list[InvocationRun]:
+    with _lock:
+        return [run for key, run in _runs.items() if key[1] == instance_id]
+
+
+def _cancel(run: InvocationRun) -> None:
+    with _lock:
+        run.cancelled = True
+        process = run.process
+    if process is not None and process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _online(sandbox: Sandbox, account_id: str, region: str) -> bool:
+    if not sandbox.online:
+        return False
+    try:
+        instance = ec2_backends[account_id][region].get_instance(sandbox.instance_id)
+    except Exception:
+        return False
+    return bool(instance.state == "running")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _set_status(run: InvocationRun, status: str, details: str) -> None:
+    with _lock:
+        run.status = status
+        run.status_details = details
+        command = run.command
+        runs = [r for key, r in _runs.items() if key[0] == command.command_id]
+        statuses = [r.status for r in runs]
+        if all(s in TERMINAL for s in statuses):
+            failed = [s for s in statuses if s != "Success"]
+            command.status = failed[0] if failed else "Success"
+            command.status_details = details if len(runs) == 1 else command.status
+        elif any(s == "InProgress" for s in statuses) or any(s in TERMINAL for s in statuses):
+            command.status = command.status_details = "InProgress"
+        command.completed_count = sum(1 for s in statuses if s in TERMINAL)
+        command.error_count = sum(1 for s in statuses if s in ("Failed", "TimedOut"))
+
+
+def _run_invocation(run: InvocationRun, sandbox: Sandbox) -> None:
+    account_id = run.command.account_id
+    delivery_timeout = sandbox.delivery_timeout_s
+    if delivery_timeout is None:
+        delivery_timeout = float(run.command.timeout_seconds)
+    delivery_deadline = time.monotonic() + delivery_timeout
+    while not _online(sandbox, account_id, run.region):
+        if run.cancelled:
+            _finish_all(run, "Cancelled", "Cancelled")
+            return
+        if time.monotonic() >= delivery_deadline:
+            _finish_all(run, "TimedOut", "DeliveryTimedOut")
+            return
+        time.sleep(0.05)
+    _set_status(run, "InProgress", "InProgress")
+    outcome = "Success"
+    for index, step in enumerate(run.steps):
+        if run.cancelled:
+            outcome = "Cancelled"
+        if outcome != "Success":
+            with _lock:
+                step.status = step.status_details = "Skipped" if outcome != "Cancelled" else "Cancelled"
+            continue
+        outcome = _run_step(run, sandbox, index, step)
+        if run.log_group:
+            _to_cloudwatch(run, step)
+    details = {"Success": "Success", "Failed": "Failed", "TimedOut": "ExecutionTimedOut"}.get(
+        outcome, outcome
+    )
+    _set_status(run, outcome, details)
+
+
+def _finish_all(run: InvocationRun, status: str, details: str) -> None:
+    with _lock:
+        for step in run.steps:
+            step.status, step.status_details = status, details
+    _set_status(run, status, details)
+
+
+def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -> str:
+    with _lock:
+        step.status = step.status_details = "InProgress"
+        step.started = _now()
+    if step.action != "aws:runShellScript":
+        return _end_step(
+            step, "Failed", 1, "", f"the sandbox agent runs aws:runShellScript only, not {step.action}\n"
+        )
+    commands = step.inputs.get("runCommand", [])
+    script = commands if isinstance(commands, str) else "\n".join(str(line) for line in commands)
+    try:
+        timeout = int(str(step.inputs.get("timeoutSeconds", DEFAULT_STEP_TIMEOUT_S)))
+    except ValueError:
+        return _end_step(step, "Failed", 1, "", "invalid timeoutSeconds\n")
+    folder = sandbox.run_dir / "ssm" / run.command.command_id / f"{index}-{step.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    script_path = folder / "_script.sh"
+    script_path.write_text(script if script.endswith("\n") else script + "\n")
+    script_path.chmod(0o700)
+    working = str(step.inputs.get("workingDirectory") or folder)
+    stdout_path, stderr_path = folder / "stdout", folder / "stderr"
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            ["sh", "-c", str(script_path)],
+            cwd=working,
+            env=sandbox.script_env(run.region),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        with _lock:
+            run.process = process
+        timed_out = False
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            code = process.wait()
+    stdout = stdout_path.read_text(errors="replace")
+    stderr = stderr_path.read_text(errors="replace")
+    if run.cancelled:
+        return _end_step(step, "Cancelled", -1, stdout, stderr)
+    if timed_out:
+        return _end_step(
+            step,
+            "TimedOut",
+            TIMED_OUT_RESPONSE_CODE,
+            stdout,
+            stderr + f"\nfailed to run commands: exit status {TIMED_OUT_RESPONSE_CODE}\n",
+        )
+    if code != 0:
+        return _end_step(
+            step, "Failed", code, stdout, stderr + f"\nfailed to run commands: exit status {code}\n"
+        )
+    return _end_step(step, "Success", 0, stdout, stderr)
+
+
+def _end_step(step: StepRun, status: str, code: int, stdout: str, stderr: str) -> str:
+    with _lock:
+        step.stdout, step.stderr, step.response_code = stdout, stderr, code
+        step.status = status
+        step.status_details = "ExecutionTimedOut" if status == "TimedOut" else status
+        step.finished = _now()
+    return status
+
+
+def _to_cloudwatch(run: InvocationRun, step: StepRun) -> None:
+    """What the agent uploads with CloudWatchOutputConfig: <command>/<instance>/<step>/stdout|stderr."""
+    logs = logs_backends[run.command.account_id][run.region]
+    if run.log_group not in logs.groups:
+        with contextlib.suppress(Exception):
+            logs.create_log_group(run.log_group, {})
+    stamp = int(time.time() * 1000)
+    for stream, text in (("stdout", step.stdout), ("stderr", step.stderr)):
+        if not text:
+            continue
+        name = f"{run.command.command_id}/{run.instance_id}/{step.name}/{stream}"
+        with contextlib.suppress(Exception):
+            logs.create_log_stream(run.log_group, name)
+        events = [{"timestamp": stamp, "message": line} for line in text.splitlines() or [text]]
+        logs.put_log_events(run.log_group, name, events)
+
+
+# --------------------------------------------------------------------------- moto hooks
+
+
+_original_send_command = SimpleSystemManagerBackend.send_command
+_original_get_invocation = SimpleSystemManagerBackend.get_command_invocation
+_send_signature = inspect.signature(_original_send_command)
+_original_response_send_command = SimpleSystemManagerResponse.send_command
+
+
+def _target_instance_ids(
+    backend: SimpleSystemManagerBackend, targets: list[dict[str, Any]] | None
+) -> list[str]:
+    ids: list[str] = []
+    for target in targets or []:
+        key, values = target.get("Key", ""), target.get("Values", [])
+        if key == "InstanceIds":
+            ids.extend(values)
+        else:
+            ec2 = ec2_backends[backend.account_id][backend.region_name]
+            for reservation in ec2.all_reservations(filters={key: values}):
+                ids.extend(instance.id for instance in reservation.instances)
+    return ids
+
+
+def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -> Command:
+    arguments = _send_signature.bind(self, *args, **kwargs).arguments
+    instance_ids = list(arguments.get("instance_ids") or []) + _target_instance_ids(
+        self, arguments.get("targets")
+    )
+    with _lock:
+        sandboxes = {i: _sandboxes[i] for i in instance_ids if i in _sandboxes}
+    if not sandboxes:
+        return _original_send_command(self, *args, **kwargs)
+    strangers = [i for i in instance_ids if i not in sandboxes]
+    if strangers:
+        raise _Error(
+            "InvalidInstanceId", f"Instances {strangers} not in a valid state for account {self.account_id}"
+        )
+    name = arguments.get("document_name") or ""
+    document = self._get_documents(name).find()  # InvalidDocument when absent
+    content = document.content_json
+    if document.document_type != "Command" or str(content.get("schemaVersion")) != "2.2":
+        raise _Error("InvalidDocument", f"{name} is not a schemaVersion 2.2 Command document")
+    parameters = resolve_parameters(content.get("parameters"), arguments.get("parameters"))
+    steps_spec = content.get("mainSteps") or []
+    command = _original_send_command(self, *args, **kwargs)
+    # moto adds every EC2 instance of the region when Targets is empty: keep the ones asked for.
+    instance_ids = list(dict.fromkeys(instance_ids))
+    command.instance_ids = instance_ids
+    command.invocations = [command.invocation_response(i, "aws:runShellScript") for i in instance_ids]
+    command.target_count = len(instance_ids)
+    command.status = command.status_details = "Pending"
+    command.completed_count = 0
+    for instance_id in instance_ids:
+        steps = [
+            StepRun(
+                name=str(spec.get("name", spec.get("action", "step"))),
+                action=str(spec.get("action", "")),
+                inputs=substitute(spec.get("inputs") or {}, parameters),
+            )
+            for spec in steps_spec
+        ]
+        cloudwatch = getattr(_request, "cloudwatch", None) or {}
+        run = InvocationRun(
+            command=command,
+            instance_id=instance_id,
+            document_name=name,
+            document_version=document.document_version,
+            region=self.region_name,
+            steps=steps,
+            log_group=str(cloudwatch.get("CloudWatchLogGroupName") or "")
+            if cloudwatch.get("CloudWatchOutputEnabled")
+            else "",
+        )
+        with _lock:
+            _runs[(command.command_id, instance_id)] = run
+    for instance_id in instance_ids:
+        run = _runs[(command.command_id, instance_id)]
+        threading.Thread(
+            target=_run_invocation,
+            args=(run, sandboxes[instance_id]),
+            daemon=True,
+            name=f"ssm-sandbox-{command.command_id[:8]}",
+        ).start()
+    return command
+
+
+def _get_command_invocation(
+    self: SimpleSystemManagerBackend, command_id: str, instance_id: str, plugin_name: str | None
+) -> dict[str, Any]:
+    with _lock:
+        run = _runs.get((command_id, instance_id))
+        sandbox = _sandboxes.get(instance_id)
+    if run is None:
+        return _original_get_invocation(self, command_id, instance_id, plugin_name)
+    delay = sandbox.invocation_delay_s if sandbox is not None else 0.0
+    if delay and (_now() - run.requested).total_seconds() < delay:
+        raise _Error("InvocationDoesNotExist", "An error occurred (InvocationDoesNotExist)")
+    return run.invocation_view(plugin_name)
+
+
+def _moto_invocation_view(command: Command, invocation: dict[str, Any], details: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "CommandId": command.command_id,
+        "InstanceId": invocation["InstanceId"],
+        "InstanceName": "",
+        "Comment": command.comment,
+        "DocumentName": command.document_name,
+        "DocumentVersion": "1",
+        "RequestedDateTime": command.requested_date_time,
+        "Status": invocation["Status"],
+        "StatusDetails": invocation["StatusDetails"],
+        "CommandPlugins": [],
+    }
+    if details:
+        view["CommandPlugins"] = [
+            {
+                "Name": invocation["PluginName"],
+                "Status": invocation["Status"],
+                "StatusDetails": invocation["StatusDetails"],
+                "ResponseCode": invocation["ResponseCode"],
+                "Output": invocation["StandardOutputContent"],
+            }
+        ]
+    return view
+
+
+def _list_command_invocations(
+    self: SimpleSystemManagerBackend,
+    command_id: str | None = None,
+    instance_id: str | None = None,
+    details: bool = False,
+    filters: list[dict[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    commands = [self.get_command_by_id(command_id)] if command_id else list(self._commands)
+    views: list[dict[str, Any]] = []
+    for command in commands:
+        for invocation in command.invocations:
+            target = invocation["InstanceId"]
+            if instance_id and target != instance_id:
+                continue
+            with _lock:
+                run = _runs.get((command.command_id, target))
+            views.append(
+                run.list_view(details) if run else _moto_invocation_view(command, invocation, details)
+            )
+    for item in filters or []:
+        key, value = item.get("key") or item.get("Key"), item.get("value") or item.get("Value")
+        if key == "Status":
+            views = [v for v in views if v["Status"] == value]
+        elif key == "DocumentName":
+            views = [v for v in views if v["DocumentName"] == value]
+    views.sort(key=lambda v: v["RequestedDateTime"], reverse=True)
+    return views
+
+
+def _describe_instance_information(
+    self: SimpleSystemManagerBackend, filters: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    wanted_ids: set[str] | None = None
+    wanted_ping: set[str] | None = None
+    for item in filters or []:
+        key = item.get("key") or item.get("Key")
+        values = set(item.get("valueSet") or item.get("Values") or [])
+        if key == "InstanceIds":
+            wanted_ids = values
+        elif key == "PingStatus":
+            wanted_ping = values
+    with _lock:
+        sandboxes = list(_sandboxes.values())
+    ec2 = ec2_backends[self.account_id][self.region_name]
+    result = []
+    for sandbox in sandboxes:
+        try:
+            instance = ec2.get_instance(sandbox.instance_id)
+        except Exception:  # noqa: S112 - not an instance of this account and region: not listed
+            continue
+        if wanted_ids is not None and sandbox.instance_id not in wanted_ids:
+            continue
+        ping = "Online" if _online(sandbox, self.account_id, self.region_name) else "ConnectionLost"
+        if wanted_ping is not None and ping not in wanted_ping:
+            continue
+        result.append(
+            {
+                "InstanceId": sandbox.instance_id,
+                "PingStatus": ping,
+                "LastPingDateTime": sandbox.last_ping,
+                "AgentVersion": "3.3.0.0",
+                "IsLatestVersion": True,
+                "PlatformType": "Linux",
+                "PlatformName": "Ubuntu",
+                "PlatformVersion": "22.04",
+                "ResourceType": "EC2Instance",
+                "IPAddress": getattr(instance, "private_ip", "") or "",
+                "ComputerName": sandbox.hostname,
+            }
+        )
+    return result
+
+
+def _cancel_command(
+    self: SimpleSystemManagerBackend, command_id: str, instance_ids: list[str] | None = None
+) -> None:
+    command = self.get_command_by_id(command_id)
+    for instance_id in instance_ids or command.instance_ids:
+        with _lock:
+            run = _runs.get((command_id, instance_id))
+        if run is not None:
+            if run.status not in TERMINAL:
+                _cancel(run)
+            continue
+        for invocation in command.invocations:
+            if invocation["InstanceId"] == instance_id and invocation["Status"] not in TERMINAL:
+                invocation["Status"] = invocation["StatusDetails"] = "Cancelled"
+
+
+def _response_send_command(self: SimpleSystemManagerResponse) -> ActionResult:
+    _request.cloudwatch = self._get_param("CloudWatchOutputConfig")
+    try:
+        return _original_response_send_command(self)
+    finally:
+        _request.cloudwatch = None
+
+
+def _response_cancel_command(self: SimpleSystemManagerResponse) -> ActionResult:
+    self.ssm_backend.cancel_command(  # type: ignore[attr-defined]
+        command_id=self._get_param("CommandId"), instance_ids=self._get_param("InstanceIds")
+    )
+    return ActionResult({})
+
+
+def _response_list_command_invocations(self: SimpleSystemManagerResponse) -> ActionResult:
+    invocations = self.ssm_backend.list_command_invocations(  # type: ignore[attr-defined]
+        command_id=self._get_param("CommandId"),
+        instance_id=self._get_param("InstanceId"),
+        details=bool(self._get_param("Details", False)),
+        filters=self._get_param("Filters"),
+    )
+    return ActionResult({"CommandInvocations": invocations})
+
+
+def _response_describe_instance_information(self: SimpleSystemManagerResponse) -> ActionResult:
+    filters = (self._get_param("InstanceInformationFilterList") or []) + (self._get_param("Filters") or [])
+    information = self.ssm_backend.describe_instance_information(filters=filters)  # type: ignore[attr-defined]
+    return ActionResult({"InstanceInformationList": information})
+
+
+def install() -> None:
+    """Patch moto's SSM backend and responses once per process (idempotent)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        backend: Any = SimpleSystemManagerBackend
+        response: Any = SimpleSystemManagerResponse
+        backend.send_command = _send_command
+        backend.get_command_invocation = _get_command_invocation
+        backend.list_command_invocations = _list_command_invocations
+        backend.describe_instance_information = _describe_instance_information
+        backend.cancel_command = _cancel_command
+        response.send_command = _response_send_command
+        response.cancel_command = _response_cancel_command
+        response.list_command_invocations = _response_list_command_invocations
+        response.describe_instance_information = _response_describe_instance_information
+        _installed = True

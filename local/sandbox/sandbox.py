@@ -1,0 +1,370 @@
+"""A sandbox "instance": a folder laid out like the GPU instance, driven by the SSM documents.
+
+    sandbox = Sandbox(tmp_path / "instance", instance_id, gpu=True, endpoint_url=moto_url)
+    sandbox.install_fake_flux(port)                      # flux-api.service answering on port
+    ssm.send_command(InstanceIds=[sandbox.instance_id], DocumentName="collect-resources",
+                     Parameters=sandbox.parameters("collect-resources"))
+    ...
+    sandbox.close()                                      # kills every process it started
+
+Layout under ``root`` (the instance's ``/``): etc/systemd/system, etc/asoba-inference,
+etc/profile.d, opt/models, opt/asoba-inference, var/lib/asoba-inference, and ``run/`` for the
+sandbox's own state (shim state, journal, SSM scripts and outputs, HOME), which
+``tree_digest()`` leaves out, as /run is not part of an instance's disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from local.sandbox import agent
+from local.sandbox.shims import _sandboxlib as shimlib
+
+SHIMS = Path(__file__).resolve().parent / "shims"
+GPU_SHIMS = SHIMS / "gpu"
+FAKE_FLUX = Path(__file__).resolve().parent / "fake_flux.py"
+DOCUMENTS = Path(__file__).resolve().parents[2] / "ssm_documents"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"  # discard port: nothing answers, fast failure
+
+
+class Sandbox:
+    """One sandbox instance registered with the local SSM agent under ``instance_id``."""
+
+    def __init__(
+        self,
+        root: Path,
+        instance_id: str,
+        *,
+        gpu: bool = False,
+        endpoint_url: str | None = None,
+        gpu_name: str = "NVIDIA A10G",
+        gpu_memory_mib: int = 23028,
+        hostname: str = "ip-10-0-0-10",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.instance_id = instance_id
+        self.gpu = gpu
+        self.endpoint_url = endpoint_url
+        self.hostname = hostname
+        self.extra_env = dict(extra_env or {})  # added to the scripts' environment (e.g. other credentials)
+        self.online = True
+        self.invocation_delay_s = 0.0  # >0: GetCommandInvocation says InvocationDoesNotExist that long
+        # Offline, a command waits for delivery this long (None: its TimeoutSeconds, at least 30 s).
+        self.delivery_timeout_s: float | None = None
+        self.last_ping = dt.datetime.now(dt.UTC)
+        self.owner_pid = os.getpid()
+        for folder in (
+            self.unit_dir,
+            self.profile_dir,
+            self.models_root,
+            self.run_dir / "home",
+            self.run_dir / "aws",
+            self.run_dir / "tmp",
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "aws" / "config").write_text("")
+        (self.run_dir / "aws" / "credentials").write_text("")
+        gpus = []
+        if gpu:
+            gpus = [
+                {
+                    "index": 0,
+                    "name": gpu_name,
+                    "uuid": "GPU-5a3b6f0e-0000-4000-8000-000000000a10",
+                    "memory_total_mib": gpu_memory_mib,
+                }
+            ]
+        self._write_gpu_config(gpus=gpus, claims={}, baseline_used_mib=0)
+        agent.register(self)
+
+    @classmethod
+    def launch(cls, ec2: Any, root: Path, **options: Any) -> Sandbox:
+        """A sandbox on a new, running moto EC2 instance (``ec2`` is a boto3 EC2 client)."""
+        reservation = ec2.run_instances(
+            ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="g5.4xlarge"
+        )
+        return cls(root, str(reservation["Instances"][0]["InstanceId"]), **options)
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc" / "systemd" / "system"
+
+    @property
+    def env_dir(self) -> Path:
+        return self.root / "etc" / "asoba-inference"
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.root / "etc" / "profile.d"
+
+    @property
+    def models_root(self) -> Path:
+        return self.root / "opt" / "models"
+
+    @property
+    def runtime_root(self) -> Path:
+        return self.root / "opt" / "asoba-inference"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "var" / "lib" / "asoba-inference"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run" / "sandbox"
+
+    @property
+    def base_python(self) -> str:
+        """The interpreter whose packages stand in for the instance's (torch and the runtime's)."""
+        return str(Path(sys.prefix) / "bin" / "python")
+
+    @property
+    def service_user(self) -> str:
+        return getpass.getuser()
+
+    # ------------------------------------------------------------------ SSM parameters
+
+    def document_params(self, document: str | None = None) -> dict[str, str]:
+        """Roots and machine facts as document parameters; only those ``document`` declares if named."""
+        params = {
+            "ModelsRoot": str(self.models_root),
+            "RuntimeRoot": str(self.runtime_root),
+            "UnitDir": str(self.unit_dir),
+            "EnvDir": str(self.env_dir),
+            "ProfileDir": str(self.profile_dir),
+            "StateDir": str(self.state_dir),
+            "BasePython": self.base_python,
+            "ServiceUser": self.service_user,
+        }
+        if document is None:
+            return params
+        declared = declared_parameters(document)
+        return {name: value for name, value in params.items() if name in declared}
+
+    def parameters(self, document: str, **values: str | int) -> dict[str, list[str]]:
+        """SendCommand ``Parameters`` for ``document``: the sandbox's roots plus ``values``."""
+        merged: dict[str, str] = self.document_params(document)
+        merged.update({name: str(value) for name, value in values.items()})
+        return {name: [value] for name, value in merged.items()}
+
+    # ------------------------------------------------------------------ environments
+
+    def shim_env(self) -> dict[str, str]:
+        """Environment in which the shims act on this sandbox (for calls from tests)."""
+        path = (
+            f"{SHIMS}:" + (f"{GPU_SHIMS}:" if self.gpu else "") + f"{Path(sys.prefix) / 'bin'}:{SYSTEM_PATH}"
+        )
+        return {
+            "PATH": path,
+            "LANG": "C.UTF-8",
+            "HOME": str(self.run_dir / "home"),
+            "SANDBOX_ROOT": str(self.root),
+            "SANDBOX_OWNER_PID": str(self.owner_pid),
+        }
+
+    def script_env(self, region: str) -> dict[str, str]:
+        """What a document's script sees: shims first, the project's tools, fake credentials."""
+        endpoint = self.endpoint_url or UNREACHABLE_ENDPOINT
+        env = self.shim_env()
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": region,
+                "AWS_REGION": region,
+                "AWS_ENDPOINT_URL": endpoint,
+                "S3_ENDPOINT_URL": endpoint,  # s5cmd's name for it
+                "AWS_CONFIG_FILE": str(self.run_dir / "aws" / "config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(self.run_dir / "aws" / "credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                "TMPDIR": str(
+                    self.run_dir / "tmp"
+                ),  # the instance's /tmp: what a killed script leaves stays here
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(SHIMS / "systemctl"), *args],
+            env=self.shim_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"systemctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    # ------------------------------------------------------------------ fake Flux and the GPU
+
+    def install_fake_flux(
+        self,
+        port: int,
+        *,
+        unit: str = "flux-api.service",
+        gpu_mib: int = 4096,
+        gpu_linger_s: float | None = 0.0,
+        ram_mib: int = 0,
+        start: bool = True,
+    ) -> None:
+        """Install (and start) a small HTTP server on ``port`` as ``unit``, holding ``gpu_mib`` of GPU."""
+        folder = self.root / "opt" / "flux"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(FAKE_FLUX, folder / "server.py")
+        (self.unit_dir / unit).write_text(
+            "[Unit]\n"
+            "Description=Flux image generation API (sandbox fake)\n"
+            "After=network-online.target\n\n"
+            "[Service]\n"
+            "Type=simple\n"
+            f"User={self.service_user}\n"
+            f"WorkingDirectory={folder}\n"
+            f"ExecStart={sys.executable} {folder / 'server.py'} --port {port} --ram-mib {ram_mib}\n"
+            "Restart=always\n"
+            "RestartSec=2\n\n"
+            "[Install]\n"
+            "WantedBy=multi-user.target\n"
+        )
+        self.set_gpu_claim(unit, gpu_mib, linger_s=gpu_linger_s)
+        self.systemctl("daemon-reload")
+        self.systemctl("enable", unit)
+        if start:
+            self.systemctl("start", unit)
+            wait_for_port(port, timeout_s=15)
+
+    def set_gpu_claim(self, unit: str, mib: int, *, linger_s: float | None = 0.0) -> None:
+        """While ``unit`` runs, nvidia-smi lists its main PID holding ``mib`` MiB; after it stops, for
+        ``linger_s`` more seconds (None: forever, as a driver that never gives memory back)."""
+        config = shimlib.read_gpu_config(self.root)
+        claims = dict(config.get("claims", {}))
+        claims[unit] = {"mib": int(mib), "linger_s": linger_s}
+        self._write_gpu_config(**{**config, "claims": claims})
+
+    def _write_gpu_config(self, **config: Any) -> None:
+        path = self.run_dir / "gpu.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ observing
+
+    def processes(self) -> dict[str, int]:
+        """Units that run now: unit name -> MainPID."""
+        running = {}
+        for unit in shimlib.known_units(self.root):
+            pid = shimlib.main_pid(self.root, unit)
+            if pid:
+                running[unit] = pid
+        return running
+
+    def unit_state(self, unit: str) -> dict[str, str]:
+        return shimlib.properties(self.root, unit)
+
+    def journal(self, unit: str) -> str:
+        try:
+            return shimlib.log_path(self.root, unit).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tree_files(self) -> dict[str, str]:
+        """Every file and link of the instance (``run/`` aside): relative path -> sha256 of its bytes."""
+        files: dict[str, str] = {}
+        for folder, dirs, names in os.walk(self.root):
+            here = Path(folder)
+            if here == self.root:
+                dirs[:] = [d for d in dirs if d != "run"]
+            for name in sorted(names) + [d for d in dirs if (here / d).is_symlink()]:
+                path = here / name
+                rel = str(path.relative_to(self.root))
+                if path.is_symlink():
+                    files[rel] = "link:" + os.readlink(path)
+                elif path.is_file():
+                    files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return dict(sorted(files.items()))
+
+    def tree_digest(self) -> str:
+        """One hash of every file's path and bytes: equal digests mean nothing on disk changed."""
+        digest = hashlib.sha256()
+        for rel, content in self.tree_files().items():
+            digest.update(f"{rel}\0{content}\n".encode())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------ connectivity
+
+    def go_offline(self) -> None:
+        """The agent stops answering: new commands stay Pending, then DeliveryTimedOut."""
+        self.online = False
+
+    def go_online(self) -> None:
+        self.online = True
+        self.last_ping = dt.datetime.now(dt.UTC)
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        """Forget the instance and kill every process the sandbox started (units, scripts)."""
+        agent.unregister(self.instance_id)
+        for unit in shimlib.known_units(self.root):
+            shimlib.kill_unit(self.root, unit)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def declared_parameters(document: str) -> set[str]:
+    """Parameter names of one of the project's documents (none for a document not in ssm_documents/)."""
+    path = DOCUMENTS / f"{document}.yaml"
+    if not path.is_file():
+        return set()
+    content = yaml.safe_load(path.read_text())
+    return set((content.get("parameters") or {}).keys())
+
+
+def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
