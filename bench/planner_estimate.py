@@ -6,22 +6,20 @@ estimate comes from the same code path (safetensors headers, config, the memory 
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "lambdas")]
+from asoba_deploy.core.catalog import builtin_catalog
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.manifest import read_manifest
+from asoba_deploy.core.planner import plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.s3 import ObjectInfo
+from asoba_deploy.core.snapshot import GpuDevice, InstanceSnapshot
 
-from asoba_deploy.core.catalog import builtin_catalog  # noqa: E402
-from asoba_deploy.core.contracts import DeployRequest  # noqa: E402
-from asoba_deploy.core.errors import InvalidInput  # noqa: E402
-from asoba_deploy.core.manifest import read_manifest  # noqa: E402
-from asoba_deploy.core.planner import plan  # noqa: E402
-from asoba_deploy.core.policy import Policy  # noqa: E402
-from asoba_deploy.core.s3 import ObjectInfo  # noqa: E402
-from asoba_deploy.core.snapshot import GpuDevice, InstanceSnapshot  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalFolderReader:

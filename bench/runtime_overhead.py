@@ -1,6 +1,6 @@
 """What the HTTP service costs over calling generate() directly, measured in the same run.
 
-    .venv/bin/python bench/runtime_overhead.py [--model smollm2|tiny] [--tokens 128] [--threads 2]
+    .venv/bin/python -m bench.runtime_overhead [--model smollm2|tiny] [--tokens 128] [--threads 2]
 
 Loads the model in this process (the baseline: the runtime's own loader, then a bare
 ``model.generate``) and starts ``python -m instance_runtime`` on a free port with the same
@@ -25,17 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import torch
 
-from instance_runtime.engine import Engine  # noqa: E402
-from instance_runtime.settings import RuntimeSettings  # noqa: E402
-from local.models import build_tiny_model, convert_smollm2  # noqa: E402
+from instance_runtime.engine import Engine
+from instance_runtime.settings import RuntimeSettings
+from local.models import build_tiny_model, convert_smollm2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT = "Write a short paragraph about why health checks must answer quickly, even under load."
 

@@ -17,7 +17,7 @@ at >= 0.8x of it. (The document flushes as it downloads, so its success means "o
 Then the document runs again on the unchanged folder, which must move 0 bytes.
 Everything it writes lives in one temporary folder, removed at the end.
 
-    .venv/bin/python bench/sync_throughput.py [--size-mb 2000] [--shard-mb 500] [--rounds 2]
+    .venv/bin/python -m bench.sync_throughput [--size-mb 2000] [--shard-mb 500] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -35,20 +35,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
+import boto3
+from moto.server import ThreadedMotoServer
 
-import boto3  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
-
-from local.sandbox import Sandbox, free_port, register_documents, run_document  # noqa: E402
-from tests.fixtures import launch_instance  # noqa: E402
-from local.sparse_models import (  # noqa: E402
+from local.sandbox import Sandbox, free_port, register_documents, run_document
+from local.sparse_models import (
     RCLONE_ACCESS_KEY,
     RCLONE_SECRET_KEY,
     start_rclone_s3,
     stop_rclone_s3,
 )
+from tests.fixtures import launch_instance
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BUCKET = "asoba-llm-cache"
 MODEL = "synthetic-2g"

@@ -44,10 +44,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# the Lambdas run in this process (the package install puts lambdas/ on the path; a bare checkout may not)
-if str(PROJECT_ROOT / "lambdas") not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT / "lambdas"))
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = PROJECT_ROOT / ".demo"
 MODEL_CACHE = Path(os.environ.get("ASOBA_MODEL_CACHE", PROJECT_ROOT / "build" / "models"))
 SMOLLM2 = "smollm2-135m-instruct"

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 # every test, and unit tests should not pay for them.
 if TYPE_CHECKING:
     from local.cloud import LocalCloud
-    from local.stack import DeployedStack
     from local.sandbox.sandbox import Sandbox
+    from local.stack import DeployedStack
 
 MODEL_BUCKET = "asoba-llm-cache"
 FLUX_UNIT = "flux-api.service"

@@ -2,7 +2,8 @@
 
 moto invokes a function through `LambdaFunction._invoke_lambda(event) -> (payload, errored,
 logs)`. We replace it with a call of the real handler named by the function's `Handler`,
-with the function's own environment variables, and return exceptions the way the Lambda
+loaded from the function's own code asset, with its own environment variables, and return
+exceptions the way the Lambda
 runtime does (`errorType` = class name), so Retry/Catch match our typed errors.
 This is a moto internal: moto is pinned exactly.
 """
@@ -10,16 +11,18 @@ This is a moto internal: moto is pinned exactly.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import hashlib
 import io
 import json
 import os
 import threading
 import traceback
+import types
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from moto.awslambda.models import LambdaFunction
@@ -57,20 +60,45 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def _asset_has_module(function: LambdaFunction, module: str) -> bool:
+_LOADED: dict[tuple[str, str], Callable[..., Any]] = {}
+REPO_HANDLERS = Path(__file__).resolve().parents[1] / "lambdas"
+
+
+def _asset_source(function: LambdaFunction, module: str) -> str | None:
+    """The handler module's source from the function's deployed code zip (None: not in it)."""
     code = getattr(function, "code_bytes", None)
-    if not code:
-        return True  # code given by S3 reference that moto did not keep: nothing to compare
     path = module.replace(".", "/") + ".py"
+    if not code:  # code given by S3 reference that moto did not keep: the repository's file
+        local = REPO_HANDLERS / path
+        return local.read_text() if local.is_file() else None
     with zipfile.ZipFile(io.BytesIO(code)) as archive:
-        return path in archive.namelist()
+        if path not in archive.namelist():
+            return None
+        return archive.read(path).decode()
+
+
+def _load_handler(function: LambdaFunction, module: str, attribute: str) -> Callable[..., Any] | None:
+    """Load the handler from the asset's own file, as the Lambda runtime would (its imports of
+    asoba_deploy resolve to this environment's package, the same code the asset carries)."""
+    source = _asset_source(function, module)
+    if source is None:
+        return None
+    key = (module, hashlib.sha256(source.encode()).hexdigest())
+    if key not in _LOADED:
+        loaded = types.ModuleType(f"lambda_asset.{module}")
+        loaded.__file__ = f"<asset>/{module.replace('.', '/')}.py"
+        exec(compile(source, loaded.__file__, "exec"), loaded.__dict__)  # noqa: S102 - the asset's own code
+        _LOADED[key] = getattr(loaded, attribute)
+    return _LOADED[key]
 
 
 def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
     if isinstance(event, str | bytes):
         event = json.loads(event or "{}")
     module_name, _, attribute = str(function.handler).rpartition(".")
-    if not _asset_has_module(function, module_name):
+    with _INVOKE_LOCK:
+        handler = _load_handler(function, module_name, attribute)
+    if handler is None:
         error = {"errorType": "Runtime.ImportModuleError", "errorMessage": f"No module named '{module_name}'"}
         return json.dumps(error), True, ""
     environment = {str(k): str(v) for k, v in (function.environment_vars or {}).items()}
@@ -89,7 +117,6 @@ def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, 
     )
     with _INVOKE_LOCK, _environment(environment):
         try:
-            handler = getattr(importlib.import_module(module_name), attribute)
             result = handler(event, context)
         except Exception as error:
             payload = {

@@ -119,9 +119,7 @@ def awq_tensors(config: dict[str, Any]) -> list[Tensor]:
     tensors: list[Tensor] = []
     for tensor in decoder_tensors(config, "F16"):
         is_linear = (
-            len(tensor.shape) == 2
-            and ".layers." in tensor.name
-            and tensor.name.endswith("_proj.weight")
+            len(tensor.shape) == 2 and ".layers." in tensor.name and tensor.name.endswith("_proj.weight")
         )
         if not is_linear:
             tensors.append(tensor)
@@ -136,9 +134,7 @@ def awq_tensors(config: dict[str, Any]) -> list[Tensor]:
     return tensors
 
 
-def lora_tensors(
-    config: dict[str, Any], r: int, targets: Iterable[str], dtype: str = "F32"
-) -> list[Tensor]:
+def lora_tensors(config: dict[str, Any], r: int, targets: Iterable[str], dtype: str = "F32") -> list[Tensor]:
     """PEFT LoRA tensors (base_model.model.<module>.lora_A/B.weight) for `targets` of every layer."""
     wanted = set(targets)
     tensors: list[Tensor] = []
@@ -245,8 +241,13 @@ def write_model(
 
 
 def write_adapter(
-    dest: Path, base_config: dict[str, Any], base_name: str, *, r: int = 16,
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), dtype: str = "F32",
+    dest: Path,
+    base_config: dict[str, Any],
+    base_name: str,
+    *,
+    r: int = 16,
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    dtype: str = "F32",
 ) -> WrittenModel:
     """A PEFT LoRA adapter folder over `base_config`, naming `base_name` as its base."""
     adapter_config = {
@@ -260,7 +261,10 @@ def write_adapter(
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     return write_model(
-        dest, None, lora_tensors(base_config, r, targets, dtype), weights_name="adapter_model",
+        dest,
+        None,
+        lora_tensors(base_config, r, targets, dtype),
+        weights_name="adapter_model",
         extra_files={"README.md": b"# adapter\n"},
     )
 
@@ -453,8 +457,11 @@ SEED_MODELS: dict[str, SeedModel] = {
 def write_seed_model(root: Path, name: str) -> WrittenModel:
     model = SEED_MODELS[name]
     return write_model(
-        root / name, model.config, model.tensors(model.config),
-        shards=model.shards, total_digits=model.total_digits,
+        root / name,
+        model.config,
+        model.tensors(model.config),
+        shards=model.shards,
+        total_digits=model.total_digits,
     )
 
 
@@ -587,12 +594,20 @@ def start_rclone_s3(root: Path, attempts: int = 3, timeout: float = 15.0) -> S3S
         port = _free_port()
         process = subprocess.Popen(
             [
-                rclone_binary(), "serve", "s3", str(root),
-                "--addr", f"127.0.0.1:{port}",
-                "--auth-key", f"{RCLONE_ACCESS_KEY},{RCLONE_SECRET_KEY}",
-                "--etag-hash", "",
-                "--config", "/dev/null",
-                "--log-level", "ERROR",
+                rclone_binary(),
+                "serve",
+                "s3",
+                str(root),
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--auth-key",
+                f"{RCLONE_ACCESS_KEY},{RCLONE_SECRET_KEY}",
+                "--etag-hash",
+                "",
+                "--config",
+                "/dev/null",
+                "--log-level",
+                "ERROR",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

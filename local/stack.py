@@ -20,7 +20,7 @@ from typing import Any
 import aws_cdk as cdk
 
 from app import build_app
-from stacks.functions import FUNCTION_SPECS
+from asoba_deploy.core.steps import STEPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STACK_NAME = "AsobaModelDeploy"
@@ -137,7 +137,7 @@ def deploy(synth: Synthesized, session: Any, region: str) -> DeployedStack:
         if r.get("PhysicalResourceId")  # types moto's CloudFormation skips (alarms) have none
     }
     machine_arn = _register_state_machine(synth, resources, session, region)
-    by_handler = {spec.handler: spec.construct_id for spec in FUNCTION_SPECS.values()}
+    by_handler = {step.handler: step.function_id for step in STEPS.values() if step.has_function}
     functions = {}
     for logical_id, resource in synth.template["Resources"].items():
         if resource["Type"] == "AWS::Lambda::Function":

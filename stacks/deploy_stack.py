@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aws_cdk import (
     Acknowledgment,
     CfnOutput,
@@ -15,6 +13,9 @@ from aws_cdk import (
     aws_iam as iam,
 )
 from aws_cdk import (
+    aws_lambda as lambda_,
+)
+from aws_cdk import (
     aws_logs as logs,
 )
 from aws_cdk import (
@@ -22,26 +23,15 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from stacks.config import DeployConfig
+from asoba_deploy.core.config import DeployConfig
+from asoba_deploy.core.settings import Settings, StackResources
+from asoba_deploy.core.steps import STEPS, Grant
 from stacks.documents import InstanceDocuments
 from stacks.functions import DeployFunctions
 from stacks.paths import RUNTIME_DIR
 from stacks.schedule import METRICS_NAMESPACE, ValidationSchedule
 from stacks.state_machine import DeployStateMachine
 from stacks.tables import DeploymentTables
-
-# Functions that act on the instance through SSM, with the document each one sends.
-INSTANCE_STEPS: dict[str, list[str]] = {
-    "CollectResources": ["collect-resources"],
-    "SnapshotPrevious": ["snapshot-previous"],
-    "StopFlux": ["stop-flux"],
-    "SyncModel": ["sync"],
-    "Install": ["install"],
-    "HealthCheck": ["health-check"],
-    "Rollback": ["rollback"],
-    "Validation": ["validate"],
-}
-READS_MODELS = ("Validate", "Plan", "Validation")
 
 
 class ModelDeployStack(Stack):
@@ -53,7 +43,7 @@ class ModelDeployStack(Stack):
         state_machine_name = f"{self.stack_name}-deploy"
 
         documents = InstanceDocuments(self, "Documents")
-        missing = sorted({d for docs in INSTANCE_STEPS.values() for d in docs} - set(documents.names))
+        missing = sorted({str(s.document) for s in STEPS.values() if s.document} - set(documents.names))
         if missing:
             raise FileNotFoundError(f"ssm_documents/ lacks {', '.join(m + '.yaml' for m in missing)}")
         tables = DeploymentTables(self, "Tables")
@@ -69,80 +59,46 @@ class ModelDeployStack(Stack):
             retention=logs.RetentionDays.THREE_MONTHS,
             removal_policy=RemovalPolicy.DESTROY,
         )
-        thresholds = config.thresholds
+        settings = Settings(
+            deploy=config,
+            stack=StackResources(
+                documents=documents.names,
+                lock_table=tables.lock.table_name,
+                ledger_table=tables.ledger.table_name,
+                runtime_bundle_uri=runtime_bundle.s3_object_url,
+                command_log_group=command_logs.log_group_name,
+                state_machine_name=state_machine_name,
+            ),
+        )
         environment = {
-            "INSTANCE_IDS": ",".join(config.instance_ids),
-            "INSTANCE_TYPE": config.instance_type,
-            "MODEL_BUCKET": config.model_bucket,
-            "MODEL_PREFIX": config.model_prefix,
-            "DOCUMENTS": json.dumps(documents.names, sort_keys=True),
-            "LOCK_TABLE": tables.lock.table_name,
-            "LEDGER_TABLE": tables.ledger.table_name,
-            "RUNTIME_BUNDLE_URI": runtime_bundle.s3_object_url,
-            "COMMAND_LOG_GROUP": command_logs.log_group_name,
-            "INSTANCE_ROOTS": config.instance_roots.model_dump_json(),
-            "BASE_PYTHON": config.base_python,
-            "SERVICE_USER": config.service_user,
-            "STEP_BUDGETS": config.step_budgets.model_dump_json(),
-            "POLL_SECONDS": str(config.poll_interval_seconds),
-            "FLUX_SERVICE": config.flux_service,
-            # the planner's policy (lambdas/core/policy.py)
-            "FLUX_UNIT": config.flux_service,
-            "MODELS_ROOT": config.instance_roots.models_root,
-            "SMALL_MODEL_MAX_GIB": str(thresholds.small_model_gb),
-            "QUANTIZE_ABOVE_GIB": str(thresholds.quantize_above_gpu_gb),
-            "COEXIST_PORT": str(thresholds.coexist_port),
-            "REPLACE_PORT": str(thresholds.replace_port),
+            **settings.to_environment(),
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-            "STATE_MACHINE_NAME": state_machine_name,
         }
         functions = DeployFunctions(self, "Functions", environment=environment)
         fn = functions.functions
 
         model_prefix_arn = f"arn:{self.partition}:s3:::{config.model_bucket}/{config.model_prefix}*"
         bucket_arn = f"arn:{self.partition}:s3:::{config.model_bucket}"
-        for name in READS_MODELS:
-            self._grant_model_read(fn[name], bucket_arn, model_prefix_arn)
-
         instance_arns = [
             self.format_arn(service="ec2", resource="instance", resource_name=instance_id)
             for instance_id in config.instance_ids
         ]
         doc_arn = dict(zip(documents.names, documents.arns, strict=True))
-        for name, docs in INSTANCE_STEPS.items():
-            role = fn[name].role
+        # Each function gets exactly what its registry step names.
+        for name, function in fn.items():
+            step = STEPS[name]
+            role = function.role
             assert role is not None
-            role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    sid="SendProjectDocumentsToListedInstances",
-                    actions=["ssm:SendCommand"],
-                    resources=[*instance_arns, *(doc_arn[d] for d in docs)],
-                )
-            )
-            role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    sid="FollowCommands",
-                    actions=["ssm:GetCommandInvocation", "ssm:ListCommandInvocations", "ssm:CancelCommand"],
-                    resources=["*"],
-                )
-            )
-            self._read_instances(role)
-            Validations.of(role).acknowledge(
-                Acknowledgment(
-                    id="AwsSolutions-IAM5[Resource::*]",
-                    reason=(
-                        "GetCommandInvocation/ListCommandInvocations/CancelCommand, "
-                        "DescribeInstanceInformation, ec2:DescribeInstances and X-Ray take no "
-                        "resource-level permissions; SendCommand is scoped to instances and documents"
-                    ),
-                )
-            )
-        validate_role = fn["Validate"].role
-        assert validate_role is not None
-        self._read_instances(validate_role)
-
-        tables.lock.grant_read_write_data(fn["Lock"])
-        tables.ledger.grant_read_write_data(fn["Ledger"])
+            if Grant.READ_MODELS in step.grants:
+                self._grant_model_read(function, bucket_arn, model_prefix_arn)
+            if Grant.SEE_INSTANCES in step.grants:
+                self._read_instances(role)
+            if step.document is not None:
+                self._send_document(role, [*instance_arns, doc_arn[step.document]])
+            if Grant.LOCK_TABLE in step.grants:
+                tables.lock.grant_read_write_data(function)
+            if Grant.LEDGER_TABLE in step.grants:
+                tables.ledger.grant_read_write_data(function)
 
         machine = DeployStateMachine(
             self,
@@ -151,39 +107,10 @@ class ModelDeployStack(Stack):
             poll_seconds=config.poll_interval_seconds,
             state_machine_name=state_machine_name,
         )
-        lock_role = fn["Lock"].role
-        assert lock_role is not None
-        lock_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="CheckLockHolderStillRuns",
-                actions=["states:DescribeExecution"],
-                resources=[machine.execution_arn_pattern],
-            )
-        )
-        Validations.of(lock_role).acknowledge(
-            Acknowledgment(
-                id=(
-                    "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:"
-                    f"{config.region}:{config.account or '<AWS::AccountId>'}:"
-                    f"execution:{state_machine_name}:*]"
-                ),
-                reason="Any execution of this state machine may hold the lock",
-            )
-        )
-        machine_role = machine.state_machine.role
-        Validations.of(machine_role).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="X-Ray and CloudWatch Logs delivery actions of Step Functions take no resource ARNs",
-            )
-        )
-        for function in fn.values():
-            Validations.of(machine_role).acknowledge(
-                Acknowledgment(
-                    id=f"AwsSolutions-IAM5[Resource::<{self.get_logical_id(function.node.default_child)}.Arn>:*]",  # type: ignore[arg-type]
-                    reason="CDK grants invoke on every version/alias of each step function",
-                )
-            )
+        for name, function in fn.items():
+            if Grant.DESCRIBE_EXECUTIONS in STEPS[name].grants:
+                self._describe_executions(function, machine.execution_arn_pattern, state_machine_name)
+        self._acknowledge_machine_role(machine, fn)
 
         self.schedule = ValidationSchedule(
             self,
@@ -232,6 +159,66 @@ class ModelDeployStack(Stack):
             Acknowledgment(
                 id=f"AwsSolutions-IAM5[Resource::{prefix_arn.replace(self.partition, '<AWS::Partition>')}]",
                 reason="Models are folders of objects under the configured prefix",
+            )
+        )
+
+    def _describe_executions(self, function: lambda_.Function, arn_pattern: str, machine_name: str) -> None:
+        role = function.role
+        assert role is not None
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="CheckLockHolderStillRuns", actions=["states:DescribeExecution"], resources=[arn_pattern]
+            )
+        )
+        Validations.of(role).acknowledge(
+            Acknowledgment(
+                id=(
+                    "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:"
+                    f"{self.config.region}:{self.config.account or '<AWS::AccountId>'}:"
+                    f"execution:{machine_name}:*]"
+                ),
+                reason="Any execution of this state machine may hold the lock",
+            )
+        )
+
+    def _acknowledge_machine_role(self, machine: DeployStateMachine, fn: dict[str, lambda_.Function]) -> None:
+        machine_role = machine.state_machine.role
+        Validations.of(machine_role).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="X-Ray and CloudWatch Logs delivery actions of Step Functions take no resource ARNs",
+            )
+        )
+        for function in fn.values():
+            Validations.of(machine_role).acknowledge(
+                Acknowledgment(
+                    id=f"AwsSolutions-IAM5[Resource::<{self.get_logical_id(function.node.default_child)}.Arn>:*]",  # type: ignore[arg-type]
+                    reason="CDK grants invoke on every version/alias of each step function",
+                )
+            )
+
+    @staticmethod
+    def _send_document(role: iam.IRole, resources: list[str]) -> None:
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="SendProjectDocumentsToListedInstances", actions=["ssm:SendCommand"], resources=resources
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="FollowCommands",
+                actions=["ssm:GetCommandInvocation", "ssm:ListCommandInvocations", "ssm:CancelCommand"],
+                resources=["*"],
+            )
+        )
+        Validations.of(role).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason=(
+                    "GetCommandInvocation/ListCommandInvocations/CancelCommand, "
+                    "DescribeInstanceInformation, ec2:DescribeInstances and X-Ray take no "
+                    "resource-level permissions; SendCommand is scoped to instances and documents"
+                ),
             )
         )
 

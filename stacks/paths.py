@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = PROJECT_ROOT / "build"
 LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
-LAMBDA_LAYER_DIR = PROJECT_ROOT / "build" / "lambda-layer"
+PACKAGE_DIR = PROJECT_ROOT / "asoba_deploy"
+LAMBDA_LAYER_DIR = BUILD_DIR / "lambda-layer"
 DOCUMENTS_DIR = PROJECT_ROOT / "ssm_documents"
 RUNTIME_DIR = PROJECT_ROOT / "instance_runtime"

@@ -1,10 +1,11 @@
-"""The deployment state machine (DESIGN.md section 3), built from CDK constructs.
+"""The deployment state machine (DESIGN.md section 3), built from CDK constructs and the
+step registry: each phase's steps are chained in registry order.
 
-Validate -> Mode?
-  validate: ValidateInstance (document) -> ReportValidation -> ValidationPassed
-  deploy:   AcquireLock -> Deploy [ CollectResources -> Plan -> DryRun? -> Fits?
-              -> SnapshotPrevious -> ChangeInstance [ StopFlux? -> SyncModel -> Install
-              -> HealthCheck ]  (failure -> Rollback -> ExplainFailure -> Fail) ]
+ValidateInput -> Mode?
+  validate: CheckInstance (document) -> ReportCheck -> CheckPassed
+  deploy:   AcquireLock -> Deploy [ <inspect steps> -> Plan -> DryRun? -> Fits?
+              -> <backup steps> -> ChangeInstance [ <change steps, each behind "<Label>?" when
+              it has run_if> ]  (failure -> Rollback -> ExplainFailure -> Fail) ]
             -> RecordDeployment -> ReleaseLock -> Done (the record; a dry run: the plan)
             (failure anywhere in Deploy -> ReleaseLockAfterFailure -> RecordFailure -> Fail)
 """
@@ -26,8 +27,12 @@ from aws_cdk import (
 from aws_cdk import (
     aws_stepfunctions as sfn,
 )
+from aws_cdk import (
+    aws_stepfunctions_tasks as tasks,
+)
 from constructs import Construct
 
+from asoba_deploy.core.steps import Phase, Step, phase, the
 from stacks.run_on_instance import RunOnInstance, invoke
 
 DEPLOY_TIMEOUT = Duration.hours(4)
@@ -45,16 +50,56 @@ class DeployStateMachine(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         fn = functions
+        input_step, lock, plan_step = the(Phase.INPUT), the(Phase.LOCK), the(Phase.PLAN)
+        check, undo, record_step = the(Phase.CHECK), the(Phase.UNDO), the(Phase.RECORD)
 
-        def run(label: str, key: str, comment: str) -> RunOnInstance:
+        def run(step: Step) -> RunOnInstance:
             return RunOnInstance(
-                self, label, function=fn[label], result_key=key, poll_seconds=poll_seconds, comment=comment
+                self,
+                step.label,
+                function=fn[step.name],
+                result_key=step.key,
+                poll_seconds=poll_seconds,
+                comment=step.description,
             )
+
+        def chain(which: Phase) -> sfn.Chain:
+            """The phase's steps in registry order; a step with run_if sits behind "<Label>?"
+            and is skipped when its path is absent."""
+            steps = phase(which)
+            if not steps:
+                raise ValueError(f"the registry has no {which} step")
+            start: sfn.State | None = None  # the first state of the steps after this one
+            ends: list[sfn.INextable] = []
+            last = None
+            for step in reversed(steps):
+                fragment = run(step)
+                last = last or fragment
+                if start is None:
+                    ends = list(fragment.end_states)
+                else:
+                    fragment.next(start)
+                head: sfn.State = fragment.start_state
+                if step.run_if is not None:
+                    skip: sfn.State
+                    if start is None:
+                        skip = sfn.Pass(self, f"{step.label}.Skipped")
+                        ends.append(skip)
+                    else:
+                        skip = start
+                    head = (
+                        sfn.Choice(self, f"{step.label}?")
+                        .when(sfn.Condition.is_present(step.run_if), fragment)
+                        .otherwise(skip)
+                    )
+                start = head
+            assert start is not None and last is not None
+            return sfn.Chain.custom(start, ends, last)
 
         validate = invoke(
             self,
-            "Validate",
-            fn["Validate"],
+            input_step.label,
+            fn[input_step.name],
             {
                 "input": sfn.JsonPath.entire_payload,
                 "execution": sfn.JsonPath.execution_id,
@@ -62,90 +107,89 @@ class DeployStateMachine(Construct):
                 "started_at": sfn.JsonPath.execution_start_time,
             },
             "$",
-            comment="Parse the input; check the model is in the bucket and the instance runs",
+            comment=input_step.description,
         )
 
-        # --- scheduled validation -------------------------------------------------------
-        check_instance = run("Validation", "validation", "Run the validate document")
-        validation_run = sfn.Parallel(self, "ValidateInstance", result_selector={"state.$": "$[0]"}).branch(
-            check_instance
+        # --- scheduled instance check -------------------------------------------------------
+        check_run = sfn.Parallel(self, f"{check.label}.Run", result_selector={"state.$": "$[0]"}).branch(
+            run(check)
         )
         report = invoke(
             self,
-            "ReportValidation",
-            fn["Validation"],
+            "ReportCheck",
+            fn[check.name],
             {"action": "report", "state": sfn.JsonPath.object_at("$.state")},
             "$.report",
             comment="Publish metrics; fail when a check failed",
         )
         report_failure = invoke(
             self,
-            "ReportValidationFailure",
-            fn["Validation"],
+            "ReportCheckFailure",
+            fn[check.name],
             {"action": "report_failure", "state": sfn.JsonPath.entire_payload},
             "$.report",
             comment="Publish the offline metrics, then fail",
         )
-        validation_run.add_catch(report_failure, errors=["States.ALL"], result_path="$.failure")
-        validation_chain = validation_run.next(report).next(sfn.Succeed(self, "ValidationPassed"))
+        check_run.add_catch(report_failure, errors=["States.ALL"], result_path="$.failure")
+        check_chain = check_run.next(report).next(sfn.Succeed(self, "CheckPassed"))
 
         # --- deployment --------------------------------------------------------------------
-        acquire = invoke(
-            self,
-            "AcquireLock",
-            fn["Lock"],
-            {"action": "acquire", "state": sfn.JsonPath.entire_payload},
-            "$.lock",
-            comment="At most one deployment per instance",
-        )
-        collect = run("CollectResources", "collect", "Snapshot RAM, GPU, services, disk, cache")
+        def lock_task(label: str, action: str, comment: str | None = None) -> tasks.LambdaInvoke:
+            return invoke(
+                self,
+                label,
+                fn[lock.name],
+                {"action": action, "state": sfn.JsonPath.entire_payload},
+                "$.lock",
+                comment=comment,
+            )
+
+        def record_task(label: str, outcome: str, comment: str | None = None) -> tasks.LambdaInvoke:
+            return invoke(
+                self,
+                label,
+                fn[record_step.name],
+                {"action": "record", "outcome": outcome, "state": sfn.JsonPath.entire_payload},
+                "$.record",
+                comment=comment,
+            )
+
+        acquire = lock_task("AcquireLock", "acquire", "At most one deployment per instance")
+        inspect = phase(Phase.INSPECT)
         plan = invoke(
             self,
-            "Plan",
-            fn["Plan"],
+            plan_step.label,
+            fn[plan_step.name],
             {
                 "request": sfn.JsonPath.object_at("$.request"),
-                "snapshot": sfn.JsonPath.object_at("$.steps.collect.result"),
+                "snapshot": sfn.JsonPath.object_at(f"{inspect[0].result_path}.result"),
                 "instance_id": sfn.JsonPath.string_at("$.instance_id"),
                 "execution_name": sfn.JsonPath.string_at("$.execution_name"),
             },
             "$.plan",
-            comment="Decide coexist/replace, quantization, memory; this is the dry run",
+            comment=plan_step.description,
         )
         insufficient = sfn.Fail(
             self,
-            "InsufficientResources",
-            error="InsufficientResources",
+            plan_step.error.__name__,
+            error=plan_step.error.__name__,
             cause_path="$.plan.summary",
         )
-        snapshot = run("SnapshotPrevious", "previous", "Record what runs now; back up unit and env")
-        stop_flux = run("StopFlux", "stop", "Stop Flux and wait until its GPU memory is free")
-        sync = run("SyncModel", "sync", "s5cmd sync of the model folder")
-        install = run("Install", "install", "Install the runtime, write env and unit, start it")
-        health = run("HealthCheck", "health", "Poll /status and /health until healthy")
-        change_steps = (
-            sfn.Choice(self, "StopFlux?")
-            .when(sfn.Condition.is_present("$.plan.stop_services[0]"), stop_flux.next(sync))
-            .otherwise(sync)
-            .afterwards()
-        )
-        change_steps.next(install).next(health)
         change = sfn.Parallel(
             self,
             "ChangeInstance",
             result_selector={"state.$": "$[0]"},
             output_path="$.state",
             comment="Every step here is undone by Rollback on failure",
-        ).branch(sfn.Chain.start(sfn.Pass(self, "BeginChange")).next(change_steps))
+        ).branch(sfn.Chain.start(sfn.Pass(self, "BeginChange")).next(chain(Phase.CHANGE)))
 
-        rollback = run("Rollback", "rollback", "Restore the previous service and restart Flux")
         rollback_wrapper = sfn.Parallel(
-            self, "RollbackInstance", result_selector={"state.$": "$[0]"}, output_path="$.state"
-        ).branch(rollback)
+            self, f"{undo.label}Instance", result_selector={"state.$": "$[0]"}, output_path="$.state"
+        ).branch(run(undo))
         explain = invoke(
             self,
             "ExplainFailure",
-            fn["Rollback"],
+            fn[undo.name],
             {"action": "explain", "state": sfn.JsonPath.entire_payload},
             "$.failure",
             comment="Say what failed and what was restored",
@@ -160,7 +204,7 @@ class DeployStateMachine(Construct):
         fits = (
             sfn.Choice(self, "Fits?")
             .when(sfn.Condition.boolean_equals("$.plan.fits", False), insufficient)
-            .otherwise(snapshot.next(change))
+            .otherwise(chain(Phase.BACKUP).next(change))
         )
         dry_run = (
             sfn.Choice(self, "DryRun?")
@@ -173,43 +217,20 @@ class DeployStateMachine(Construct):
             result_selector={"state.$": "$[0]"},
             output_path="$.state",
             comment="Any failure in here releases the lock and is recorded",
-        ).branch(collect.next(plan).next(dry_run))
+        ).branch(chain(Phase.INSPECT).next(plan).next(dry_run))
 
-        release_after_failure = invoke(
-            self,
-            "ReleaseLockAfterFailure",
-            fn["Lock"],
-            {"action": "release", "state": sfn.JsonPath.entire_payload},
-            "$.lock",
-        )
-        record_failure = invoke(
-            self,
-            "RecordFailure",
-            fn["Ledger"],
-            {"action": "record", "outcome": "failed", "state": sfn.JsonPath.entire_payload},
-            "$.record",
-        )
+        release_after_failure = lock_task("ReleaseLockAfterFailure", "release")
+        record_failure = record_task("RecordFailure", "failed")
         failed = sfn.Fail(
             self, "DeploymentFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
         )
         deploy.add_catch(release_after_failure, errors=["States.ALL"], result_path="$.failure")
         release_after_failure.next(record_failure).next(failed)
 
-        record = invoke(
-            self,
-            "RecordDeployment",
-            fn["Ledger"],
-            {"action": "record", "outcome": "succeeded", "state": sfn.JsonPath.entire_payload},
-            "$.record",
-            comment="Write the ledger record; the execution output carries it",
+        record = record_task(
+            "RecordDeployment", "succeeded", "Write the ledger record; the execution output carries it"
         )
-        release = invoke(
-            self,
-            "ReleaseLock",
-            fn["Lock"],
-            {"action": "release", "state": sfn.JsonPath.entire_payload},
-            "$.lock",
-        )
+        release = lock_task("ReleaseLock", "release")
         finish = (
             sfn.Choice(self, "Finished")
             .when(
@@ -224,7 +245,7 @@ class DeployStateMachine(Construct):
 
         definition = validate.next(
             sfn.Choice(self, "Mode?")
-            .when(sfn.Condition.string_equals("$.request.mode", "validate"), validation_chain)
+            .when(sfn.Condition.string_equals("$.request.mode", "validate"), check_chain)
             .otherwise(deploy_chain)
         )
 

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from asoba_deploy.cli.follow import Finished, Progress, follow
 from asoba_deploy.cli.render import (
     InstanceStatus,
-    Style,
+    Term,
     checks_table,
     error_line,
     history_table,
@@ -25,12 +25,16 @@ from asoba_deploy.cli.render import (
     status_table,
 )
 from asoba_deploy.cli.stack import Aws, CliError, StackInfo
+from asoba_deploy.core import commands as ssm_commands
+from asoba_deploy.core import steps as registry
 from asoba_deploy.core.contracts import DeployRequest, parse_request
-from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.errors import DeployError, InvalidInput
 from asoba_deploy.core.ledger import LedgerRecord, current_deployment, put, recent, undeploy_record, utcnow
+from asoba_deploy.core.planner import Plan
+from asoba_deploy.core.settings import Settings
+from asoba_deploy.core.state import ExecutionState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-SSM_TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "ExecutionTimedOut")
 
 
 @dataclass
@@ -54,19 +58,21 @@ class Context:
         return self._stack
 
     @property
-    def style(self) -> Style:
-        return Style.for_stream(self.out)
+    def human(self) -> TextIO:
+        """Where human text goes: stdout, or stderr when stdout carries JSON."""
+        return self.err if self.json_output else self.out
+
+    @property
+    def term(self) -> Term:
+        return Term.for_stream(self.human)
 
     def progress(self) -> Progress:
-        """Step lines: on stdout, or on stderr when stdout carries JSON."""
-        stream = self.err if self.json_output else self.out
-        return Progress(stream, Style.for_stream(stream))
+        """Step lines, on the human stream (live on a terminal)."""
+        return Progress(self.human, self.term)
 
     def say(self, text: str = "") -> None:
-        """Human text: stdout, or stderr when stdout carries JSON."""
-        stream = self.err if self.json_output else self.out
-        stream.write(text + "\n")
-        stream.flush()
+        self.human.write(text + "\n")
+        self.human.flush()
 
 
 # ------------------------------------------------------------------------------- executions
@@ -191,10 +197,10 @@ def deploy(
         ctx.out.write(json.dumps(finished.output, indent=2, sort_keys=True) + "\n")
     elif dry_run:
         ctx.say()
-        ctx.say(plan_table(finished.output or {}, ctx.style))
+        ctx.say(plan_table(Plan.model_validate(finished.output), ctx.term))
     else:
         ctx.say()
-        ctx.say(record_summary(LedgerRecord.model_validate(finished.output), ctx.style))
+        ctx.say(record_summary(LedgerRecord.model_validate(finished.output), ctx.term))
     ctx.say(f"\n{'dry run' if dry_run else 'deploy'} wall time: {human_seconds(finished.seconds)}")
     return EXIT_OK
 
@@ -202,12 +208,14 @@ def deploy(
 # ------------------------------------------------------------------------------- validate
 
 
-def _validation_result(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+def check_result(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The instance check's result: what its `<Label>.Result` state put at `$.steps.<key>`."""
+    step = registry.the(registry.Phase.CHECK)
     for event in reversed(events):
         details = event.get("stateExitedEventDetails")
-        if details and details.get("name") == "Validation.Result":
+        if details and details.get("name") == f"{step.label}.Result":
             state = json.loads(details.get("output") or "{}")
-            result = ((state.get("steps") or {}).get("validation") or {}).get("result")
+            result = ((state.get("steps") or {}).get(step.key) or {}).get("result")
             return result if isinstance(result, dict) else None
     return None
 
@@ -227,14 +235,14 @@ def validate(ctx: Context, instance_id: str | None) -> int:
     events: list[dict[str, Any]] = []
     for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
         events.extend(page["events"])
-    result = _validation_result(events)
+    result = check_result(events)
     if ctx.json_output:
         ctx.out.write(
             json.dumps({"status": finished.status, "result": result}, indent=2, sort_keys=True) + "\n"
         )
     elif result is not None:
         ctx.say()
-        ctx.say(checks_table(result, ctx.style))
+        ctx.say(checks_table(result, ctx.term))
     if finished.status != "SUCCEEDED":
         return report_failure(ctx, finished)
     ctx.say(f"\nvalidation passed ({human_seconds(finished.seconds)})")
@@ -300,7 +308,7 @@ def status(ctx: Context, instance_id: str | None) -> int:
         ]
         ctx.out.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
-    ctx.say(status_table(statuses, ctx.style))
+    ctx.say(status_table(statuses, ctx.term))
     for entry in statuses:
         if entry.deployed and entry.deployed.endpoints.get("status"):
             ctx.say(f"\n{entry.instance_id}: {entry.deployed.endpoints['status']}")
@@ -321,60 +329,26 @@ def history(ctx: Context, instance_id: str | None, limit: int) -> int:
     if not records:
         ctx.say("no deployments recorded yet")
         return EXIT_OK
-    ctx.say(history_table(records, ctx.style))
+    ctx.say(history_table(records, ctx.term))
     return EXIT_OK
 
 
 # ------------------------------------------------------------------------------- undeploy
 
 
-def undeploy_parameters(stack: StackInfo, restore_flux: bool) -> dict[str, list[str]]:
-    """Parameters of the undeploy document: the stack's instance roots, Flux's unit, StartFlux."""
-    roots = stack.instance_roots
-    names = {
-        "RuntimeRoot": "runtime_root",
-        "StateDir": "state_dir",
-        "UnitDir": "unit_dir",
-        "EnvDir": "env_dir",
-        "ProfileDir": "profile_dir",
-    }
-    parameters = {param: [roots[key]] for param, key in names.items() if roots.get(key)}
-    parameters["FluxUnit"] = [stack.flux_service]
-    parameters["StartFlux"] = ["true" if restore_flux else "false"]
-    return parameters
+UNDEPLOY = "undeploy"  # the registry's on-demand step
 
 
-def _last_json_line(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.strip().splitlines()):
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            return parsed
-    return None
-
-
-def wait_for_command(ctx: Context, command_id: str, instance_id: str, timeout: float) -> dict[str, Any]:
-    from botocore.exceptions import ClientError
-
-    ssm = ctx.aws.client("ssm")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            invocation: dict[str, Any] = ssm.get_command_invocation(
-                CommandId=command_id, InstanceId=instance_id
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "InvocationDoesNotExist":
-                raise
-            invocation = {"Status": "Pending"}
-        status = str(invocation.get("Status"))
-        if status in SSM_TERMINAL or str(invocation.get("StatusDetails")) in SSM_TERMINAL:
-            return invocation
-        if time.monotonic() > deadline:
-            raise CliError(f"command {command_id} still {status} after {timeout:.0f} s")
-        ctx.sleep(ctx.poll_seconds)
+def undeploy_parameters(config: Settings, instance_id: str, restore_flux: bool) -> dict[str, str]:
+    """The undeploy document's parameters, as the registry's step builds them."""
+    step = registry.STEPS[UNDEPLOY]
+    assert step.instance is not None
+    # No execution runs an undeploy: its state carries what the parameters read, and the
+    # request ExecutionState requires is one without a model.
+    state = ExecutionState(
+        request=DeployRequest(mode="validate"), instance_id=instance_id, restore_flux=restore_flux
+    )
+    return step.instance.parameters(config, state)
 
 
 def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout: float = 330.0) -> int:
@@ -385,32 +359,38 @@ def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout:
             f"DeploymentInProgress: instance {target} is being deployed by "
             f"{lock['holder'].rsplit(':', 1)[-1]} (model {lock['model'] or '?'}); nothing was changed"
         )
-    document = ctx.stack.document("undeploy")
+    step = registry.STEPS[UNDEPLOY]
+    assert step.document is not None
+    config = ctx.stack.settings()
+    document = config.document(step.document)
     started = time.monotonic()
-    command = ctx.aws.client("ssm").send_command(
-        InstanceIds=[target],
-        DocumentName=document,
-        Parameters=undeploy_parameters(ctx.stack, restore_flux),
-        Comment="deploy-model undeploy",
-        TimeoutSeconds=60,
-    )["Command"]
-    ctx.say(f"sent {document} to {target} (command {command['CommandId']})")
-    invocation = wait_for_command(ctx, command["CommandId"], target, timeout)
-    result = _last_json_line(str(invocation.get("StandardOutputContent") or ""))
-    if ctx.json_output:
-        ctx.out.write(json.dumps({"status": invocation.get("Status"), "result": result}, indent=2) + "\n")
-    if invocation.get("Status") != "Success" or not (result or {}).get("ok", False):
-        message = (result or {}).get("error") or str(invocation.get("StandardErrorContent") or "").strip()
-        message = message or str(invocation.get("StatusDetails") or invocation.get("Status"))
-        ctx.err.write(error_line("UndeployFailed", message) + "\n")
+    ssm = ctx.aws.client("ssm")
+    ref = ssm_commands.send(
+        ssm,
+        step=step.key,
+        document=document,
+        instance_id=target,
+        parameters=undeploy_parameters(config, target, restore_flux),
+        timeout_seconds=round(timeout),
+        now=time.time(),
+        comment="deploy-model undeploy",
+    )
+    ctx.say(f"sent {document} to {target} (command {ref.command_id})")
+    try:
+        ref = ssm_commands.wait(ssm, ref, error=step.error, sleep=ctx.sleep, poll_seconds=ctx.poll_seconds)
+        result = ref.result or {}
+        if not result.get("ok", False):
+            raise step.error(str(result.get("error") or f"{document} reported no success on {target}"))
+    except DeployError as error:
+        if ctx.json_output:
+            body = {"status": "Failed", "error": type(error).__name__, "message": str(error), "result": None}
+            ctx.out.write(json.dumps(body, indent=2) + "\n")
+        ctx.err.write(error_line(type(error).__name__, str(error)) + "\n")
         return EXIT_FAILED
-    assert result is not None
+    if ctx.json_output:
+        ctx.out.write(json.dumps({"status": ref.ssm_status, "result": result}, indent=2) + "\n")
     record = undeploy_record(
-        target,
-        instance_type=ctx.stack.instance_type,
-        now=utcnow(),
-        command_id=command["CommandId"],
-        result=result,
+        target, instance_type=ctx.stack.instance_type, now=utcnow(), command_id=ref.command_id, result=result
     )
     put(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, record)
     removed = result.get("removed") or []

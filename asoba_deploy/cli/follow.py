@@ -1,23 +1,46 @@
 """Follow an execution's history and print each step as it starts and ends.
 
-A step is a Task state, or one instance step of the state machine's "run on instance"
-fragment (``X``, ``X.Wait``, ``X.Poll``, ``X.Finished?``, ``X.Again``, ``X.Result``: one step
-``X`` however many polls and re-sends it takes). Choice, Pass, Parallel and Wait states
-around steps are plumbing and are not printed. A step ends when the next one starts, or
-the execution ends: it succeeded when its last state exited, else it failed with the
+The steps are the registry's (asoba_deploy.core.steps.STEPS): a state whose name is a step's
+label is that step, printed under the step's name (`StopFlux` -> `stop-flux`), and so are the
+states of its instance-step fragment (`<Label>`, `<Label>.Wait`, `<Label>.Poll`,
+`<Label>.Finished?`, `<Label>.Again`, `<Label>.Result`: one step however many polls and
+re-sends it takes); its outcome is read at `$.steps.<key>`. Other Task states (the lock's
+AcquireLock, the ledger's RecordDeployment, ...) are printed kebab-cased the same way. Choice,
+Pass, Parallel and Wait states are plumbing and are not printed. A step ends when the next one
+starts or the execution ends: it succeeded when its last state exited, else it failed with the
 error its Lambda raised.
+
+On a terminal the step that runs is a live line (spinner, elapsed time, what SSM says);
+elsewhere a plain line every HEARTBEAT_SECONDS says it still runs.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from asoba_deploy.cli.render import PLAIN, Style, human_bytes, human_seconds, sync_summary, unwrap_cause
+from pydantic import ValidationError
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+
+from asoba_deploy.cli.render import (
+    PLAIN,
+    Term,
+    human_bytes,
+    human_seconds,
+    plan_of,
+    sync_summary,
+    unwrap_cause,
+)
+from asoba_deploy.core import steps as registry
+from asoba_deploy.core.commands import CommandRef
 
 TERMINAL_EVENTS = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted")
 STEP_TYPES = ("TaskStateEntered",)
@@ -48,10 +71,163 @@ def _details(event: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
+def kebab(label: str) -> str:
+    """`ReleaseLockAfterFailure` -> `release-lock-after-failure` (a step's label -> its name)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", label).lower()
+
+
+def _command(value: Any) -> CommandRef | None:
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return CommandRef.model_validate(value)
+    except ValidationError:
+        return None
+
+
+# ------------------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished step left in the state: the state itself and, for an instance step, its
+    command (the document's result and how many times it ran)."""
+
+    state: Mapping[str, Any]
+    command: CommandRef | None = None
+
+    @property
+    def result(self) -> Mapping[str, Any]:
+        result = self.command.result if self.command is not None else None
+        return result if isinstance(result, Mapping) else {}
+
+
+def _free_of(free: Any, total: Any) -> str:
+    if isinstance(total, int | float) and isinstance(free, int | float):
+        return f"{human_bytes(free)} free of {human_bytes(total)}"
+    return "?"
+
+
+def _validate_input(outcome: Outcome) -> str:
+    state = outcome.state
+    instance = state.get("instance") or {}
+    text = f"instance {state.get('instance_id', '?')} {instance.get('state', '')}".rstrip()
+    source = state.get("model_source")
+    if isinstance(source, Mapping) and source.get("uri"):
+        text += f"; model at {source['uri']}"
+    return text
+
+
+def _acquire_lock(outcome: Outcome) -> str:
+    taken = (outcome.state.get("lock") or {}).get("taken_over")
+    return f"took over the stale lock of {str(taken).rsplit(':', 1)[-1]}" if taken else ""
+
+
+def _plan(outcome: Outcome) -> str:
+    plan = plan_of(outcome.state.get("plan"))
+    return plan.summary if plan is not None else ""
+
+
+def _collect_resources(outcome: Outcome) -> str:
+    result = outcome.result
+    ram = _free_of(result.get("ram_available_bytes"), result.get("ram_total_bytes"))
+    gpus = [g for g in result.get("gpus") or [] if isinstance(g, Mapping)]
+    gpu = "no GPU"
+    if gpus:
+        total = sum(int(g.get("memory_total_bytes") or 0) for g in gpus)
+        used = sum(int(g.get("memory_used_bytes") or 0) for g in gpus)
+        gpu = _free_of(total - used, total)
+    active = [s.get("unit") for s in result.get("services") or [] if s.get("state") == "active"]
+    return f"RAM {ram}; GPU {gpu}; running: {', '.join(map(str, active)) or 'nothing'}"
+
+
+def _snapshot_previous(outcome: Outcome) -> str:
+    running = outcome.result.get("running") or []
+    return f"recorded what runs now: {', '.join(map(str, running)) or 'nothing'}"
+
+
+def _stop_flux(outcome: Outcome) -> str:
+    result = outcome.result
+    released = result.get("gpu_memory_released_bytes")
+    text = f"{result.get('unit', '?')} {result.get('state', 'stopped')}"
+    if released:
+        text += f", {human_bytes(released)} GPU memory released"
+    return text
+
+
+def _install(outcome: Outcome) -> str:
+    result = outcome.result
+    text = f"{result.get('unit', '?')} {result.get('state', '?')} on port {result.get('port', '?')}"
+    flags = (("venv_created", "venv created"), ("pip_ran", "pip ran"))
+    extras = [label for flag, label in flags if result.get(flag)]
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _health_check(outcome: Outcome) -> str:
+    result = outcome.result
+    checks = outcome.command.attempt if outcome.command is not None else 1
+    return f"{result.get('status', '?')} on port {result.get('port', '?')} after {checks} check(s)"
+
+
+def _check_instance(outcome: Outcome) -> str:
+    result = outcome.result
+    counts = [f"{result.get(k, 0)} {k}" for k in ("passed", "warnings", "failed", "skipped") if k in result]
+    return ", ".join(counts)
+
+
+def _rollback(outcome: Outcome) -> str:
+    result = outcome.result
+    return "restored the previous state" if result.get("ok") else str(result.get("error", ""))
+
+
+def generic_summary(outcome: Outcome) -> str:
+    """A step without a summary of its own: its error, else its result's first plain fields."""
+    result = outcome.result
+    if result.get("error"):
+        return str(result["error"])
+    scalars = [
+        f"{key}={value}"
+        for key, value in result.items()
+        if key not in ("ok", "schema_version") and isinstance(value, str | int | float | bool)
+    ]
+    text = ", ".join(scalars[:4])
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+# Keyed by the progress line's name (a registry step's name); anything else: generic_summary.
+SUMMARIES: dict[str, Callable[[Outcome], str]] = {
+    "validate-input": _validate_input,
+    "acquire-lock": _acquire_lock,
+    "collect-resources": _collect_resources,
+    "plan": _plan,
+    "snapshot-previous": _snapshot_previous,
+    "stop-flux": _stop_flux,
+    "sync": lambda outcome: sync_summary(outcome.result),
+    "install": _install,
+    "health-check": _health_check,
+    "check-instance": _check_instance,
+    "rollback": _rollback,
+}
+
+
+def summarize(name: str, outcome: Outcome) -> str:
+    summary = SUMMARIES.get(name)
+    if summary is not None:
+        return summary(outcome)
+    return generic_summary(outcome) if outcome.command is not None else ""
+
+
+# ------------------------------------------------------------------------------- progress
+
+
 @dataclass
 class Step:
+    """One step as the history shows it: `state` is its state label, `name` its progress name."""
+
     name: str
+    state: str
     entered_at: datetime
+    key: str | None = None  # where its outcome is in the state ($.steps.<key>), for registry steps
     runs: int = 1
     instance_step: bool = False
     exited_at: datetime | None = None
@@ -62,78 +238,26 @@ class Step:
     last_heartbeat: float = 0.0
 
 
-def _free_of(free: Any, total: Any) -> str:
-    if isinstance(total, int | float) and isinstance(free, int | float):
-        return f"{human_bytes(free)} free of {human_bytes(total)}"
-    return "?"
+class _Running:
+    """The live line of the step that runs: spinner, name, time so far, what SSM says."""
 
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.spinner = Spinner("dots", style="cyan")
 
-def describe_result(
-    step: str, key: str | None, result: Mapping[str, Any] | None, command: Mapping[str, Any]
-) -> str:
-    """One line about what an instance step's document reported."""
-    if not isinstance(result, Mapping):
-        return ""
-    if key == "sync":
-        return sync_summary(result)
-    if key == "collect":
-        ram = _free_of(result.get("ram_available_bytes"), result.get("ram_total_bytes"))
-        gpus = [g for g in result.get("gpus") or [] if isinstance(g, Mapping)]
-        gpu = "no GPU"
-        if gpus:
-            total = sum(int(g.get("memory_total_bytes") or 0) for g in gpus)
-            used = sum(int(g.get("memory_used_bytes") or 0) for g in gpus)
-            gpu = _free_of(total - used, total)
-        active = [s.get("unit") for s in result.get("services") or [] if s.get("state") == "active"]
-        return f"RAM {ram}; GPU {gpu}; running: {', '.join(map(str, active)) or 'nothing'}"
-    if key == "previous":
-        running = result.get("running") or []
-        return f"recorded what runs now: {', '.join(map(str, running)) or 'nothing'}"
-    if key == "stop":
-        released = result.get("gpu_memory_released_bytes")
-        text = f"{result.get('unit', '?')} {result.get('state', 'stopped')}"
-        if released:
-            text += f", {human_bytes(released)} GPU memory released"
-        return text
-    if key == "install":
-        text = f"{result.get('unit', '?')} {result.get('state', '?')} on port {result.get('port', '?')}"
-        extras = [
-            label
-            for flag, label in (("venv_created", "venv created"), ("pip_ran", "pip ran"))
-            if result.get(flag)
-        ]
-        return text + (f" ({', '.join(extras)})" if extras else "")
-    if key == "health":
-        checks = int(command.get("attempt", 1) or 1)
-        return f"{result.get('status', '?')} on port {result.get('port', '?')} after {checks} check(s)"
-    if key == "validation":
-        counts = [
-            f"{result.get(k, 0)} {k}" for k in ("passed", "warnings", "failed", "skipped") if k in result
-        ]
-        return ", ".join(counts)
-    if key == "rollback":
-        return "restored the previous state" if result.get("ok") else str(result.get("error", ""))
-    return ""
-
-
-def describe_task(name: str, output: Any) -> str:
-    """One line about what a Lambda task state produced."""
-    if not isinstance(output, Mapping):
-        return ""
-    if name == "Validate":
-        instance = output.get("instance") or {}
-        text = f"instance {output.get('instance_id', '?')} {instance.get('state', '')}".rstrip()
-        source = output.get("model_source")
-        if isinstance(source, Mapping) and source.get("uri"):
-            text += f"; model at {source['uri']}"
-        return text
-    if name == "Plan":
-        plan = output.get("plan") or {}
-        return str(plan.get("summary", ""))
-    if name == "AcquireLock":
-        taken = (output.get("lock") or {}).get("taken_over")
-        return f"took over the stale lock of {str(taken).rsplit(':', 1)[-1]}" if taken else ""
-    return ""
+    def __rich__(self) -> RenderableType:
+        step = self.progress.current
+        if step is None or step.exited_at is not None:
+            return Text("")
+        waited = (datetime.now(tz=step.entered_at.tzinfo) - step.entered_at).total_seconds()
+        self.spinner.update(
+            text=Text.assemble(
+                (step.name.ljust(NAME_WIDTH), "bold"),
+                " ",
+                (f"{human_seconds(max(0.0, waited)):>9}  {self.progress.note(step)}", "dim"),
+            )
+        )
+        return self.spinner
 
 
 @dataclass
@@ -141,14 +265,41 @@ class Progress:
     """Consumes history events in order and writes a line per step start and end."""
 
     out: TextIO
-    style: Style = PLAIN
+    term: Term = PLAIN
     clock: Callable[[], float] = time.monotonic
     started_at: datetime | None = None
     current: Step | None = None
     steps: list[Step] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
+    labels: dict[str, registry.Step] = field(init=False, repr=False)
+    _console: Console | None = field(init=False, default=None, repr=False)
+    _live: Live | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # read when following starts: a step added to the registry shows up without a CLI edit
+        self.labels = {step.label: step for step in registry.STEPS.values()}
+        if self.term.color:
+            self._console = self.term.console(self.out)
 
     # -------------------------------------------------------------- output
+
+    def start(self) -> None:
+        """On a terminal: show the running step as a live line until `stop`."""
+        if self.term.live and self._console is not None and self._live is None:
+            self._live = Live(
+                _Running(self),
+                console=self._console,
+                refresh_per_second=8,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+
+    def stop(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
 
     def _elapsed(self, moment: datetime) -> str:
         if self.started_at is None:
@@ -156,12 +307,19 @@ class Progress:
         seconds = max(0.0, (moment - self.started_at).total_seconds())
         return f"{int(seconds // 60):4d}:{seconds % 60:04.1f}"
 
-    def _line(self, moment: datetime, verb: str, name: str, detail: str = "") -> None:
-        text = f"{self._elapsed(moment)}  {verb}  {name}"
+    def _line(self, moment: datetime, verb: str, style: str, name: str, detail: str = "") -> None:
+        line = Text.assemble(self._elapsed(moment), "  ", (verb, style), "  ")
         if detail:
-            text = f"{self._elapsed(moment)}  {verb}  {name.ljust(NAME_WIDTH)} {detail}"
-        self.out.write(text.rstrip() + "\n")
-        self.out.flush()
+            line.append(f"{name.ljust(NAME_WIDTH)} ", style="bold" if style else "")
+            line.append(detail, style="dim" if verb.startswith("..") else "")
+        else:
+            line.append(name, style="bold" if style else "")
+        line.rstrip()
+        if self._console is None:
+            self.out.write(line.plain + "\n")
+            self.out.flush()
+        else:
+            self._console.print(line, soft_wrap=True)
 
     # -------------------------------------------------------------- events
 
@@ -178,7 +336,7 @@ class Progress:
         if entered:
             self._entered(kind, str(entered.get("name", "")), moment)
         elif exited:
-            self._exited(kind, str(exited.get("name", "")), exited.get("output"), moment)
+            self._exited(str(exited.get("name", "")), exited.get("output"), moment)
         elif kind in ("LambdaFunctionFailed", "TaskFailed", "LambdaFunctionTimedOut", "TaskTimedOut"):
             details = _details(event)
             if self.current is not None:
@@ -188,10 +346,23 @@ class Progress:
             details = _details(event)
             self._close(moment, details.get("error"), details.get("cause"))
 
+    def _step(self, state: str, moment: datetime) -> Step:
+        known = self.labels.get(state)
+        if known is None:
+            return Step(name=kebab(state), state=state, entered_at=moment, last_heartbeat=self.clock())
+        return Step(
+            name=known.name,
+            state=state,
+            entered_at=moment,
+            key=known.key,
+            instance_step=known.instance is not None,
+            last_heartbeat=self.clock(),
+        )
+
     def _entered(self, kind: str, name: str, moment: datetime) -> None:
         group, _, sub = name.partition(".")
         current = self.current
-        if current is not None and group == current.name:
+        if current is not None and group == current.state:
             if sub:
                 current.instance_step = True
                 current.exited_at = None  # X exited, but X.Wait follows: the step goes on
@@ -200,19 +371,19 @@ class Progress:
             return
         self._close(moment)
         if kind in STEP_TYPES:
-            self.current = Step(name=name, entered_at=moment, last_heartbeat=self.clock())
-            self._line(moment, "start", name)
+            self.current = self._step(name, moment)
+            self._line(moment, "start", "cyan", self.current.name)
         elif kind == "SucceedStateEntered":
-            self._line(moment, self.style.ok("end  "), name)
+            self._line(moment, "end  ", "bold green", name)
         elif kind == "FailStateEntered":
-            self._line(moment, self.style.bad("FAIL "), name)
+            self._line(moment, "FAIL ", "bold red", name)
 
-    def _exited(self, kind: str, name: str, output: Any, moment: datetime) -> None:
+    def _exited(self, name: str, output: Any, moment: datetime) -> None:
         current = self.current
         if current is None:
             return
         group, _, sub = name.partition(".")
-        if group != current.name:
+        if group != current.state:
             return
         if not sub:
             current.exited_at, current.output = moment, output
@@ -230,9 +401,7 @@ class Progress:
         if step.exited_at is not None:
             took = (step.exited_at - step.entered_at).total_seconds()
             detail = self._detail(step)
-            self._line(
-                step.exited_at, self.style.ok("done "), step.name, f"{human_seconds(took):>9}  {detail}"
-            )
+            self._line(step.exited_at, "done ", "green", step.name, f"{human_seconds(took):>9}  {detail}")
             return
         took = (moment - step.entered_at).total_seconds()
         name = step.error or error or "failed"
@@ -240,7 +409,8 @@ class Progress:
         self.failed_steps.append(step.name)
         self._line(
             moment,
-            self.style.bad("FAIL "),
+            "FAIL ",
+            "bold red",
             step.name,
             f"{human_seconds(took):>9}  {name}: {message}".rstrip(": "),
         )
@@ -249,39 +419,39 @@ class Progress:
         state = _json(step.output)
         if not isinstance(state, Mapping):
             return ""
+        command = None
         if step.instance_step:
-            command = state.get("command") or {}
-            key = command.get("step") if isinstance(command, Mapping) else None
-            result = ((state.get("steps") or {}).get(key) or {}).get("result") if key else None
-            return describe_result(step.name, key, result, command if isinstance(command, Mapping) else {})
-        return describe_task(step.name, state)
+            entries = state.get("steps") or {}
+            entry = entries.get(step.key) if step.key else None
+            command = _command(entry) or _command(state.get("command"))
+        return summarize(step.name, Outcome(state=state, command=command))
+
+    def note(self, step: Step) -> str:
+        """What is known about a running step: its command's SSM status, the runtime's, the run."""
+        poll = _json(step.last_poll) or {}
+        command = _command(poll.get("command")) if isinstance(poll, Mapping) else None
+        if command is None:
+            return "still running"
+        status = (command.result or {}).get("status")
+        note = f"still running (command {command.ssm_status}"
+        note += f", runtime {status}" if status else ""
+        note += f", run {command.attempt}" if command.attempt > 1 else ""
+        return note + ")"
 
     def heartbeat(self, now_wall: datetime) -> None:
-        """Every HEARTBEAT_SECONDS while a step runs: a line saying it still runs (and why)."""
+        """Every HEARTBEAT_SECONDS while a step runs (not live): a line saying it still runs."""
         step = self.current
-        if step is None or step.exited_at is not None:
+        if self._live is not None or step is None or step.exited_at is not None:
             return
         tick = self.clock()
         if tick - step.last_heartbeat < HEARTBEAT_SECONDS:
             return
         step.last_heartbeat = tick
-        poll = _json(step.last_poll) or {}
-        command = poll.get("command") if isinstance(poll, Mapping) else None
-        note = "still running"
-        if isinstance(command, Mapping):
-            result = command.get("result") or {}
-            status = result.get("status") if isinstance(result, Mapping) else None
-            note = f"still running (command {command.get('ssm_status', '?')}"
-            note += f", runtime {status}" if status else ""
-            note += f", run {command.get('attempt')}" if int(command.get("attempt") or 1) > 1 else ""
-            note += ")"
         waited = (now_wall - step.entered_at).total_seconds()
-        self._line(
-            now_wall,
-            self.style.dim("..   "),
-            step.name,
-            self.style.dim(f"{human_seconds(waited):>9}  {note}"),
-        )
+        self._line(now_wall, "..   ", "dim", step.name, f"{human_seconds(waited):>9}  {self.note(step)}")
+
+
+# ------------------------------------------------------------------------------- following
 
 
 @dataclass
@@ -351,23 +521,29 @@ def follow(
     """Poll until the execution ends, feeding every new history event to ``progress``."""
     started = clock()
     reader = HistoryReader(sfn, arn)
-    while True:
-        described = sfn.describe_execution(executionArn=arn)
-        for event in reader.read():  # read after describe: a final status means a complete history
+    if progress is not None:
+        progress.start()
+    try:
+        while True:
+            described = sfn.describe_execution(executionArn=arn)
+            for event in reader.read():  # read after describe: a final status means a complete history
+                if progress is not None:
+                    progress.feed(event)
+            status = str(described["status"])
+            if status != "RUNNING":
+                break
+            if timeout is not None and clock() - started > timeout:
+                raise TimeoutError(f"execution {arn.rsplit(':', 1)[-1]} still RUNNING after {timeout:.0f} s")
             if progress is not None:
-                progress.feed(event)
-        status = str(described["status"])
-        if status != "RUNNING":
-            break
-        if timeout is not None and clock() - started > timeout:
-            raise TimeoutError(f"execution {arn.rsplit(':', 1)[-1]} still RUNNING after {timeout:.0f} s")
+                zone = progress.started_at.tzinfo if progress.started_at else None
+                progress.heartbeat(datetime.now(tz=zone))
+            sleep(poll_seconds)
+        if progress is not None and progress.current is not None:
+            zone = progress.current.entered_at.tzinfo
+            progress._close(_timestamp(described.get("stopDate") or datetime.now(tz=zone)))
+    finally:
         if progress is not None:
-            progress.heartbeat(datetime.now(tz=progress.started_at.tzinfo if progress.started_at else None))
-        sleep(poll_seconds)
-    if progress is not None and progress.current is not None:
-        progress._close(
-            _timestamp(described.get("stopDate") or datetime.now(tz=progress.current.entered_at.tzinfo))
-        )
+            progress.stop()
     error, cause = described.get("error"), described.get("cause")
     if status != "SUCCEEDED" and not error:
         error, cause = _failure_from(reversed(reader.events))

@@ -1,62 +1,88 @@
-"""Text the CLI prints: sizes, durations, aligned tables, the plan, the ledger record, error lines.
+"""Text the CLI prints: sizes, durations, tables, the plan, the ledger record, error lines.
 
-Pure functions of their inputs (a plan, a ledger record, an execution's error and cause), so
-they are tested with recorded outputs. Colour only through ``Style``, off when stdout is not a
-terminal or NO_COLOR is set.
+Everything is drawn with `rich` through a `Term`: colour (and, in follow.py, live progress)
+on a terminal; plain, greppable text when the stream is not a terminal, NO_COLOR is set or
+TERM is dumb. The views are pure functions of what the core produced (the typed `Plan`, a
+`LedgerRecord`, an execution's error and cause): they show its decisions, never redo them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from asoba_deploy.core import steps as registry
 from asoba_deploy.core.ledger import LedgerRecord
+from asoba_deploy.core.planner import DiskEstimate, MemoryEstimate, Plan
 
 KIB = 1024
+PLAIN_WIDTH = 4000  # plain text is never wrapped: one record, one line
+
+Cell = str | Text
 
 
 @dataclass(frozen=True)
-class Style:
-    """ANSI colour for a terminal; identity functions otherwise."""
+class Term:
+    """How one stream is written. `color`: rich styles (ANSI); `live`: a live progress line."""
 
     color: bool = False
+    live: bool = False
+    width: int | None = None  # None: what rich finds (the terminal's width)
 
     @classmethod
-    def for_stream(cls, stream: TextIO) -> Style:
+    def for_stream(cls, stream: TextIO) -> Term:
         isatty = getattr(stream, "isatty", None)
         tty = bool(isatty and isatty())
-        return cls(color=tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb")
+        if not tty or os.environ.get("NO_COLOR", "") != "" or os.environ.get("TERM") == "dumb":
+            return PLAIN
+        return cls(color=True, live=True, width=shutil.get_terminal_size().columns)
 
-    def _wrap(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.color else text
+    def console(self, file: TextIO) -> Console:
+        if not self.color:
+            return Console(
+                file=file,
+                color_system=None,
+                force_terminal=False,
+                force_interactive=False,
+                no_color=True,
+                width=PLAIN_WIDTH,
+                markup=False,
+                emoji=False,
+                highlight=False,
+            )
+        return Console(
+            file=file,
+            force_terminal=True,
+            width=self.width,
+            markup=False,
+            emoji=False,
+            highlight=False,
+        )
 
-    def ok(self, text: str) -> str:
-        return self._wrap("32", text)
-
-    def bad(self, text: str) -> str:
-        return self._wrap("31", text)
-
-    def warn(self, text: str) -> str:
-        return self._wrap("33", text)
-
-    def dim(self, text: str) -> str:
-        return self._wrap("2", text)
-
-    def bold(self, text: str) -> str:
-        return self._wrap("1", text)
+    def text(self, *renderables: RenderableType) -> str:
+        """What `renderables` print as, one per line, without trailing blanks."""
+        buffer = io.StringIO()
+        self.console(buffer).print(*renderables, sep="\n")
+        return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").split("\n"))
 
 
-PLAIN = Style(color=False)
-_ANSI = re.compile(r"\033\[[0-9;]*m")
+PLAIN = Term()
 
 
-def visible_len(text: str) -> int:
-    return len(_ANSI.sub("", text))
+def styled(text: str, style: str) -> Text:
+    return Text(text, style=style)
 
 
 # ------------------------------------------------------------------------------- units
@@ -124,46 +150,66 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
         return None
 
 
+def step_name(key: str) -> str:
+    """A result key (`health_check`) as the step's name (`health-check`), from the registry."""
+    try:
+        return registry.by_key(key).name
+    except KeyError:
+        return key
+
+
 # ------------------------------------------------------------------------------- tables
+
+
+def _indented(renderable: RenderableType, indent: int) -> RenderableType:
+    return Padding(renderable, (0, 0, 0, indent), expand=False) if indent else renderable
+
+
+def grid(
+    headers: Sequence[str], rows: Iterable[Sequence[Cell]], *, indent: int = 0, align: str = ""
+) -> RenderableType:
+    """A borderless table: columns two spaces apart; `align` gives '<' or '>' per column."""
+    view = Table(
+        box=None,
+        show_header=bool(headers),
+        header_style="bold",
+        pad_edge=False,
+        padding=(0, 1),
+        show_edge=False,
+    )
+    for index, header in enumerate(headers):
+        right = index < len(align) and align[index] == ">"
+        view.add_column(header, justify="right" if right else "left", overflow="fold")
+    for row in rows:
+        view.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
+    return _indented(view, indent)
 
 
 def table(
     headers: Sequence[str],
-    rows: Iterable[Sequence[str]],
+    rows: Iterable[Sequence[Cell]],
     *,
     indent: int = 0,
     align: str = "",
-    style: Style = PLAIN,
+    term: Term = PLAIN,
 ) -> str:
-    """Columns padded to their widest cell; ``align`` gives '<' or '>' per column (default '<')."""
-    body = [[str(cell) for cell in row] for row in rows]
-    widths = [visible_len(h) for h in headers]
-    for row in body:
-        for index, cell in enumerate(row):
-            widths[index] = max(widths[index], visible_len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        parts = []
-        for index, cell in enumerate(cells):
-            pad = " " * (widths[index] - visible_len(cell))
-            right = index < len(align) and align[index] == ">"
-            parts.append(pad + cell if right else cell + pad)
-        return (" " * indent + "  ".join(parts)).rstrip()
-
-    lines = [line([style.bold(h) for h in headers])] if headers else []
-    lines.extend(line(row) for row in body)
-    return "\n".join(lines)
+    return term.text(grid(headers, rows, indent=indent, align=align))
 
 
-def fields(items: Sequence[tuple[str, str]], *, indent: int = 2) -> str:
+def fields(items: Sequence[tuple[str, Cell]], *, indent: int = 2) -> RenderableType:
     """'label   value' lines; a value's continuation lines are aligned under it."""
-    width = max((len(label) for label, _ in items), default=0)
-    out = []
+    view = Table.grid(padding=(0, 2))
+    view.add_column(no_wrap=True)
+    view.add_column(overflow="fold")
     for label, value in items:
-        first, *rest = str(value).split("\n") or [""]
-        out.append(f"{' ' * indent}{label.ljust(width)}  {first}".rstrip())
-        out.extend(f"{' ' * (indent + width + 2)}{more}" for more in rest)
-    return "\n".join(out)
+        view.add_row(Text(label), value if isinstance(value, Text) else Text(str(value)))
+    return _indented(view, indent)
+
+
+def _bullets(title: str, items: Sequence[str], mark: str = "-") -> list[RenderableType]:
+    if not items:
+        return []
+    return [Text(""), Text.assemble("  ", (title, "bold")), *(Text(f"    {mark} {item}") for item in items)]
 
 
 # ------------------------------------------------------------------------------- errors
@@ -210,136 +256,124 @@ def error_line(error: str | None, cause: str | None) -> str:
 # ------------------------------------------------------------------------------- the plan
 
 
-def _memory_row(name: str, estimate: Mapping[str, Any], style: Style) -> list[str]:
-    need = int(estimate.get("need_bytes", 0))
-    available = int(estimate.get("available_bytes", 0))
-    fits = need <= available
+def _verdict(fits: bool) -> Text:
+    return styled("yes", "green") if fits else styled("NO", "bold red")
+
+
+def _memory_row(name: str, estimate: MemoryEstimate) -> list[Cell]:
     return [
         name,
-        human_bytes(need),
-        human_bytes(estimate.get("total_bytes")),
-        human_bytes(estimate.get("free_before_bytes")),
-        human_bytes(available),
-        human_bytes(estimate.get("free_after_bytes")),
-        style.ok("yes") if fits else style.bad("NO"),
+        human_bytes(estimate.need_bytes),
+        human_bytes(estimate.total_bytes),
+        human_bytes(estimate.free_before_bytes),
+        human_bytes(estimate.available_bytes),
+        human_bytes(estimate.free_after_bytes),
+        _verdict(estimate.fits),  # the planner's own check (core.planner.MemoryEstimate.fits)
     ]
 
 
-def _disk_row(disk: Mapping[str, Any], style: Style) -> list[str]:
-    needed = int(disk.get("needed_bytes", 0))
-    reserve = int(disk.get("reserve_bytes", 0))
-    free = int(disk.get("free_bytes", 0))
-    fits = needed + reserve <= free
+def _disk_row(disk: DiskEstimate) -> list[Cell]:
     return [
         "disk",
-        human_bytes(needed),
+        human_bytes(disk.needed_bytes),
         "-",
-        human_bytes(free),
-        human_bytes(free - reserve),
-        human_bytes(disk.get("free_after_bytes")),
-        style.ok("yes") if fits else style.bad("NO"),
+        human_bytes(disk.free_bytes),
+        human_bytes(disk.free_bytes - disk.reserve_bytes),
+        human_bytes(disk.free_after_bytes),
+        _verdict(disk.fits),
     ]
 
 
-def _breakdown(estimate: Mapping[str, Any]) -> str:
-    parts = [f"{name} {human_bytes(value)}" for name, value in (estimate.get("breakdown") or {}).items()]
-    return " + ".join(parts) or "-"
+def _breakdown(estimate: MemoryEstimate) -> str:
+    return " + ".join(f"{name} {human_bytes(value)}" for name, value in estimate.breakdown.items()) or "-"
 
 
-def _bullets(title: str, items: Sequence[str], style: Style, mark: str = "-") -> list[str]:
-    if not items:
-        return []
-    return ["", f"  {style.bold(title)}", *(f"    {mark} {item}" for item in items)]
-
-
-def plan_table(plan: Mapping[str, Any], style: Style = PLAIN, *, dry_run: bool = True) -> str:
-    """The dry run: every decision of the plan (lambdas/core/planner.py) as aligned text."""
-    model = str(plan.get("model", "?"))
-    deploy_model = str(plan.get("deploy_model") or model)
-    tier = plan.get("tier")
-    catalog = f"catalog tier {tier}" if plan.get("in_catalog") else "not in the catalog: generic deploy"
-    files = plan.get("files") or []
-    cached = sum(int(f.get("bytes", 0)) for f in files if f.get("cached"))
-    action = str(plan.get("action", "?"))
-    stop = list(plan.get("stop_services") or [])
-    if action == "replace":
-        action_text = f"replace: stops {', '.join(stop)} and takes its port" if stop else "replace"
+def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
+    """Every decision of the plan (asoba_deploy.core.planner), as the planner made it."""
+    catalog = f"catalog tier {plan.tier}" if plan.in_catalog else "not in the catalog: generic deploy"
+    cached = sum(f.bytes for f in plan.files if f.cached)
+    if plan.action == "replace":
+        stops = ", ".join(plan.stop_services)
+        action = f"replace: stops {stops} and takes its port" if stops else "replace"
     else:
-        action_text = "coexist: runs beside the running services, stops nothing"
-    if plan.get("replaces_runtime"):
-        action_text += "\n(replaces the inference service running now)"
-    quantization = str(plan.get("quantization", "none"))
+        action = "coexist: runs beside the running services, stops nothing"
+    if plan.replaces_runtime:
+        action += "\n(replaces the inference service running now)"
+    quantization: str = plan.quantization
     if quantization != "none":
-        quantization += " (stored quantized)" if plan.get("prequantized") else " (quantized on load)"
-    quantization += f", {plan.get('dtype', '?')} compute"
-    endpoints = plan.get("endpoints") or {}
-    rows: list[tuple[str, str]] = [
-        ("model", f"{model} ({catalog})"),
-        ("deploys", f"{deploy_model} from {plan.get('source_uri', '?')}"),
+        quantization += " (stored quantized)" if plan.prequantized else " (quantized on load)"
+    quantization += f", {plan.dtype} compute"
+    endpoints = plan.endpoints.model_dump()
+    rows: list[tuple[str, Cell]] = [
+        ("model", f"{plan.model} ({catalog})"),
+        ("deploys", f"{plan.deploy_model} from {plan.source_uri}"),
     ]
-    if plan.get("base_model"):
-        rows.append(("base model", f"{plan['base_model']} from {plan.get('base_source_uri', '?')}"))
+    if plan.base_model:
+        rows.append(("base model", f"{plan.base_model} from {plan.base_source_uri or '?'}"))
     rows += [
         (
             "files",
-            f"{len(files)} files, {human_bytes(plan.get('total_bytes'))}; "
-            f"{human_bytes(plan.get('bytes_to_transfer'))} to transfer, {human_bytes(cached)} cached",
+            f"{len(plan.files)} files, {human_bytes(plan.total_bytes)}; "
+            f"{human_bytes(plan.bytes_to_transfer)} to transfer, {human_bytes(cached)} cached",
         ),
-        ("action", action_text),
-        ("port / unit", f"{plan.get('port', '?')} / {plan.get('unit', '?')}"),
+        ("action", action),
+        ("port / unit", f"{plan.port} / {plan.unit}"),
         ("quantization", quantization),
-        ("context", f"{plan.get('context_tokens', '?')} tokens reserved for the KV cache"),
-        ("parameters", human_count(plan.get("parameters"))),
-        ("model path", str(plan.get("model_path", "?"))),
-    ]
-    if endpoints:
-        rows.append(
-            (
-                "endpoints",
-                "\n".join(
-                    f"{endpoints[key]}  ({key})"
-                    for key in ("status", "health", "generate", "openai_base")
-                    if key in endpoints
-                ),
-            )
-        )
-    if plan.get("skipped_files"):
-        rows.append(
-            ("skipped", f"{len(plan['skipped_files'])} files, {human_bytes(plan.get('skipped_bytes'))}")
-        )
-    resources = []
-    for name in ("gpu", "ram"):
-        if isinstance(plan.get(name), Mapping):
-            resources.append(_memory_row(name.upper(), plan[name], style))
-    if isinstance(plan.get("disk"), Mapping):
-        resources.append(_disk_row(plan["disk"], style))
-    fits = bool(plan.get("fits"))
-    verdict = style.ok("FITS") if fits else style.bad("DOES NOT FIT")
-    header = f"Plan for {style.bold(model)}"
-    if dry_run:
-        header += " (dry run: nothing was changed)"
-    lines = [header, "", fields(rows)]
-    if resources:
-        lines += [
-            "",
-            table(
-                ["resource", "need", "total", "free now", "available", "free after", "fits"],
-                resources,
-                indent=2,
-                align="<>>>>><",
-                style=style,
+        ("context", f"{plan.context_tokens} tokens reserved for the KV cache"),
+        ("parameters", human_count(plan.parameters)),
+        ("model path", plan.model_path),
+        (
+            "endpoints",
+            "\n".join(
+                f"{endpoints[key]}  ({key})" for key in ("status", "health", "generate", "openai_base")
             ),
-            "",
-        ]
-        for name in ("gpu", "ram"):
-            if isinstance(plan.get(name), Mapping):
-                lines.append(f"  {name.upper()} need = {_breakdown(plan[name])}")
-        lines.append("  available = total minus what other processes keep using after the stops")
-    lines += _bullets("why", list(plan.get("reasons") or []), style)
-    lines += _bullets("warnings", list(plan.get("warnings") or []), style, mark="!")
-    lines += _bullets("shortfalls", list(plan.get("shortfalls") or []), style, mark="x")
-    lines += ["", f"  {verdict}  {plan.get('summary', '')}"]
-    return "\n".join(lines)
+        ),
+    ]
+    if plan.skipped_files:
+        rows.append(("skipped", f"{len(plan.skipped_files)} files, {human_bytes(plan.skipped_bytes)}"))
+    header = Text.assemble("Plan for ", (plan.model, "bold"))
+    if dry_run:
+        header.append(" (dry run: nothing was changed)")
+    resources = grid(
+        ["resource", "need", "total", "free now", "available", "free after", "fits"],
+        [_memory_row("GPU", plan.gpu), _memory_row("RAM", plan.ram), _disk_row(plan.disk)],
+        indent=2,
+        align="<>>>>><",
+    )
+    verdict = styled("FITS", "bold green") if plan.fits else styled("DOES NOT FIT", "bold red")
+    parts: list[RenderableType] = [
+        header,
+        Text(""),
+        fields(rows),
+        Text(""),
+        resources,
+        Text(""),
+        Text(f"  GPU need = {_breakdown(plan.gpu)}"),
+        Text(f"  RAM need = {_breakdown(plan.ram)}"),
+        Text("  available = total minus what other processes keep using after the stops"),
+        *_bullets("why", plan.reasons),
+        *_bullets("warnings", plan.warnings, mark="!"),
+        *_bullets("shortfalls", plan.shortfalls, mark="x"),
+        Text(""),
+        Text.assemble("  ", verdict, f"  {plan.summary}"),
+    ]
+    return Group(*parts)
+
+
+def plan_table(plan: Plan | Mapping[str, Any], term: Term = PLAIN, *, dry_run: bool = True) -> str:
+    """The dry run as text (a plan as JSON is read as the typed Plan first)."""
+    typed = plan if isinstance(plan, Plan) else Plan.model_validate(plan)
+    return term.text(plan_view(typed, dry_run=dry_run))
+
+
+def plan_of(value: Any) -> Plan | None:
+    """The typed plan of a state or record, None when there is none (or an older shape)."""
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return Plan.model_validate(value)
+    except ValidationError:
+        return None
 
 
 # ------------------------------------------------------------------------------- records
@@ -348,7 +382,7 @@ def plan_table(plan: Mapping[str, Any], style: Style = PLAIN, *, dry_run: bool =
 def step_timings(record: LedgerRecord) -> str:
     parts = []
     for key, timing in record.steps.items():
-        text = f"{key} {human_seconds(timing.seconds)}"
+        text = f"{step_name(key)} {human_seconds(timing.seconds)}"
         if timing.attempts > 1:
             text += f" ({timing.attempts} runs)"
         parts.append(text)
@@ -372,15 +406,15 @@ def sync_summary(result: Mapping[str, Any] | None) -> str:
     return text
 
 
-def record_summary(record: LedgerRecord, style: Style = PLAIN) -> str:
+def record_view(record: LedgerRecord) -> RenderableType:
     """What a finished deployment did, from its ledger record (the execution's output)."""
     model = record.model or "?"
     if record.outcome == "failed":
-        title = style.bad(f"Deployment of {model} failed on {record.instance_id}")
+        title = styled(f"Deployment of {model} failed on {record.instance_id}", "bold red")
     elif record.outcome == "planned":
-        title = f"Planned {model} on {record.instance_id}"
+        title = Text(f"Planned {model} on {record.instance_id}")
     else:
-        title = style.ok(f"Deployed {model} on {record.instance_id}")
+        title = styled(f"Deployed {model} on {record.instance_id}", "bold green")
     what = ", ".join(
         part
         for part in (
@@ -390,19 +424,22 @@ def record_summary(record: LedgerRecord, style: Style = PLAIN) -> str:
         )
         if part
     )
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, Cell]] = []
     if record.deploy_model and record.deploy_model != record.model:
         rows.append(("deployed", f"{record.deploy_model} (a variant of {model})"))
     if what:
         rows.append(("how", what))
     if record.endpoints:
         rows.append(("endpoints", "\n".join(f"{value}  ({key})" for key, value in record.endpoints.items())))
-    stopped = (record.plan or {}).get("stop_services") or []
-    if stopped:
+    plan = plan_of(record.plan)
+    if plan is not None and plan.stop_services:
         rows.append(
-            ("stopped", ", ".join(stopped) + "  (deploy-model undeploy --restore-flux brings it back)")
+            (
+                "stopped",
+                ", ".join(plan.stop_services) + "  (deploy-model undeploy --restore-flux brings it back)",
+            )
         )
-    sync = sync_summary(record.results.get("sync"))
+    sync = sync_summary(record.results.get(registry.STEPS["sync"].key))
     if sync:
         rows.append(("sync", sync))
     rows.append(("steps", step_timings(record)))
@@ -413,20 +450,19 @@ def record_summary(record: LedgerRecord, style: Style = PLAIN) -> str:
     if record.error:
         rows.append(("error", error_line(record.error, record.cause).removeprefix("error: ")))
     rows.append(("execution", record.execution.rsplit(":", 1)[-1] or "-"))
-    return "\n".join([title, fields(rows)])
+    return Group(title, fields(rows))
 
 
-def history_table(records: Sequence[LedgerRecord], style: Style = PLAIN) -> str:
-    rows = []
+def record_summary(record: LedgerRecord, term: Term = PLAIN) -> str:
+    return term.text(record_view(record))
+
+
+OUTCOME_STYLES = {"succeeded": "green", "failed": "bold red", "planned": "dim", "undeployed": "dim"}
+
+
+def history_table(records: Sequence[LedgerRecord], term: Term = PLAIN) -> str:
+    rows: list[list[Cell]] = []
     for record in records:
-        outcome = record.outcome
-        painted = (
-            style.ok(outcome)
-            if outcome == "succeeded"
-            else style.bad(outcome)
-            if outcome == "failed"
-            else style.dim(outcome)
-        )
         note = error_line(record.error, record.cause).removeprefix("error: ") if record.error else ""
         if len(note) > 80:
             note = note[:77] + "..."
@@ -435,7 +471,7 @@ def history_table(records: Sequence[LedgerRecord], style: Style = PLAIN) -> str:
                 human_time(record.started_at),
                 record.instance_id,
                 record.model or "-",
-                painted,
+                styled(record.outcome, OUTCOME_STYLES.get(record.outcome, "")),
                 record.action or "-",
                 str(record.port or "-"),
                 record.quantization or "-",
@@ -444,23 +480,8 @@ def history_table(records: Sequence[LedgerRecord], style: Style = PLAIN) -> str:
                 note,
             ]
         )
-    return table(
-        [
-            "started (UTC)",
-            "instance",
-            "model",
-            "outcome",
-            "action",
-            "port",
-            "quant",
-            "took",
-            "execution",
-            "error",
-        ],
-        rows,
-        align="<<<<<><><<",
-        style=style,
-    )
+    headers = ["started (UTC)", "instance", "model", "outcome", "action", "port", "quant", "took"]
+    return table([*headers, "execution", "error"], rows, align="<<<<<><><<", term=term)
 
 
 @dataclass(frozen=True)
@@ -472,13 +493,13 @@ class InstanceStatus:
     lock_model: str | None
 
 
-def status_table(statuses: Sequence[InstanceStatus], style: Style = PLAIN) -> str:
-    rows = []
-    notes = []
+def status_table(statuses: Sequence[InstanceStatus], term: Term = PLAIN) -> str:
+    rows: list[list[Cell]] = []
+    notes: list[RenderableType] = []
     for status in statuses:
         record = status.deployed
         if record is None:
-            rows.append([status.instance_id, style.dim("nothing deployed"), "-", "-", "-", "-", "-"])
+            rows.append([status.instance_id, styled("nothing deployed", "dim"), "-", "-", "-", "-", "-"])
         else:
             rows.append(
                 [
@@ -493,53 +514,42 @@ def status_table(statuses: Sequence[InstanceStatus], style: Style = PLAIN) -> st
             )
         if status.lock_holder:
             notes.append(
-                f"{status.instance_id}: deployment in progress: {status.lock_model or '?'} "
-                f"by {status.lock_holder.rsplit(':', 1)[-1]}"
+                styled(
+                    f"{status.instance_id}: deployment in progress: {status.lock_model or '?'} "
+                    f"by {status.lock_holder.rsplit(':', 1)[-1]}",
+                    "yellow",
+                )
             )
         latest = status.latest
         if latest is not None and latest is not record and latest.outcome == "failed":
             notes.append(
-                f"{status.instance_id}: last deployment ({latest.model}, {human_time(latest.started_at)}) "
-                f"failed: {error_line(latest.error, latest.cause).removeprefix('error: ')}"
+                styled(
+                    f"{status.instance_id}: last deployment ({latest.model}, "
+                    f"{human_time(latest.started_at)}) "
+                    f"failed: {error_line(latest.error, latest.cause).removeprefix('error: ')}",
+                    "red",
+                )
             )
-    text = table(
-        ["instance", "model", "port", "action", "quant", "since (UTC)", "execution"],
-        rows,
-        align="<<><<<<",
-        style=style,
-    )
-    if notes:
-        text += "\n\n" + "\n".join(notes)
-    return text
+    headers = ["instance", "model", "port", "action", "quant", "since (UTC)", "execution"]
+    view = grid(headers, rows, align="<<><<<<")
+    return term.text(view, *([Text(""), *notes] if notes else []))
 
 
-def checks_table(result: Mapping[str, Any] | None, style: Style = PLAIN) -> str:
-    """The validate document's checks: name, status, detail."""
+CHECK_STYLES = {"pass": "green", "warn": "yellow", "warning": "yellow", "skip": "yellow", "skipped": "yellow"}
+
+
+def checks_table(result: Mapping[str, Any] | None, term: Term = PLAIN) -> str:
+    """The instance check document's checks: name, status, detail."""
     checks = (result or {}).get("checks") or []
     items = checks.items() if isinstance(checks, Mapping) else ((c.get("name", "?"), c) for c in checks)
-    rows = []
+    rows: list[list[Cell]] = []
     for name, check in items:
         if isinstance(check, Mapping):
             status = str(check.get("status") or ("pass" if check.get("ok") else "fail"))
             detail = str(check.get("detail") or check.get("error") or "")
         else:
             status, detail = ("pass" if check else "fail"), ""
-        painted = (
-            style.ok(status)
-            if status == "pass"
-            else style.warn(status)
-            if status
-            in (
-                "warn",
-                "warning",
-                "skip",
-                "skipped",
-            )
-            else style.bad(status)
-        )
-        rows.append([str(name), painted, detail])
-    return (
-        table(["check", "status", "detail"], rows, indent=2, style=style)
-        if rows
-        else "  (no checks reported)"
-    )
+        rows.append([str(name), styled(status, CHECK_STYLES.get(status, "bold red")), detail])
+    if not rows:
+        return "  (no checks reported)"
+    return table(["check", "status", "detail"], rows, indent=2, term=term)

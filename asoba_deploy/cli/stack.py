@@ -9,6 +9,12 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from pydantic import ValidationError
+
+from asoba_deploy.core import steps as registry
+from asoba_deploy.core.config import DeployConfig
+from asoba_deploy.core.contracts import describe_validation_error
+from asoba_deploy.core.settings import Settings, StackResources
 
 DEFAULT_STACK = "AsobaModelDeploy"
 ENDPOINT_ENV = ("DEPLOY_MODEL_ENDPOINT_URL", "AWS_ENDPOINT_URL")
@@ -146,3 +152,29 @@ class StackInfo:
 
     def document(self, stem: str) -> str:
         return f"{self.document_prefix}{stem}"
+
+    def settings(self) -> Settings:
+        """The stack's outputs as the core's `Settings`, for the registry's document parameters."""
+        deploy: dict[str, Any] = {
+            "instance_ids": list(self.instance_ids),
+            "model_bucket": self.model_bucket,
+            "flux_service": self.flux_service,
+            "instance_roots": self.instance_roots,
+        }
+        if self.instance_type:
+            deploy["instance_type"] = self.instance_type
+        documents = {
+            step.document: self.document(step.document)
+            for step in registry.STEPS.values()
+            if step.document is not None
+        }
+        try:
+            return Settings(
+                deploy=DeployConfig.model_validate(deploy),
+                stack=StackResources(
+                    documents=documents, lock_table=self.lock_table, ledger_table=self.ledger_table
+                ),
+            )
+        except ValidationError as error:
+            problems = describe_validation_error(error)
+            raise CliError(f"stack {self.name}: unexpected outputs: {problems}") from None

@@ -1,13 +1,16 @@
 """Send an SSM document to the instance and follow its invocation.
 
 The state machine waits between polls (Wait states); these functions only act once per
-call. A command's result is the JSON object its script prints as the last stdout line.
+call, except `wait`, the loop of a caller that may sleep (the CLI). A command's result is the
+JSON object its script prints as the last stdout line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -173,3 +176,30 @@ def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> 
         raise InstanceUnavailable(f"{ref.document}: instance {ref.instance_id} did not answer ({details})")
     reason = (result or {}).get("error") or (stderr.strip().splitlines() or [details])[-1]
     raise error(f"{ref.document} {status.lower()} on {ref.instance_id}: {reason}")
+
+
+def wait(
+    ssm: Any,
+    ref: CommandRef,
+    *,
+    error: type[DeployError],
+    sleep: Callable[[float], None],
+    poll_seconds: float,
+    clock: Callable[[], float] = time.time,
+) -> CommandRef:
+    """Poll until the command ends, for a caller that may sleep (the deploy-model CLI; the state
+    machine waits in Wait states instead). Returns the Success ref with its result; raises as
+    `poll` does. An invocation SSM has not registered yet and throttling are polled again."""
+    while True:
+        try:
+            ref = poll(ssm, ref, now=clock(), error=error)
+        except (InvocationDoesNotExist, ThrottlingException):
+            if clock() > ref.deadline:
+                raise InstanceUnavailable(
+                    f"{ref.document}: instance {ref.instance_id} did not pick up the command "
+                    f"in {int(clock() - ref.first_sent_at)} s"
+                ) from None
+        else:
+            if ref.status != "InProgress":
+                return ref
+        sleep(poll_seconds)

@@ -74,4 +74,3 @@ class CheckInstanceFailed(CommandFailed):
 
 class UndeployFailed(CommandFailed):
     """The deployed runtime could not be removed."""
-

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from asoba_deploy.core.commands import CommandRef
+from asoba_deploy.core.state import ExecutionState
+
 # On-demand list prices (USD per hour, us-east-1); other types are reported as unknown.
 ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
     "g4dn.xlarge": 0.526,
@@ -56,49 +59,46 @@ class LedgerRecord(BaseModel):
     cause: str | None = None
 
 
-def _timing(command: dict[str, Any]) -> StepTiming:
-    first, seen = command.get("first_sent_at"), command.get("seen_at")
-    sent, finished = command.get("sent_at"), command.get("finished_at")
+def _timing(command: CommandRef) -> StepTiming:
+    first, seen = command.first_sent_at, command.seen_at
+    sent, finished = command.sent_at, command.finished_at
     return StepTiming(
-        seconds=round(seen - first, 3) if first is not None and seen is not None else None,
-        command_seconds=round(finished - sent, 3) if sent is not None and finished is not None else None,
+        seconds=round(seen - first, 3) if seen is not None else None,
+        command_seconds=round(finished - sent, 3) if finished is not None else None,
         lag_seconds=round(seen - finished, 3) if seen is not None and finished is not None else None,
-        attempts=int(command.get("attempt", 1)),
+        attempts=command.attempt,
     )
 
 
-def build_record(state: dict[str, Any], outcome: str, *, instance_type: str, now: datetime) -> LedgerRecord:
-    request = state.get("request", {})
-    plan = state.get("plan")
-    steps = state.get("steps", {})
-    failure = state.get("failure") or {}
-    dry_run = bool(request.get("dry_run"))
-    if outcome == "succeeded" and dry_run:
-        outcome = "planned"
-    started = str(state.get("started_at") or now.isoformat())
-    execution = str(state.get("execution") or "")
+def build_record(
+    state: ExecutionState, outcome: Literal["succeeded", "failed"], *, instance_type: str, now: datetime
+) -> LedgerRecord:
+    request, plan = state.request, state.plan
+    dry_run = request.dry_run
+    started = state.started_at or now.isoformat()
+    execution = state.execution or ""
     return LedgerRecord(
-        instance_id=state["instance_id"],
+        instance_id=state.instance_id,
         record_key=f"{started}#{execution.rsplit(':', 1)[-1]}",
         execution=execution,
-        model=request.get("model"),
-        deploy_model=(plan or {}).get("deploy_model"),
+        model=request.model,
+        deploy_model=plan.deploy_model if plan else None,
         dry_run=dry_run,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome="planned" if outcome == "succeeded" and dry_run else outcome,
         started_at=started,
         finished_at=now.isoformat(),
         instance_type=instance_type,
         cost_per_hour_usd=ON_DEMAND_USD_PER_HOUR.get(instance_type),
-        action=(plan or {}).get("action"),
-        quantization=(plan or {}).get("quantization"),
-        port=(plan or {}).get("port"),
-        endpoints=(plan or {}).get("endpoints") or {},
-        previous=(steps.get("previous") or {}).get("result"),
-        steps={key: _timing(command) for key, command in steps.items() if isinstance(command, dict)},
-        results={key: command.get("result") for key, command in steps.items() if isinstance(command, dict)},
-        plan=plan,
-        error=failure.get("Error"),
-        cause=failure.get("Cause"),
+        action=plan.action if plan else None,
+        quantization=str(plan.quantization) if plan else None,
+        port=plan.port if plan else None,
+        endpoints=plan.endpoints.model_dump() if plan else {},
+        previous=state.result("snapshot_previous"),
+        steps={key: _timing(command) for key, command in state.steps.items()},
+        results={key: command.result for key, command in state.steps.items()},
+        plan=plan.model_dump(mode="json") if plan else None,
+        error=state.failure.Error if state.failure else None,
+        cause=state.failure.Cause if state.failure else None,
     )
 
 

@@ -76,8 +76,13 @@ _WEIGHT_INDEXES: dict[str, WeightFormat] = {
     "pytorch_model.bin.index.json": "torch",
 }
 _CONFIG_FILES = frozenset(
-    {"config.json", "generation_config.json", "adapter_config.json", "quantize_config.json",
-     "preprocessor_config.json"}
+    {
+        "config.json",
+        "generation_config.json",
+        "adapter_config.json",
+        "quantize_config.json",
+        "preprocessor_config.json",
+    }
 )
 
 
@@ -372,9 +377,7 @@ def _read_json(reader: S3Reader, key: str, size: int) -> dict[str, Any]:
     return document
 
 
-def _read_headers(
-    reader: S3Reader, files: list[ObjectInfo], workers: int
-) -> list[SafetensorsHeader]:
+def _read_headers(reader: S3Reader, files: list[ObjectInfo], workers: int) -> list[SafetensorsHeader]:
     if len(files) <= 1 or workers <= 1:
         return [read_header(reader, f.key, f.size) for f in files]
     with ThreadPoolExecutor(max_workers=min(workers, len(files))) as pool:
@@ -425,7 +428,7 @@ def _select_weights(
 
 def _list_model(reader: S3Reader, model_prefix: str) -> dict[str, ObjectInfo]:
     return {
-        obj.key[len(model_prefix):]: obj
+        obj.key[len(model_prefix) :]: obj
         for obj in reader.list_objects(model_prefix)
         if not obj.key.endswith("/") and obj.key != model_prefix
     }
@@ -492,7 +495,8 @@ def _read_one(
         skipped_bytes = sum(f.bytes for f in skipped)
         warnings.append(
             f"not syncing {len(skipped)} file(s) the runtime does not load "
-            f"({skipped_bytes / (1 << 30):.1f} GiB): " + ", ".join(f.path for f in skipped[:4])
+            f"({skipped_bytes / (1 << 30):.1f} GiB): "
+            + ", ".join(f.path for f in skipped[:4])
             + (" ..." if len(skipped) > 4 else "")
         )
 

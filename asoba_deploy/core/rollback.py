@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from asoba_deploy.core.state import ExecutionState, Failure
 
-def _cause_text(cause: Any) -> str:
+
+def cause_text(cause: Any) -> str:
     # A Lambda error's Cause is the runtime's JSON; the message is what people need.
     if isinstance(cause, str):
         try:
@@ -18,21 +20,17 @@ def _cause_text(cause: Any) -> str:
     return str(cause)
 
 
-def explain(state: dict[str, Any]) -> dict[str, str]:
-    failure = state.get("failure") or {}
-    error = str(failure.get("Error") or "DeploymentFailed")
-    cause = _cause_text(failure.get("Cause", ""))
-    rollback_error = state.get("rollback_error")
-    if rollback_error:
-        restored = (
-            f"rollback FAILED too ({_cause_text(rollback_error.get('Cause', ''))}); inspect the instance"
-        )
+def explain(state: ExecutionState) -> dict[str, str]:
+    failure = state.failure or Failure()
+    cause = cause_text(failure.Cause)
+    if state.rollback_error is not None:
+        restored = f"rollback FAILED too ({cause_text(state.rollback_error.Cause)}); inspect the instance"
     else:
-        result = ((state.get("steps") or {}).get("rollback") or {}).get("result") or {}
+        result = state.result("rollback") or {}
         parts = []
         for key, label in (("restored", "restored"), ("started", "restarted"), ("removed", "removed")):
             value = result.get(key)
             if value:
                 parts.append(f"{label} {', '.join(map(str, value)) if isinstance(value, list) else value}")
         restored = "rolled back: " + ("; ".join(parts) if parts else "nothing needed restoring")
-    return {"Error": error, "Cause": f"{cause} -- {restored}"}
+    return {"Error": failure.Error, "Cause": f"{cause} -- {restored}"}

@@ -1,88 +1,93 @@
-"""Function configuration, read once from the environment the stack sets."""
+"""What every Lambda knows: the deployment's configuration and the stack's resources.
+
+The stack serializes one `Settings` into two environment variables (`to_environment`):
+ASOBA_DEPLOY (the context, `DeployConfig`) and ASOBA_STACK (what CloudFormation created).
+pydantic-settings reads them back; nothing is configured anywhere else.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from asoba_deploy.core.config import DeployConfig, InstanceRoots, StepBudgets
+
+ENV_PREFIX = "ASOBA_"
 
 
-class InstanceRoots(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class StackResources(BaseModel):
+    """Names of what the stack created, known only after synthesis (CloudFormation tokens)."""
 
-    models_root: str = "/opt/models"
-    runtime_root: str = "/opt/asoba-inference"
-    unit_dir: str = "/etc/systemd/system"
-    env_dir: str = "/etc/asoba-inference"
-    profile_dir: str = "/etc/profile.d"
-    state_dir: str = "/var/lib/asoba-inference"
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class StepBudgets(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    collect_resources: int = 120
-    snapshot_previous: int = 120
-    stop_flux: int = 180
-    sync: int = 3600
-    install: int = 1800
-    health_check: int = 300
-    health_check_per_gb: int = 20
-    rollback: int = 600
-    check_instance: int = 300
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    instance_ids: list[str] = Field(min_length=1)
-    instance_type: str = "g5.4xlarge"
-    model_bucket: str
-    model_prefix: str = ""
-    documents: dict[str, str] = Field(default_factory=dict)
+    documents: dict[str, str] = Field(default_factory=dict)  # document stem -> SSM document name
     lock_table: str = ""
     ledger_table: str = ""
     runtime_bundle_uri: str = ""
     command_log_group: str = ""
-    instance_roots: InstanceRoots = Field(default_factory=InstanceRoots)
-    base_python: str = "/usr/bin/python3"
-    step_budgets: StepBudgets = Field(default_factory=StepBudgets)
-    poll_seconds: int = 5
-    flux_service: str = "flux-api.service"
-    service_user: str = "ubuntu"
-    coexist_port: int = 8001
     state_machine_name: str = ""
+    catalog_key: str = "catalog.json"  # relative to the model prefix
 
-    @field_validator("instance_ids", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part for part in value.split(",") if part]
-        return value
 
-    @field_validator("documents", "instance_roots", "step_budgets", mode="before")
-    @classmethod
-    def _json(cls, value: object) -> object:
-        return json.loads(value) if isinstance(value, str) else value
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        fields = {name: environ[name.upper()] for name in cls.model_fields if name.upper() in environ}
-        return cls.model_validate(fields)
+    deploy: DeployConfig
+    stack: StackResources = Field(default_factory=StackResources)
+
+    def to_environment(self) -> dict[str, str]:
+        """The Lambda environment that reads back as this object."""
+        return {
+            f"{ENV_PREFIX}DEPLOY": self.deploy.model_dump_json(exclude_none=True),
+            f"{ENV_PREFIX}STACK": self.stack.model_dump_json(),
+        }
+
+    # Shortcuts for what the steps read most.
+    @property
+    def instance_ids(self) -> list[str]:
+        return list(self.deploy.instance_ids)
+
+    @property
+    def model_bucket(self) -> str:
+        return self.deploy.model_bucket
+
+    @property
+    def model_prefix(self) -> str:
+        return self.deploy.model_prefix
+
+    @property
+    def instance_roots(self) -> InstanceRoots:
+        return self.deploy.instance_roots
+
+    @property
+    def step_budgets(self) -> StepBudgets:
+        return self.deploy.step_budgets
+
+    @property
+    def flux_service(self) -> str:
+        return self.deploy.flux_service
+
+    @property
+    def coexist_port(self) -> int:
+        return self.deploy.thresholds.coexist_port
+
+    @property
+    def poll_seconds(self) -> int:
+        return self.deploy.poll_interval_seconds
 
     def document(self, stem: str) -> str:
-        return self.documents.get(stem, stem)
+        """The SSM document name the stack gave `ssm_documents/<stem>.yaml`."""
+        return self.stack.documents.get(stem, stem)
 
 
-@lru_cache(maxsize=1)
-def _cached(key: tuple[tuple[str, str], ...]) -> Settings:
-    return Settings.from_environ(dict(key))
+@lru_cache(maxsize=8)
+def _cached(deploy: str, stack: str) -> Settings:
+    return Settings()
 
 
 def settings() -> Settings:
     """The settings of this invocation's environment (cached per distinct environment)."""
-    relevant = tuple(sorted((k, v) for k, v in os.environ.items() if k.isupper()))
-    return _cached(relevant)
+    return _cached(os.environ.get(f"{ENV_PREFIX}DEPLOY", ""), os.environ.get(f"{ENV_PREFIX}STACK", ""))

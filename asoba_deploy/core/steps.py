@@ -25,28 +25,28 @@ allowedPattern checks it again on the SSM side.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from asoba_deploy.core import errors
+from asoba_deploy.core.config import RUNTIME_UNIT
 from asoba_deploy.core.errors import CommandFailed, DeployError, SyncFailed
+from asoba_deploy.core.planner import Plan
 from asoba_deploy.core.settings import Settings
+from asoba_deploy.core.state import ExecutionState
 
-State = dict[str, Any]
 GB = 1024**3
+Parameters = Callable[[Settings, ExecutionState], dict[str, str]]
 
 
-def _plan(state: State) -> dict[str, Any]:
-    plan = state.get("plan")
-    if not isinstance(plan, dict):
+def _plan(state: ExecutionState) -> Plan:
+    if state.plan is None:
         raise CommandFailed("this step needs the plan in $.plan")
-    return plan
+    return state.plan
 
 
-RUNTIME_UNIT = "asoba-inference.service"
-
-# Document parameter -> where that root lives on the instance (core.settings.InstanceRoots).
+# Document parameter -> where that root lives on the instance (config.InstanceRoots).
 ROOT_PARAMETERS = {
     "ModelsRoot": "models_root",
     "RuntimeRoot": "runtime_root",
@@ -65,53 +65,53 @@ def _units(config: Settings) -> dict[str, str]:
     return {"FluxUnit": config.flux_service, "ServiceUnit": RUNTIME_UNIT}
 
 
-def collect_parameters(config: Settings, state: State) -> dict[str, str]:
+def collect_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {**_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"), **_units(config)}
 
 
-def snapshot_parameters(config: Settings, state: State) -> dict[str, str]:
+def snapshot_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {
         **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         **_units(config),
     }
 
 
-def stop_parameters(config: Settings, state: State) -> dict[str, str]:
-    units = _plan(state).get("stop_services") or [config.flux_service]
+def stop_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+    units = _plan(state).stop_services or [config.flux_service]
     return {"Unit": str(units[0]), "WaitSeconds": str(max(10, config.step_budgets.stop_flux - 30))}
 
 
-def sync_parameters(config: Settings, state: State) -> dict[str, str]:
+def sync_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     plan = _plan(state)
     return {
-        "ModelName": plan["deploy_model"],
-        "SourceUri": plan["source_uri"],
+        "ModelName": plan.deploy_model,
+        "SourceUri": plan.source_uri,
         **_roots(config, "ModelsRoot", "RuntimeRoot"),
     }
 
 
-def install_parameters(config: Settings, state: State) -> dict[str, str]:
+def install_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     plan = _plan(state)
     return {
-        "RuntimeBundleUri": config.runtime_bundle_uri,
-        "ModelName": plan["deploy_model"],
-        "ModelPath": plan["model_path"],
-        "Port": str(plan["port"]),
-        "Quantization": plan["quantization"],
-        "Dtype": str(plan.get("dtype") or "auto"),
-        "ContextTokens": str(plan.get("context_tokens") or 4096),
-        "BasePython": config.base_python,
+        "RuntimeBundleUri": config.stack.runtime_bundle_uri,
+        "ModelName": plan.deploy_model,
+        "ModelPath": plan.model_path,
+        "Port": str(plan.port),
+        "Quantization": str(plan.quantization),
+        "Dtype": str(plan.dtype or "auto"),
+        "ContextTokens": str(plan.context_tokens or 4096),
+        "BasePython": config.deploy.base_python,
         **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         "ServiceUnit": RUNTIME_UNIT,
-        "ServiceUser": config.service_user,
+        "ServiceUser": config.deploy.service_user,
     }
 
 
-def health_parameters(config: Settings, state: State) -> dict[str, str]:
-    return {"Port": str(_plan(state)["port"])}
+def health_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+    return {"Port": str(_plan(state).port)}
 
 
-def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
+def rollback_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     # Flux is restarted from what snapshot-previous recorded, so no Flux unit here.
     return {
         **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
@@ -119,35 +119,35 @@ def rollback_parameters(config: Settings, state: State) -> dict[str, str]:
     }
 
 
-def validate_parameters(config: Settings, state: State) -> dict[str, str]:
+def check_instance_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {
         "S3Uri": f"s3://{config.model_bucket}/{config.model_prefix}",
         "Port": str(config.coexist_port),
-        "BasePython": config.base_python,
+        "BasePython": config.deploy.base_python,
         **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
         **_units(config),
     }
 
 
-def undeploy_parameters(config: Settings, state: State) -> dict[str, str]:
-    """`state["restore_flux"]`: start Flux again afterwards."""
+def undeploy_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+    """`state.restore_flux`: start Flux again afterwards."""
     return {
         **_roots(config, "RuntimeRoot", "StateDir", "UnitDir", "EnvDir", "ProfileDir"),
         "ServiceUnit": RUNTIME_UNIT,
         "FluxUnit": config.flux_service,
-        "StartFlux": "true" if state.get("restore_flux") else "false",
+        "StartFlux": "true" if state.restore_flux else "false",
     }
 
 
-def sync_expectation(config: Settings, state: State) -> dict[str, Any]:
+def sync_expectation(config: Settings, state: ExecutionState) -> dict[str, Any]:
     """The model folder as the plan saw it: a sync that finds anything else is stale."""
     plan = _plan(state)
-    prefix = plan["source_uri"].split("/", 3)[3]
-    keys = [f for f in plan.get("files", []) if str(f.get("key", "")).startswith(prefix)]
-    skipped = [k for k in plan.get("skipped_files", []) if str(k).startswith(prefix)]
+    prefix = plan.source_uri.split("/", 3)[3]
+    keys = [f for f in plan.files if f.key.startswith(prefix)]
+    skipped = [k for k in plan.skipped_files if k.startswith(prefix)]
     return {
         "files": len(keys) + len(skipped),
-        "bytes": sum(int(f["bytes"]) for f in keys) + (int(plan.get("skipped_bytes") or 0) if skipped else 0),
+        "bytes": sum(f.bytes for f in keys) + (plan.skipped_bytes if skipped else 0),
     }
 
 
@@ -160,10 +160,9 @@ def check_sync(result: dict[str, Any], expect: dict[str, Any]) -> None:
         )
 
 
-def health_budget(config: Settings, state: State) -> int:
+def health_budget(config: Settings, state: ExecutionState) -> int:
     """Loading takes longer for bigger models: base + per GB of weights."""
-    plan = state.get("plan") or {}
-    gigabytes = float(plan.get("total_bytes") or 0) / GB
+    gigabytes = float(state.plan.total_bytes if state.plan else 0) / GB
     budgets = config.step_budgets
     return int(budgets.health_check + budgets.health_check_per_gb * gigabytes)
 
@@ -197,14 +196,14 @@ class Grant(StrEnum):
 class InstanceStep:
     """How a step acts on the instance: its document's parameters and its budget."""
 
-    parameters: Callable[[Settings, State], dict[str, str]]
-    budget: Callable[[Settings, State], int]
+    parameters: Parameters
+    budget: Callable[[Settings, ExecutionState], int]
     # The health check runs its document again while the runtime is still loading.
     resend_while: tuple[str, ...] = ()
     # Refuse at once when SSM says the agent is not online (the scheduled check).
     require_online: bool = False
     # What a successful result must show, computed at send time and checked at the end.
-    expect: Callable[[Settings, State], dict[str, Any]] | None = None
+    expect: Callable[[Settings, ExecutionState], dict[str, Any]] | None = None
     check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
 
@@ -250,7 +249,7 @@ class Step:
         return f"$.steps.{self.key}"
 
 
-def _budget(name: str) -> Callable[[Settings, State], int]:
+def _budget(name: str) -> Callable[[Settings, ExecutionState], int]:
     return lambda config, state: int(getattr(config.step_budgets, name))
 
 
@@ -280,7 +279,7 @@ STEPS: dict[str, Step] = _registry(
         Phase.CHECK,
         "Scheduled check of the instance: S3, agent, resources, services, runtime",
         errors.CheckInstanceFailed,
-        InstanceStep(validate_parameters, _budget("check_instance"), require_online=True),
+        InstanceStep(check_instance_parameters, _budget("check_instance"), require_online=True),
         grants=frozenset({Grant.READ_MODELS, Grant.SEE_INSTANCES}),
     ),
     Step(

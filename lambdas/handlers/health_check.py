@@ -1,11 +1,11 @@
-"""The health instance step: send its SSM document, then poll it (see core/steps.py)."""
+"""The health-check step: send its SSM document, then poll it (asoba_deploy.core.steps)."""
 
 from __future__ import annotations
 
 from aws_lambda_powertools import Logger, Tracer
 
-from handlers.instance_step import make_handler
+from asoba_deploy.core.instance_step import instance_step_handler
 
 logger = Logger()
 tracer = Tracer()
-handler = make_handler("health", logger, tracer)
+handler = instance_step_handler("health-check", logger, tracer)

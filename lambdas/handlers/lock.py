@@ -1,4 +1,4 @@
-"""AcquireLock / ReleaseLock."""
+"""AcquireLock / ReleaseLock: at most one deployment per instance."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from asoba_deploy.core import aws, lock
-from asoba_deploy.core.errors import InvalidInput
 from asoba_deploy.core.settings import settings
+from asoba_deploy.core.state import AcquireEvent, LockEvent, parse_event
 
 logger = Logger()
 
@@ -25,23 +25,22 @@ def _holder_running(execution_arn: str) -> bool:
 
 @logger.inject_lambda_context(correlation_id_path="state.execution_name")
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    config = settings()
-    state = event["state"]
-    instance_id, holder = state["instance_id"], state["execution"]
+    parsed = parse_event(LockEvent, event, what="lock event")
+    state = parsed.state
+    table = settings().stack.lock_table
     dynamodb = aws.client("dynamodb")
-    if event["action"] == "acquire":
+    holder = state.execution or ""
+    if isinstance(parsed, AcquireEvent):
         result = lock.acquire(
             dynamodb,
-            config.lock_table,
-            instance_id=instance_id,
+            table,
+            instance_id=state.instance_id,
             holder=holder,
-            model=state["request"].get("model") or "",
+            model=state.request.model or "",
             now=time.time(),
             holder_running=_holder_running,
         )
-    elif event["action"] == "release":
-        result = lock.release(dynamodb, config.lock_table, instance_id=instance_id, holder=holder)
     else:
-        raise InvalidInput(f"lock action must be acquire or release, got {event['action']!r}")
+        result = lock.release(dynamodb, table, instance_id=state.instance_id, holder=holder)
     logger.info("lock", extra=result)
     return result

@@ -31,7 +31,9 @@ from typing import Any
 import yaml
 
 from local.sandbox import agent
-from local.sandbox.shims import _sandboxlib as shimlib
+from local.sandbox.shims.lib.common import log_path, read_gpu_config
+from local.sandbox.shims.lib.systemctl import kill_unit, main_pid, properties
+from local.sandbox.shims.lib.systemd import known_units
 
 SHIMS = Path(__file__).resolve().parent / "shims"
 GPU_SHIMS = SHIMS / "gpu"
@@ -258,7 +260,7 @@ class Sandbox:
     def set_gpu_claim(self, unit: str, mib: int, *, linger_s: float | None = 0.0) -> None:
         """While ``unit`` runs, nvidia-smi lists its main PID holding ``mib`` MiB; after it stops, for
         ``linger_s`` more seconds (None: forever, as a driver that never gives memory back)."""
-        config = shimlib.read_gpu_config(self.root)
+        config = read_gpu_config(self.root)
         claims = dict(config.get("claims", {}))
         claims[unit] = {"mib": int(mib), "linger_s": linger_s}
         self._write_gpu_config(**{**config, "claims": claims})
@@ -275,18 +277,18 @@ class Sandbox:
     def processes(self) -> dict[str, int]:
         """Units that run now: unit name -> MainPID."""
         running = {}
-        for unit in shimlib.known_units(self.root):
-            pid = shimlib.main_pid(self.root, unit)
+        for unit in known_units(self.root):
+            pid = main_pid(self.root, unit)
             if pid:
                 running[unit] = pid
         return running
 
     def unit_state(self, unit: str) -> dict[str, str]:
-        return shimlib.properties(self.root, unit)
+        return properties(self.root, unit)
 
     def journal(self, unit: str) -> str:
         try:
-            return shimlib.log_path(self.root, unit).read_text(errors="replace")
+            return log_path(self.root, unit).read_text(errors="replace")
         except OSError:
             return ""
 
@@ -328,8 +330,8 @@ class Sandbox:
     def close(self) -> None:
         """Forget the instance and kill every process the sandbox started (units, scripts)."""
         agent.unregister(self.instance_id)
-        for unit in shimlib.known_units(self.root):
-            shimlib.kill_unit(self.root, unit)
+        for unit in known_units(self.root):
+            kill_unit(self.root, unit)
 
     def __enter__(self) -> Sandbox:
         return self

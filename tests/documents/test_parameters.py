@@ -12,8 +12,8 @@ from moto.ssm.models import ssm_backends
 
 from local.sandbox import Sandbox
 from local.sandbox.documents import document_content, document_names
-from tests.fixtures import REGION, Aws
 from local.sandbox.validation import InvalidParameters, resolve_parameters
+from tests.fixtures import REGION, Aws
 
 HOSTILE = [
     "../../etc/passwd",
@@ -193,8 +193,6 @@ def test_model_names_with_dot_dot_pass_the_pattern_but_not_the_script(
     from local.sandbox.documents import run_document
 
     sandbox = make_sandbox()
-    run = run_document(
-        aws.ssm, sandbox, "sync", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/"
-    )
+    run = run_document(aws.ssm, sandbox, "sync", ModelName="a..b", SourceUri=f"s3://{aws.bucket}/models/x/")
     assert run.status == "Failed"
     assert run.result == {"ok": False, "error": "model name must not contain '..': a..b"}

@@ -86,10 +86,7 @@ def test_sync_follows_changes_in_s3(aws: Aws, make_sandbox: Callable[..., Sandbo
     # Given a synced model whose S3 copy then changes: one shard rewritten, one file gone, one new
     sandbox = make_sandbox()
     source = upload_model(aws, "models/changing", MODEL)
-    assert (
-        run_document(aws.ssm, sandbox, "sync", ModelName="changing", SourceUri=source).status
-        == "Success"
-    )
+    assert run_document(aws.ssm, sandbox, "sync", ModelName="changing", SourceUri=source).status == "Success"
     changed = dict(MODEL)
     changed["model-00002-of-00002.safetensors"] = os.urandom(150_000)
     del changed["extra/notes.txt"]

@@ -99,9 +99,9 @@ def test_catalog_variant_and_conventional_awq_folder(moto_s3: Any, tmp_path: Pat
     policy = Policy(quantize_above_bytes=1)
     result = plan(manifest, seed_snapshot(), DeployRequest(model="gen"), policy)
     assert (result.quantization, result.deploy_model) == ("awq", "gen-awq")
-    # And PREFER_AWQ_VARIANT=false turns that off
-    result = plan(manifest, seed_snapshot(), DeployRequest(model="gen"), Policy.from_env(
-        {"QUANTIZE_ABOVE_GIB": "0", "PREFER_AWQ_VARIANT": "false"}))
+    # And prefer_awq_variant=False turns that off
+    no_variant = Policy(quantize_above_bytes=0, prefer_awq_variant=False)
+    result = plan(manifest, seed_snapshot(), DeployRequest(model="gen"), no_variant)
     assert (result.quantization, result.deploy_model) == ("bnb-4bit", "gen")
 
     # A folder named like a variant that is not AWQ is ignored with a warning

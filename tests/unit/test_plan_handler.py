@@ -7,13 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from asoba_deploy.core.errors import InvalidInput, ModelNotFound
-from handlers import plan as plan_handler
+from asoba_deploy.core.config import DeployConfig, InstanceRoots, Thresholds
+from asoba_deploy.core.settings import Settings
+from lambdas.handlers import plan as plan_handler
 from tests.unit.conftest import SeedBucket
 from tests.unit.planner_support import seed_snapshot
 
-ENV = {"MODEL_BUCKET": "asoba-llm-cache", "MODEL_PREFIX": "seed"}
+DEPLOY = DeployConfig(
+    instance_ids=["i-0123456789abcdef0"], model_bucket="asoba-llm-cache", model_prefix="seed/"
+)
+CONFIG = Settings(deploy=DEPLOY)
 
 
 def event(model: str, **request: Any) -> dict[str, Any]:
@@ -35,7 +41,7 @@ class FakeContext:
 
 
 def test_plan_event_returns_the_plan_as_json(seed_bucket: SeedBucket) -> None:
-    result = plan_handler.plan_event(event("qwen3-14b"), seed_bucket.client, ENV)
+    result = plan_handler.plan_event(event("qwen3-14b"), seed_bucket.client, CONFIG)
     assert json.loads(json.dumps(result)) == result
     assert result["model"] == "qwen3-14b"
     assert result["deploy_model"] == "qwen3-14b-awq"
@@ -43,26 +49,43 @@ def test_plan_event_returns_the_plan_as_json(seed_bucket: SeedBucket) -> None:
     assert result["stop_services"] == ["flux-api.service"]
     assert result["fits"] is True
     assert result["source_uri"] == "s3://asoba-llm-cache/seed/qwen3-14b-awq/"
-    for key in ("files", "bytes_to_transfer", "gpu", "ram", "disk", "reasons", "warnings", "endpoints",
-                "unit", "model_path", "context_tokens", "dtype"):
+    for key in (
+        "files",
+        "bytes_to_transfer",
+        "gpu",
+        "ram",
+        "disk",
+        "reasons",
+        "warnings",
+        "endpoints",
+        "unit",
+        "model_path",
+        "context_tokens",
+        "dtype",
+    ):
         assert key in result
 
 
-def test_policy_comes_from_the_environment(seed_bucket: SeedBucket) -> None:
-    env = {**ENV, "REPLACE_PORT": "9000", "MODELS_ROOT": "/srv/models"}
-    result = plan_handler.plan_event(event("deepseek-r1-8b"), seed_bucket.client, env)
+def test_policy_comes_from_the_configuration(seed_bucket: SeedBucket) -> None:
+    deploy = DEPLOY.model_copy(
+        update={
+            "thresholds": Thresholds(replace_port=9000),
+            "instance_roots": InstanceRoots(models_root="/srv/models"),
+        }
+    )
+    result = plan_handler.plan_event(event("deepseek-r1-8b"), seed_bucket.client, Settings(deploy=deploy))
     assert result["port"] == 9000
     assert result["model_path"] == "/srv/models/deepseek-r1-8b"
 
 
 def test_not_fitting_is_a_result_not_an_error(seed_bucket: SeedBucket) -> None:
-    result = plan_handler.plan_event(event("llama-3-70b"), seed_bucket.client, ENV)
+    result = plan_handler.plan_event(event("llama-3-70b"), seed_bucket.client, CONFIG)
     assert result["fits"] is False and result["shortfalls"]
 
 
 def test_handler_uses_the_shared_s3_client(seed_bucket: SeedBucket, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plan_handler.aws, "client", lambda service: seed_bucket.client)
-    for name, value in ENV.items():
+    for name, value in CONFIG.to_environment().items():
         monkeypatch.setenv(name, value)
     result = plan_handler.handler(event("mistral_iac_generation"), FakeContext())  # type: ignore[arg-type]
     assert (result["action"], result["port"]) == ("coexist", 8001)
@@ -82,9 +105,12 @@ def test_bad_events(seed_bucket: SeedBucket, mutate: Any, error: type[Exception]
     bad = event("deepseek-r1-8b")
     mutate(bad)
     with pytest.raises(error, match=match):
-        plan_handler.plan_event(bad, seed_bucket.client, ENV)
+        plan_handler.plan_event(bad, seed_bucket.client, CONFIG)
 
 
-def test_missing_bucket_env_is_invalid_input(seed_bucket: SeedBucket) -> None:
-    with pytest.raises(InvalidInput, match="model_bucket"):
-        plan_handler.plan_event(event("deepseek-r1-8b"), seed_bucket.client, {})
+def test_missing_settings_are_refused_before_any_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASOBA_DEPLOY", raising=False)
+    monkeypatch.delenv("ASOBA_STACK", raising=False)
+    monkeypatch.setattr(plan_handler.aws, "client", lambda service: pytest.fail("no AWS call expected"))
+    with pytest.raises(ValidationError, match="deploy"):
+        plan_handler.handler(event("deepseek-r1-8b"), FakeContext())  # type: ignore[arg-type]

@@ -1,48 +1,94 @@
-"""Every instance step sends only parameters its document declares, and all it requires."""
+"""The step registry: one name per step, and every instance step sends only what its
+document declares, and all it requires."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from asoba_deploy.core.settings import Settings
-from asoba_deploy.core.steps import STEPS, health_budget
+from asoba_deploy.core import errors
+from asoba_deploy.core.config import DeployConfig
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.planner import Plan
+from asoba_deploy.core.settings import Settings, StackResources
+from asoba_deploy.core.state import ExecutionState
+from asoba_deploy.core.steps import STEPS, Phase, health_budget, instance_steps, phase
+from lambdas.handlers import plan as plan_handler
+from tests.unit.conftest import SeedBucket
+from tests.unit.planner_support import seed_snapshot
 
-DOCUMENTS = Path(__file__).resolve().parents[2] / "ssm_documents"
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = ROOT / "ssm_documents"
 
 CONFIG = Settings(
-    instance_ids=["i-0123456789abcdef0"],
-    model_bucket="asoba-llm-cache",
-    runtime_bundle_uri="s3://cdk-hnb659fds-assets-123456789012-us-west-2/abc123.zip",
+    deploy=DeployConfig(
+        instance_ids=["i-0123456789abcdef0"], model_bucket="asoba-llm-cache", model_prefix="seed/"
+    ),
+    stack=StackResources(runtime_bundle_uri="s3://cdk-hnb659fds-assets-123456789012-us-west-2/abc123.zip"),
 )
-STATE: dict[str, Any] = {
-    "instance_id": "i-0123456789abcdef0",
-    "plan": {
-        "deploy_model": "qwen3-14b-awq",
-        "source_uri": "s3://asoba-llm-cache/qwen3-14b-awq/",
-        "model_path": "/opt/models/qwen3-14b-awq",
-        "port": 8000,
-        "quantization": "awq",
-        "dtype": "float16",
-        "context_tokens": 4096,
-        "stop_services": ["flux-api.service"],
-        "total_bytes": 10 * 1024**3,
-    },
-}
 
 
-@pytest.mark.parametrize("step", sorted(STEPS))
-def test_parameters_match_the_document(step: str) -> None:
-    spec = STEPS[step]
-    declared = yaml.safe_load((DOCUMENTS / f"{spec.document}.yaml").read_text())["parameters"]
-    sent = spec.parameters(CONFIG, STATE)
-    assert set(sent) <= set(declared), f"{spec.document} does not declare {set(sent) - set(declared)}"
+@pytest.fixture(scope="module")
+def qwen_plan(seed_bucket: SeedBucket) -> Plan:
+    event = {"request": {"model": "qwen3-14b"}, "snapshot": seed_snapshot().model_dump(mode="json")}
+    return Plan.model_validate(plan_handler.plan_event(event, seed_bucket.client, CONFIG))
+
+
+def state_with(plan: Plan) -> ExecutionState:
+    return ExecutionState(
+        request=DeployRequest(model=plan.model), instance_id="i-0123456789abcdef0", plan=plan
+    )
+
+
+def test_every_spelling_derives_from_the_name() -> None:
+    stop = STEPS["stop-flux"]
+    assert (stop.label, stop.key, stop.function_id, stop.handler) == (
+        "StopFlux",
+        "stop_flux",
+        "StopFlux",
+        "handlers.stop_flux.handler",
+    )
+    assert (stop.document, stop.result_path, stop.error) == (
+        "stop-flux",
+        "$.steps.stop_flux",
+        errors.StopFluxFailed,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_every_step_has_its_handler_file_and_its_test(name: str) -> None:
+    step = STEPS[name]
+    handler = ROOT / "lambdas" / "handlers" / f"{step.key}.py"
+    assert handler.is_file() == step.has_function, handler
+    if step.document is not None:
+        assert (DOCUMENTS / f"{step.document}.yaml").is_file()
+        tests = list((ROOT / "tests").rglob(f"test_{step.key}.py"))
+        assert tests, f"no tests/**/test_{step.key}.py for the {name} step"
+
+
+@pytest.mark.parametrize("step", instance_steps(), ids=lambda s: s.name)
+def test_instance_step_errors_are_named_for_their_step(step: object) -> None:
+    assert step.error.__name__ == f"{step.label}Failed"  # type: ignore[attr-defined]
+    assert issubclass(step.error, errors.CommandFailed)  # type: ignore[attr-defined]
+
+
+def test_phases_that_take_one_step_have_one() -> None:
+    for which in (Phase.INPUT, Phase.CHECK, Phase.LOCK, Phase.PLAN, Phase.UNDO, Phase.RECORD):
+        assert len(phase(which)) == 1, which
+
+
+@pytest.mark.parametrize("step", instance_steps(), ids=lambda s: s.name)
+def test_parameters_match_the_document(step: object, qwen_plan: Plan) -> None:
+    spec = step.instance  # type: ignore[attr-defined]
+    document = step.document  # type: ignore[attr-defined]
+    declared = yaml.safe_load((DOCUMENTS / f"{document}.yaml").read_text())["parameters"]
+    sent = spec.parameters(CONFIG, state_with(qwen_plan))
+    assert set(sent) <= set(declared), f"{document} does not declare {set(sent) - set(declared)}"
     required = {name for name, p in declared.items() if "default" not in p}
-    assert required <= set(sent), f"{spec.document} requires {required - set(sent)}"
+    assert required <= set(sent), f"{document} requires {required - set(sent)}"
     for name, value in sent.items():
         rule = declared[name]
         if "allowedValues" in rule:
@@ -51,7 +97,7 @@ def test_parameters_match_the_document(step: str) -> None:
             assert re.fullmatch(rule["allowedPattern"], value), (name, value)
 
 
-def test_health_budget_grows_with_model_size() -> None:
-    small = health_budget(CONFIG, {"plan": {"total_bytes": 1024**3}})
-    large = health_budget(CONFIG, {"plan": {"total_bytes": 30 * 1024**3}})
+def test_health_budget_grows_with_model_size(qwen_plan: Plan) -> None:
+    small = health_budget(CONFIG, state_with(qwen_plan.model_copy(update={"total_bytes": 1024**3})))
+    large = health_budget(CONFIG, state_with(qwen_plan.model_copy(update={"total_bytes": 30 * 1024**3})))
     assert large - small == 29 * CONFIG.step_budgets.health_check_per_gb

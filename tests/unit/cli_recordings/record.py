@@ -1,10 +1,10 @@
 """Re-record the executions tests/unit/test_cli.py replays (run when the state machine changes).
 
-    .venv/bin/python -m tests.unit.cli_recordings.record
+    .venv/bin/python -m tests.unit.cli_recordings.record      (from the repository root)
 
-Brings up the local environment (tests/emulator/environment.py), runs a dry run, a deploy and
-three failures (unknown model, a plan that does not fit, a runtime that cannot load and is
-rolled back), and writes each history trimmed to what the CLI reads.
+Brings up the local cloud (local/environment.py), runs a dry run, a deploy and three failures
+(unknown model, a plan that does not fit, a runtime that cannot load and is rolled back), and
+writes each history trimmed to what the CLI reads.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from local.environment import LocalEnvironment
+from local.executions import run_execution
+from local.models import build_tiny_model
+
 HERE = Path(__file__).resolve().parent
-PROJECT_ROOT = HERE.parents[2]
-if str(PROJECT_ROOT / "lambdas") not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT / "lambdas"))
 PLUMBING_OUTPUTS = ("RecordDeployment", "ReleaseLock", "RecordFailure", "ReleaseLockAfterFailure")
 
 
@@ -72,10 +73,6 @@ def trim(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    from local.environment import LocalEnvironment
-    from local.executions import run_execution
-    from local.models import build_tiny_model
-
     workdir = Path(tempfile.mkdtemp(prefix="cli-recordings-"))
     env = LocalEnvironment.start(workdir)
     try:

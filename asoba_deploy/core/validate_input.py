@@ -1,4 +1,4 @@
-"""Pre-flight checks of the Validate step: the model is in the bucket, the instance runs."""
+"""Pre-flight checks of the validate-input step: the model is in the bucket, the instance runs."""
 
 from __future__ import annotations
 

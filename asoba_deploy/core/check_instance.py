@@ -1,4 +1,4 @@
-"""Turn the validate document's report into metrics and a verdict."""
+"""Turn the check-instance document's report into metrics and a verdict."""
 
 from __future__ import annotations
 
@@ -40,4 +40,4 @@ def error_class(name: str) -> type[errors.DeployError]:
     found = getattr(errors, name, None)
     if isinstance(found, type) and issubclass(found, errors.DeployError):
         return found
-    return errors.ValidationFailed
+    return errors.CheckInstanceFailed

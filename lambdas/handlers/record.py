@@ -9,16 +9,18 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from asoba_deploy.core import aws, ledger
 from asoba_deploy.core.settings import settings
+from asoba_deploy.core.state import RecordEvent, parse_event
 
 logger = Logger()
 
 
 @logger.inject_lambda_context(correlation_id_path="state.execution_name")
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    parsed = parse_event(RecordEvent, event, what="record event")
     config = settings()
     record = ledger.build_record(
-        event["state"], event["outcome"], instance_type=config.instance_type, now=ledger.utcnow()
+        parsed.state, parsed.outcome, instance_type=config.deploy.instance_type, now=ledger.utcnow()
     )
-    ledger.put(aws.client("dynamodb"), config.ledger_table, record)
+    ledger.put(aws.client("dynamodb"), config.stack.ledger_table, record)
     logger.info("recorded", extra={"outcome": record.outcome, "model": record.model})
     return record.model_dump(mode="json")

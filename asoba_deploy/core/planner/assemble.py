@@ -1,0 +1,76 @@
+"""`plan()`: validate the request, decide, explain, and put both into one `Plan`."""
+
+from __future__ import annotations
+
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.manifest import Manifest
+from asoba_deploy.core.planner.decide import Decision, decide
+from asoba_deploy.core.planner.explain import Explanation, explain
+from asoba_deploy.core.planner.models import Endpoints, Plan
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.snapshot import InstanceSnapshot
+
+
+def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest, policy: Policy) -> Plan:
+    """The deployment plan of `request` for `manifest` on the instance of `snapshot`."""
+    if request.model is None:
+        raise InvalidInput("planning needs a model (mode 'deploy')")
+    if request.model != manifest.name:
+        raise InvalidInput(f"the manifest is of {manifest.name!r}, the request asks for {request.model!r}")
+    decision = decide(manifest, snapshot, request, policy)
+    return _to_plan(manifest, policy, decision, explain(manifest, snapshot, request, policy, decision))
+
+
+def _endpoints(host: str, port: int) -> Endpoints:
+    return Endpoints(
+        status=f"http://{host}:{port}/status",
+        health=f"http://{host}:{port}/health",
+        generate=f"http://{host}:{port}/generate",
+        openai_base=f"http://{host}:{port}/v1",
+    )
+
+
+def _to_plan(manifest: Manifest, policy: Policy, decision: Decision, words: Explanation) -> Plan:
+    chosen = decision.chosen
+    option = chosen.option
+    deploy = option.deploy
+    base = deploy.base
+    deployed = [deploy] if base is None else [base, deploy]
+    root = policy.models_root.rstrip("/")
+    return Plan(
+        model=manifest.name,
+        deploy_model=deploy.name,
+        tier=manifest.catalog.tier if manifest.catalog else None,
+        in_catalog=manifest.catalog is not None,
+        source_uri=deploy.source_uri,
+        base_model=base.name if base else None,
+        base_source_uri=base.source_uri if base else None,
+        base_model_path=f"{root}/{base.name}" if base else None,
+        files=list(chosen.files),
+        total_bytes=sum(f.bytes for f in chosen.files),
+        bytes_to_transfer=chosen.disk.needed_bytes,
+        skipped_files=[f.key for m in deployed for f in m.skipped],
+        skipped_bytes=sum(f.bytes for m in deployed for f in m.skipped),
+        action=chosen.action,
+        stop_services=list(chosen.stop_services),
+        replaces_runtime=decision.replaces_runtime,
+        quantization=option.quantization,
+        prequantized=option.prequantized,
+        dtype=decision.dtype,
+        context_tokens=decision.tokens,
+        parameters=deploy.weights.parameters + (base.weights.parameters if base else 0),
+        port=chosen.port,
+        unit=policy.runtime_unit,
+        model_path=f"{root}/{deploy.name}",
+        models_root=root,
+        endpoints=_endpoints(policy.endpoint_host, chosen.port),
+        gpu=chosen.gpu,
+        ram=chosen.ram,
+        disk=chosen.disk,
+        fits=decision.fits,
+        reasons=words.reasons,
+        shortfalls=words.shortfalls,
+        warnings=words.warnings,
+        summary=words.summary,
+    )

@@ -1,0 +1,277 @@
+"""Deciding: the seed's rules, applied to the estimates.
+
+1. Action. Weights under `small_model_max_bytes` run beside Flux (`coexist`, the coexist port);
+   larger ones stop Flux (`replace`, the replace port). A small model that does not fit
+   beside Flux falls back to `replace` when `allow_stop_flux`; a large one with
+   `allow_stop_flux: false` is planned beside Flux and fits only if room is left.
+2. Quantization. `force_quantize` gives bnb-4bit; a pre-quantized checkpoint (AWQ, GPTQ,
+   bitsandbytes 4/8-bit) is loaded as stored. Otherwise the full unquantized GPU need is
+   compared with `quantize_above_bytes`: above it, the pre-quantized AWQ variant when the
+   bucket has one, else bnb-4bit on load; at or under it, `none` unless only a quantized
+   form fits (AWQ variant, then bnb-4bit).
+3. Fit. The first (action, option) whose GPU, RAM, disk and port checks all pass; else the
+   closest one, so the plan can say what is short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.manifest import Manifest
+from asoba_deploy.core.planner.estimate import (
+    Option,
+    disk_estimate,
+    gpu_need,
+    memory_estimate,
+    plan_files,
+    ram_need,
+)
+from asoba_deploy.core.planner.models import Action, DiskEstimate, Dtype, MemoryEstimate, PlanFile
+from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.snapshot import CachedModel, InstanceSnapshot, ServiceState
+
+# Which branch of rule 1 applied (explain words each one).
+ActionRule = Literal["small", "large-flux-idle", "large-stop-flux", "large-keep-flux"]
+# Which branch of rule 2 applied: a stored quantization (supported or not), forced, or by threshold.
+QuantRule = Literal["prequantized", "unsupported", "forced", "above", "within"]
+
+
+@dataclass(frozen=True)
+class ActionChoice:
+    rule: ActionRule
+    preferred: Action
+    actions: tuple[Action, ...]  # in the order they are tried
+    flux_active: bool
+
+
+@dataclass(frozen=True)
+class QuantChoice:
+    rule: QuantRule
+    options: tuple[Option, ...]  # in order of preference
+    awq: Option | None  # the AWQ variant, when the bucket has one and the policy prefers it
+    unquantized_need: int  # GPU bytes of the model unquantized
+    above: bool  # unquantized_need above the quantization threshold
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One (action, option) estimated against the instance, and which checks pass."""
+
+    action: Action
+    option: Option
+    port: int
+    stop_services: tuple[str, ...]
+    gpu: MemoryEstimate
+    ram: MemoryEstimate
+    disk: DiskEstimate
+    files: tuple[PlanFile, ...]
+    stale_copies: tuple[CachedModel, ...]  # cached copies matching nothing: all re-transferred
+    has_gpu: bool
+    ram_within_memory_max: bool
+    port_holders: tuple[str, ...]  # who keeps the port after the stops; empty: it is free
+
+    @property
+    def gpu_fits(self) -> bool:
+        return self.has_gpu and self.gpu.fits
+
+    @property
+    def ram_fits(self) -> bool:
+        return self.ram.fits and self.ram_within_memory_max
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_fits and self.ram_fits and self.disk.fits and not self.port_holders
+
+
+@dataclass(frozen=True)
+class Decision:
+    tokens: int  # the KV reserve, clamped to the model's maximum
+    action: ActionChoice
+    quantization: QuantChoice
+    chosen: Evaluation
+    dtype: Dtype
+    replaces_runtime: bool
+
+    @property
+    def fits(self) -> bool:
+        return self.quantization.rule != "unsupported" and self.chosen.fits
+
+
+def context_tokens(manifest: Manifest, request: DeployRequest) -> int:
+    maximum = manifest.shape.max_position_embeddings
+    return min(request.context_tokens, maximum) if maximum is not None else request.context_tokens
+
+
+def choose_action(
+    manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest, policy: Policy
+) -> ActionChoice:
+    flux = snapshot.service(policy.flux_unit)
+    flux_active = flux is not None and flux.active
+    rule: ActionRule
+    preferred: Action
+    if manifest.weight_bytes < policy.small_model_max_bytes:
+        rule, preferred = "small", "coexist"
+    elif not flux_active:
+        rule, preferred = "large-flux-idle", "replace"
+    elif request.allow_stop_flux:
+        rule, preferred = "large-stop-flux", "replace"
+    else:
+        rule, preferred = "large-keep-flux", "coexist"
+    actions: tuple[Action, ...] = (preferred,)
+    if rule == "small" and flux_active and request.allow_stop_flux:
+        actions += ("replace",)  # a small model that does not fit beside Flux may replace it
+    return ActionChoice(rule, preferred, actions, flux_active)
+
+
+def quantization_options(
+    manifest: Manifest, request: DeployRequest, policy: Policy, tokens: int
+) -> QuantChoice:
+    plain = Option("none", False, manifest)
+    bnb = Option("bnb-4bit", False, manifest)
+    variant = manifest.awq_variant if policy.prefer_awq_variant else None
+    awq = Option("awq", True, variant) if variant is not None else None
+    unquantized_need = sum(gpu_need(manifest, plain, tokens, policy).values())
+    above = unquantized_need > policy.quantize_above_bytes
+    rule: QuantRule
+    if manifest.quantization is not None:
+        kind = manifest.quantization.kind
+        rule = "unsupported" if kind is None else "prequantized"
+        options = [plain] if kind is None else [Option(kind, True, manifest)]
+    elif request.force_quantize:
+        rule, options = "forced", [bnb]
+    elif above:
+        rule, options = "above", ([awq] if awq else []) + [bnb]
+    else:
+        rule, options = "within", [plain] + ([awq] if awq else []) + [bnb]
+    return QuantChoice(rule, tuple(options), awq, unquantized_need, above)
+
+
+def stops_for(action: Action, snapshot: InstanceSnapshot, policy: Policy) -> tuple[str, ...]:
+    flux = snapshot.service(policy.flux_unit)
+    return (policy.flux_unit,) if action == "replace" and flux is not None and flux.active else ()
+
+
+def leaving_services(stops: Sequence[str], snapshot: InstanceSnapshot, policy: Policy) -> list[ServiceState]:
+    """The services whose memory and ports are freed: the stopped ones and the runtime unit."""
+    leaving = [s for s in (snapshot.service(u) for u in stops) if s is not None]
+    runtime = snapshot.service(policy.runtime_unit)
+    if runtime is not None:
+        leaving.append(runtime)  # the new deployment replaces the runtime unit in place
+    return leaving
+
+
+def port_for(request: DeployRequest, action: Action, policy: Policy) -> int:
+    return request.port or (policy.coexist_port if action == "coexist" else policy.replace_port)
+
+
+def _service_port(service: ServiceState, policy: Policy) -> int | None:
+    if service.port is not None:
+        return service.port
+    if service.unit == policy.flux_unit:
+        return policy.replace_port  # the seed's Flux listens on 8000
+    return None
+
+
+def port_holders(snapshot: InstanceSnapshot, policy: Policy, leaving_units: set[str]) -> dict[int, list[str]]:
+    """Who holds each port once the stops ran: active services (minus those leaving), and
+    listening sockets no service accounts for."""
+    claims: dict[int, list[str]] = {}
+    for service in snapshot.services:
+        service_port = _service_port(service, policy)
+        if service.active and service_port is not None:
+            claims.setdefault(service_port, []).append(service.unit)
+    for listening in snapshot.listening_ports:
+        claims.setdefault(listening, ["another process"])
+    return {p: kept for p, units in claims.items() if (kept := [u for u in units if u not in leaving_units])}
+
+
+def evaluate(
+    manifest: Manifest,
+    snapshot: InstanceSnapshot,
+    request: DeployRequest,
+    policy: Policy,
+    action: Action,
+    option: Option,
+    tokens: int,
+) -> Evaluation:
+    stops = stops_for(action, snapshot, policy)
+    leaving = leaving_services(stops, snapshot, policy)
+    gpu = memory_estimate(
+        gpu_need(manifest, option, tokens, policy),
+        snapshot.gpu_total_bytes,
+        snapshot.gpu_used_bytes,
+        sum(s.gpu_memory_bytes for s in leaving),
+    )
+    ram = memory_estimate(
+        ram_need(option, policy),
+        snapshot.ram_total_bytes,
+        max(0, snapshot.ram_total_bytes - snapshot.ram_available_bytes),
+        sum(s.rss_bytes for s in leaving),
+    )
+    deploy = option.deploy
+    files, stale = plan_files([deploy] if deploy.base is None else [deploy.base, deploy], snapshot, policy)
+    port = port_for(request, action, policy)
+    holders = port_holders(snapshot, policy, {s.unit for s in leaving})
+    return Evaluation(
+        action=action,
+        option=option,
+        port=port,
+        stop_services=stops,
+        gpu=gpu,
+        ram=ram,
+        disk=disk_estimate(files, snapshot, policy),
+        files=tuple(files),
+        stale_copies=tuple(stale),
+        has_gpu=bool(snapshot.gpus),
+        ram_within_memory_max=ram.need_bytes <= policy.runtime_memory_max_bytes,
+        port_holders=tuple(holders.get(port, ())),
+    )
+
+
+def pick(evaluations: Sequence[Evaluation], last_action: Action, blocked: bool) -> Evaluation:
+    """The first evaluation that fits (none when `blocked`); else, among the last action's,
+    the first whose memory fits, or the smallest GPU need, to explain the shortfall."""
+    chosen = next((e for e in evaluations if e.fits and not blocked), None)
+    if chosen is not None:
+        return chosen
+    last = [e for e in evaluations if e.action == last_action]
+    memory_ok = [e for e in last if e.gpu_fits and e.ram.fits]
+    return memory_ok[0] if memory_ok else min(last, key=lambda e: e.gpu.need_bytes)
+
+
+def dtype_for(manifest: Manifest, option: Option, policy: Policy) -> Dtype:
+    if option.quantization in ("awq", "gptq"):
+        return "float16"  # the AWQ/GPTQ kernels compute in fp16
+    declared = (manifest.base or manifest).shape.torch_dtype
+    if declared == "bfloat16":
+        return "bfloat16"
+    if declared == "float16":
+        return "float16"
+    return policy.default_dtype
+
+
+def decide(
+    manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest, policy: Policy
+) -> Decision:
+    tokens = context_tokens(manifest, request)
+    action = choose_action(manifest, snapshot, request, policy)
+    quantization = quantization_options(manifest, request, policy, tokens)
+    evaluations = [
+        evaluate(manifest, snapshot, request, policy, a, option, tokens)
+        for a in action.actions
+        for option in quantization.options
+    ]
+    # An unsupported stored quantization blocks every option; the plan still shows the closest.
+    chosen = pick(evaluations, action.actions[-1], blocked=quantization.rule == "unsupported")
+    runtime = snapshot.service(policy.runtime_unit)
+    return Decision(
+        tokens=tokens,
+        action=action,
+        quantization=quantization,
+        chosen=chosen,
+        dtype=dtype_for(manifest, chosen.option, policy),
+        replaces_runtime=runtime is not None and runtime.active,
+    )

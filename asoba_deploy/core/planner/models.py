@@ -1,0 +1,149 @@
+"""The Plan and its parts: the planner's output, as the dry run returns it.
+
+The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
+    schema_version      1
+    model               the requested model (bucket folder)
+    deploy_model        the folder actually deployed (qwen3-14b-awq when substituting)
+    tier                1 | 2 from the catalog, null for a generic model
+    in_catalog          whether the catalog lists the requested model
+    source_uri          s3://bucket/prefix/<deploy_model>/
+    base_model          adapters: the base model's folder (null otherwise)
+    base_source_uri     adapters: s3://bucket/prefix/<base_model>/
+    base_model_path     adapters: <models_root>/<base_model>
+    files               [{key, bytes, local_path, cached}] every file the sync must have
+    total_bytes         sum of files' bytes
+    bytes_to_transfer   bytes of files not already cached on the instance
+    skipped_files       S3 keys under the model folder(s) the runtime does not need (other weight
+                        formats beside safetensors, original/, hidden folders): a sync may exclude them
+    skipped_bytes       their total size (not in bytes_to_transfer)
+    action              "coexist" (beside Flux) | "replace" (Flux stopped)
+    stop_services       systemd units to stop before installing (Flux for replace, if active)
+    replaces_runtime    whether a running asoba-inference unit is replaced
+    quantization        one of core.quantization.KINDS: "none" | "bnb-4bit" | "bnb-8bit" | "awq" | "gptq"
+    prequantized        true: the checkpoint is stored quantized (load as is);
+                        false with bnb-4bit: quantize on load (BitsAndBytesConfig nf4)
+    dtype               compute dtype: "bfloat16" | "float16"
+    context_tokens      the KV reserve the estimate used (clamped to the model's maximum)
+    parameters          logical parameter count (base + adapter)
+    port, unit          TCP port and systemd unit of the runtime
+    model_path          <models_root>/<deploy_model> (the adapter's folder for adapters)
+    models_root         the instance's models root
+    endpoints           {status, health, generate, openai_base} on endpoint_host:port
+    gpu, ram            MemoryEstimate: need_bytes, breakdown {name: bytes}, total_bytes,
+                        used_before_bytes, free_before_bytes, used_by_others_after_bytes,
+                        available_bytes (total - others after), free_after_bytes
+                        (available - need; negative = shortfall)
+    disk                {needed_bytes, free_bytes, reserve_bytes, free_after_bytes}
+    fits                whether every check passes
+    reasons             the decision in plain words (action, quantization, GPU, RAM, disk, port)
+    shortfalls          the failed checks only (empty when fits)
+    warnings            things to know that do not block the plan
+    summary             one line
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from asoba_deploy.core.quantization import Quantization
+
+__all__ = [
+    "PLAN_SCHEMA_VERSION",
+    "Action",
+    "DiskEstimate",
+    "Dtype",
+    "Endpoints",
+    "MemoryEstimate",
+    "Plan",
+    "PlanFile",
+    "Quantization",
+]
+
+Action = Literal["coexist", "replace"]
+Dtype = Literal["bfloat16", "float16"]
+
+PLAN_SCHEMA_VERSION: Literal[1] = 1
+
+
+class PlanFile(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    bytes: int = Field(ge=0)
+    local_path: str
+    cached: bool
+
+
+class Endpoints(BaseModel):
+    status: str
+    health: str
+    generate: str
+    openai_base: str
+
+
+class MemoryEstimate(BaseModel):
+    need_bytes: int
+    breakdown: dict[str, int]
+    total_bytes: int
+    used_before_bytes: int
+    free_before_bytes: int
+    used_by_others_after_bytes: int
+    available_bytes: int
+    free_after_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.available_bytes
+
+
+class DiskEstimate(BaseModel):
+    needed_bytes: int
+    free_bytes: int
+    reserve_bytes: int
+    free_after_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes + self.reserve_bytes <= self.free_bytes
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = PLAN_SCHEMA_VERSION
+    model: str
+    deploy_model: str
+    tier: Literal[1, 2] | None
+    in_catalog: bool
+    source_uri: str
+    base_model: str | None = None
+    base_source_uri: str | None = None
+    base_model_path: str | None = None
+    files: list[PlanFile]
+    total_bytes: int
+    bytes_to_transfer: int
+    skipped_files: list[str] = Field(default_factory=list)
+    skipped_bytes: int = 0
+    action: Action
+    stop_services: list[str]
+    replaces_runtime: bool
+    quantization: Quantization
+    prequantized: bool
+    dtype: Dtype
+    context_tokens: int
+    parameters: int
+    port: int
+    unit: str
+    model_path: str
+    models_root: str
+    endpoints: Endpoints
+    gpu: MemoryEstimate
+    ram: MemoryEstimate
+    disk: DiskEstimate
+    fits: bool
+    reasons: list[str]
+    shortfalls: list[str]
+    warnings: list[str]
+    summary: str

@@ -1,0 +1,136 @@
+"""The execution state the state machine carries, and the events each handler receives.
+
+Step Functions passes JSON; every handler parses its event into one of these models first
+(`parse_event`), so a malformed event is an `InvalidInput` naming the field, never a
+KeyError deep inside a step. Keys the machine adds that a handler does not read are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.utilities.parser import parse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from asoba_deploy.core.commands import CommandRef
+from asoba_deploy.core.contracts import DeployRequest, describe_validation_error
+from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.planner import Plan
+
+
+class Failure(BaseModel):
+    """What a Catch puts at its result path: the error's name and its cause."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    Error: str = "DeploymentFailed"
+    Cause: str = ""
+
+
+class ExecutionState(BaseModel):
+    """$ of one execution, from ValidateInput on."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request: DeployRequest
+    instance_id: str
+    instance: dict[str, Any] | None = None  # ec2 DescribeInstances summary
+    model_source: dict[str, Any] | None = None  # what ValidateInput found in the bucket
+    execution: str | None = None  # the execution's ARN (the lock's holder)
+    execution_name: str | None = None  # the log correlation id
+    started_at: str | None = None
+    steps: dict[str, CommandRef] = Field(default_factory=dict)  # step key -> its finished command
+    plan: Plan | None = None
+    command: CommandRef | None = None  # the instance step in flight
+    failure: Failure | None = None
+    rollback_error: Failure | None = None
+    restore_flux: bool = False  # undeploy only
+
+    def result(self, key: str) -> dict[str, Any] | None:
+        """The JSON result line of a finished step, by its key."""
+        step = self.steps.get(key)
+        return step.result if step is not None else None
+
+
+# --- the events of each handler, told apart by `action` --------------------------------------
+class SendEvent(BaseModel):
+    action: Literal["send"]
+    state: ExecutionState
+
+
+class PollEvent(BaseModel):
+    action: Literal["poll"]
+    command: CommandRef
+
+
+class ExplainEvent(BaseModel):
+    """Rollback: compose the failure's cause after the rollback ran (or failed)."""
+
+    action: Literal["explain"]
+    state: ExecutionState
+
+
+class ReportEvent(BaseModel):
+    """CheckInstance: publish metrics of a finished check; fail when a check failed."""
+
+    action: Literal["report"]
+    state: ExecutionState
+
+
+class ReportFailureEvent(BaseModel):
+    """CheckInstance: the check itself failed (e.g. the agent is offline)."""
+
+    action: Literal["report_failure"]
+    state: ExecutionState
+
+
+class AcquireEvent(BaseModel):
+    action: Literal["acquire"]
+    state: ExecutionState
+
+
+class ReleaseEvent(BaseModel):
+    action: Literal["release"]
+    state: ExecutionState
+
+
+class RecordEvent(BaseModel):
+    action: Literal["record"]
+    outcome: Literal["succeeded", "failed"]
+    state: ExecutionState
+
+
+class ValidateInputEvent(BaseModel):
+    """The first state: the raw execution input and the execution's context."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any = None
+    execution: str | None = None
+    execution_name: str | None = None
+    started_at: str | None = None
+
+
+class PlanEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    request: DeployRequest
+    snapshot: dict[str, Any]
+    instance_id: str | None = None
+    execution_name: str | None = None
+
+
+InstanceStepEvent = Annotated[SendEvent | PollEvent, Field(discriminator="action")]
+RollbackEvent = Annotated[SendEvent | PollEvent | ExplainEvent, Field(discriminator="action")]
+CheckInstanceEvent = Annotated[
+    SendEvent | PollEvent | ReportEvent | ReportFailureEvent, Field(discriminator="action")
+]
+LockEvent = Annotated[AcquireEvent | ReleaseEvent, Field(discriminator="action")]
+
+
+def parse_event(model: Any, event: object, *, what: str) -> Any:
+    """`event` as `model` (a model or an annotated union), or InvalidInput naming the field."""
+    try:
+        return parse(event=event, model=model)
+    except ValidationError as error:
+        raise InvalidInput(f"{what}: {describe_validation_error(error)}") from None

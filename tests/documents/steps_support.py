@@ -1,0 +1,56 @@
+"""What the document tests of several steps share: a model in the bucket, an install, a wait."""
+
+from __future__ import annotations
+
+import time
+
+from local.sandbox import DocumentRun, Sandbox, run_document
+from tests.fixtures import Aws
+
+
+def upload_model(aws: Aws, name: str, *, crash: bool = False) -> str:
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 4096}
+    if crash:
+        files["FAKE_RUNTIME_CRASH"] = b""
+    for file_name, data in files.items():
+        aws.s3.put_object(Bucket=aws.bucket, Key=f"models/{name}/{file_name}", Body=data)
+    return f"s3://{aws.bucket}/models/{name}/"
+
+
+def ok(run: DocumentRun) -> dict[str, object]:
+    assert run.status == "Success", run.explain()
+    assert run.result is not None and run.result["ok"] is True, run.explain()
+    return run.result
+
+
+def install(aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int) -> dict[str, object]:
+    return ok(
+        run_document(
+            aws.ssm,
+            sandbox,
+            "install",
+            RuntimeBundleUri=bundle,
+            ModelName=model,
+            ModelPath=str(sandbox.models_root / model),
+            Port=str(port),
+            Host="127.0.0.1",
+        )
+    )
+
+
+def wait_health(
+    aws: Aws, sandbox: Sandbox, port: int, want: str = "healthy", timeout_s: float = 60
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = ok(run_document(aws.ssm, sandbox, "health-check", Port=str(port)))
+        if result["status"] == want or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def instance_files(sandbox: Sandbox) -> dict[str, str]:
+    """The instance's files, the model cache aside (undeploy keeps synced models)."""
+    return {
+        path: digest for path, digest in sandbox.tree_files().items() if not path.startswith("opt/models/")
+    }
