@@ -43,7 +43,11 @@ from instance_runtime.settings import RuntimeSettings
 log = logging.getLogger(__name__)
 
 # What actually happens to the weights, after weighing the setting against the checkpoint.
-LoadQuantization = Literal["none", "bnb-4bit", "checkpoint"]
+LoadQuantization = Literal["none", "bnb-4bit", "bnb-8bit", "checkpoint"]
+# Settings that name a pre-quantized format: the checkpoint's quant_method must match.
+_STORED_KINDS = ("awq", "gptq")
+# Settings that bitsandbytes applies on load, and the words for each.
+_ON_LOAD_BITS = {"bnb-4bit": "4-bit", "bnb-8bit": "8-bit"}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -80,33 +84,51 @@ def resolve_quantization(
 ) -> LoadQuantization:
     """Decide how the weights are loaded, or refuse with a message an operator can act on."""
     if checkpoint_method is not None:
-        if requested == "awq" and checkpoint_method != "awq":
+        # awq and gptq load as stored (transformers reads the checkpoint's quantization_config).
+        if requested in _STORED_KINDS and checkpoint_method != requested:
             raise ConfigurationError(
-                f"QUANTIZATION=awq but the checkpoint is quantized with {checkpoint_method!r}, not AWQ"
+                f"QUANTIZATION={requested} but the checkpoint is quantized with {checkpoint_method!r}, "
+                f"not {requested.upper()}"
             )
         if checkpoint_method == "bitsandbytes" and device != "cuda" and not allow_cpu_quantization:
             raise ConfigurationError(
                 "the checkpoint is quantized with bitsandbytes, which needs a CUDA GPU and none is "
                 "visible; set ALLOW_CPU_QUANTIZATION=true to run it on the CPU anyway (slow)"
             )
-        if requested == "bnb-4bit":
+        if requested in _ON_LOAD_BITS and checkpoint_method != "bitsandbytes":
             log.warning(
-                "QUANTIZATION=bnb-4bit ignored: the checkpoint is already quantized (%s)", checkpoint_method
+                "QUANTIZATION=%s ignored: the checkpoint is already quantized (%s)",
+                requested,
+                checkpoint_method,
             )
         return "checkpoint"
-    if requested == "awq":
+    if requested in _STORED_KINDS:
         raise ConfigurationError(
-            "QUANTIZATION=awq needs a pre-quantized AWQ checkpoint (quantization_config with "
-            "quant_method 'awq' in config.json); this one is not quantized"
+            f"QUANTIZATION={requested} needs a pre-quantized {requested.upper()} checkpoint "
+            f"(quantization_config with quant_method '{requested}' in config.json); this one is not quantized"
         )
-    if requested == "bnb-4bit":
+    if requested in _ON_LOAD_BITS:
         if device != "cuda" and not allow_cpu_quantization:
             raise ConfigurationError(
-                "QUANTIZATION=bnb-4bit needs a CUDA GPU and none is visible; "
-                "set ALLOW_CPU_QUANTIZATION=true to run 4-bit on the CPU anyway (slow)"
+                f"QUANTIZATION={requested} needs a CUDA GPU and none is visible; set "
+                f"ALLOW_CPU_QUANTIZATION=true to run {_ON_LOAD_BITS[requested]} on the CPU anyway (slow)"
             )
-        return "bnb-4bit"
+        return "bnb-8bit" if requested == "bnb-8bit" else "bnb-4bit"
     return "none"
+
+
+def bitsandbytes_config(quantization: LoadQuantization) -> BitsAndBytesConfig | None:
+    """The on-load quantization config of `quantization`, None when there is none to apply."""
+    if quantization == "bnb-4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if quantization == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)  # LLM.int8(): int8 weights, fp16 outliers
+    return None
 
 
 def _read_adapter(model_path: Path, base_override: Path | None) -> Path | None:
@@ -234,13 +256,9 @@ class Engine:
         )
         dtype = resolve_dtype(settings.dtype, device)
         kwargs: dict[str, Any] = {**common, "dtype": dtype}
-        if quantization == "bnb-4bit":
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
+        on_load = bitsandbytes_config(quantization)
+        if on_load is not None:
+            kwargs["quantization_config"] = on_load
         if device == "cuda":
             # Whole model on the one GPU, or sharded when the instance has several; never a
             # silent CPU offload (the planner decided it fits; if not, say so loudly).

@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Quantization = Literal["none", "bnb-4bit", "awq"]
+# The package's core.quantization.KINDS, repeated: this folder ships without the package
+# (tests/unit/test_quantization_kinds.py keeps the two equal).
+Quantization = Literal["none", "bnb-4bit", "bnb-8bit", "awq", "gptq"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Device = Literal["auto", "cuda", "cpu"]
 
@@ -43,12 +45,16 @@ class RuntimeSettings(BaseSettings):
     port: int = Field(default=8001, ge=1, le=65535)
     quantization: Quantization = Field(
         default="none",
-        description="none | bnb-4bit (NF4, double quant, bf16 compute) | awq (pre-quantized checkpoint).",
+        description=(
+            "none | bnb-4bit (NF4, double quant, bf16 compute) | bnb-8bit (LLM.int8()) | "
+            "awq | gptq (pre-quantized checkpoints, loaded as stored)."
+        ),
     )
     dtype: DType = Field(default="auto", description="auto: bf16 (or fp16) on a GPU, fp32 on the CPU.")
     device: Device = "auto"
     allow_cpu_quantization: bool = Field(
-        default=False, description="Allow bitsandbytes 4-bit without a GPU (slow; for tests and smoke runs)."
+        default=False,
+        description="Allow bitsandbytes 4-bit or 8-bit without a GPU (slow; for tests and smoke runs).",
     )
     max_new_tokens: int = Field(default=2048, ge=1, description="Upper limit on max_tokens per request.")
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when a request gives none.")

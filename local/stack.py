@@ -22,7 +22,7 @@ import aws_cdk as cdk
 from app import build_app
 from asoba_deploy.core.steps import STEPS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STACK_NAME = "AsobaModelDeploy"
 ACCOUNT = "123456789012"
 

@@ -10,7 +10,7 @@ from aws_cdk import Stack
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks.paths import DOCUMENTS_DIR
+from stacks import paths
 
 
 def load_document(path: Path) -> dict[str, Any]:
@@ -23,8 +23,9 @@ def load_document(path: Path) -> dict[str, Any]:
 class InstanceDocuments(Construct):
     """One AWS::SSM::Document per file; `names` maps file stem -> document name."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, directory: Path = DOCUMENTS_DIR) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, directory: Path | None = None) -> None:
         super().__init__(scope, construct_id)
+        directory = directory or paths.DOCUMENTS_DIR
         stack = Stack.of(self)
         self.names: dict[str, str] = {}
         self.arns: list[str] = []

@@ -8,31 +8,52 @@ asset changes only when the code does.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 
-from stacks.paths import BUILD_DIR, PACKAGE_DIR, PROJECT_ROOT
+from stacks import paths
 
-HANDLERS_DIR = PROJECT_ROOT / "lambdas" / "handlers"
-# (source, where it lands in the asset)
-INCLUDED = (
-    (HANDLERS_DIR, Path("handlers")),
-    (PACKAGE_DIR / "core", Path("asoba_deploy") / "core"),
-)
+
+def included() -> list[tuple[Path, Path]]:
+    """(source folder, where its *.py land in the asset)."""
+    return [
+        (paths.HANDLERS_DIR, Path("handlers")),
+        (paths.PACKAGE_DIR / "core", Path("asoba_deploy") / "core"),
+    ]
 
 
 def _python_files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.glob("*.py") if path.is_file())
 
 
-def stage_lambda_asset(target: Path = BUILD_DIR / "lambda-asset") -> Path:
-    """Lay out the asset in `target` (replacing what was there) and return it."""
-    if target.exists():
-        shutil.rmtree(target)
-    (target / "asoba_deploy").mkdir(parents=True)
-    shutil.copyfile(PACKAGE_DIR / "__init__.py", target / "asoba_deploy" / "__init__.py")
-    for source, destination in INCLUDED:
-        (target / destination).mkdir(parents=True, exist_ok=True)
-        for path in _python_files(source):
-            shutil.copyfile(path, target / destination / path.name)
+def _files() -> list[tuple[Path, Path]]:
+    """(source file, its path in the asset), sorted."""
+    files = [(paths.PACKAGE_DIR / "__init__.py", Path("asoba_deploy") / "__init__.py")]
+    for source, destination in included():
+        files += [(path, destination / path.name) for path in _python_files(source)]
+    return sorted(files, key=lambda pair: str(pair[1]))
+
+
+def stage_lambda_asset(root: Path | None = None) -> Path:
+    """Lay out the asset under `root` in a folder named by its content, and return it.
+    Content-addressed, so concurrent synths never see each other's half-written copies."""
+    root = root or paths.BUILD_DIR / "lambda-asset"
+    files = _files()
+    digest = hashlib.sha256()
+    for source, relative in files:
+        digest.update(str(relative).encode() + b"\0" + source.read_bytes() + b"\0")
+    target = root / digest.hexdigest()[:16]
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    for source, relative in files:
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, staging / relative)
+    try:
+        staging.rename(target)
+    except OSError:  # another synth staged the same content first
+        shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = PROJECT_ROOT / "build"
-LAMBDAS_DIR = PROJECT_ROOT / "lambdas"
+HANDLERS_DIR = PROJECT_ROOT / "lambdas" / "handlers"
 PACKAGE_DIR = PROJECT_ROOT / "asoba_deploy"
 LAMBDA_LAYER_DIR = BUILD_DIR / "lambda-layer"
 DOCUMENTS_DIR = PROJECT_ROOT / "ssm_documents"

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from pydantic import ValidationError
@@ -45,7 +45,7 @@ from asoba_deploy.core.commands import CommandRef
 TERMINAL_EVENTS = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted")
 STEP_TYPES = ("TaskStateEntered",)
 HEARTBEAT_SECONDS = 15.0
-NAME_WIDTH = 24
+NAME_WIDTH = 26  # release-lock-after-failure
 
 
 def _timestamp(value: Any) -> datetime:
@@ -249,7 +249,7 @@ class _Running:
         step = self.progress.current
         if step is None or step.exited_at is not None:
             return Text("")
-        waited = (datetime.now(tz=step.entered_at.tzinfo) - step.entered_at).total_seconds()
+        waited = (self.progress.history_now() - step.entered_at).total_seconds()
         self.spinner.update(
             text=Text.assemble(
                 (step.name.ljust(NAME_WIDTH), "bold"),
@@ -274,6 +274,7 @@ class Progress:
     labels: dict[str, registry.Step] = field(init=False, repr=False)
     _console: Console | None = field(init=False, default=None, repr=False)
     _live: Live | None = field(init=False, default=None, repr=False)
+    _last_event: tuple[datetime, float] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         # read when following starts: a step added to the registry shows up without a CLI edit
@@ -323,9 +324,17 @@ class Progress:
 
     # -------------------------------------------------------------- events
 
+    def history_now(self) -> datetime:
+        """Now on the history's clock: the last event's time plus what passed here since."""
+        if self._last_event is None:
+            return datetime.now(tz=self.started_at.tzinfo if self.started_at else None)
+        moment, seen = self._last_event
+        return moment + timedelta(seconds=max(0.0, self.clock() - seen))
+
     def feed(self, event: Mapping[str, Any]) -> None:
         kind = str(event.get("type", ""))
         moment = _timestamp(event.get("timestamp"))
+        self._last_event = (moment, self.clock())
         if kind == "ExecutionStarted":
             self.started_at = moment
             return
@@ -438,7 +447,7 @@ class Progress:
         note += f", run {command.attempt}" if command.attempt > 1 else ""
         return note + ")"
 
-    def heartbeat(self, now_wall: datetime) -> None:
+    def heartbeat(self) -> None:
         """Every HEARTBEAT_SECONDS while a step runs (not live): a line saying it still runs."""
         step = self.current
         if self._live is not None or step is None or step.exited_at is not None:
@@ -447,8 +456,9 @@ class Progress:
         if tick - step.last_heartbeat < HEARTBEAT_SECONDS:
             return
         step.last_heartbeat = tick
-        waited = (now_wall - step.entered_at).total_seconds()
-        self._line(now_wall, "..   ", "dim", step.name, f"{human_seconds(waited):>9}  {self.note(step)}")
+        now = self.history_now()
+        waited = (now - step.entered_at).total_seconds()
+        self._line(now, "..   ", "dim", step.name, f"{human_seconds(waited):>9}  {self.note(step)}")
 
 
 # ------------------------------------------------------------------------------- following
@@ -535,12 +545,10 @@ def follow(
             if timeout is not None and clock() - started > timeout:
                 raise TimeoutError(f"execution {arn.rsplit(':', 1)[-1]} still RUNNING after {timeout:.0f} s")
             if progress is not None:
-                zone = progress.started_at.tzinfo if progress.started_at else None
-                progress.heartbeat(datetime.now(tz=zone))
+                progress.heartbeat()
             sleep(poll_seconds)
         if progress is not None and progress.current is not None:
-            zone = progress.current.entered_at.tzinfo
-            progress._close(_timestamp(described.get("stopDate") or datetime.now(tz=zone)))
+            progress._close(_timestamp(described.get("stopDate") or progress.history_now()))
     finally:
         if progress is not None:
             progress.stop()

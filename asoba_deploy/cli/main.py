@@ -196,6 +196,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
 
 def _describe(error: Exception) -> str:
     from botocore.exceptions import ClientError, NoCredentialsError
+    from pydantic import ValidationError
+
+    from asoba_deploy.core.contracts import describe_validation_error
 
     if isinstance(error, NoCredentialsError):
         return (
@@ -208,6 +211,8 @@ def _describe(error: Exception) -> str:
         return f"{info.get('Code', 'ClientError')}: {info.get('Message', str(error))}" + (
             f" (in {operation})" if operation else ""
         )
+    if isinstance(error, ValidationError):  # an output this CLI cannot read (another version's)
+        return f"unexpected {error.title}: {describe_validation_error(error)}"
     return f"{type(error).__name__}: {error}"
 
 

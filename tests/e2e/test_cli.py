@@ -1,7 +1,8 @@
 """The deploy-model console script against the session's emulated stack, as a user runs it.
 
-Each test runs the installed script (or `python -m cli.main` when the package is not
-installed) in a subprocess with DEPLOY_MODEL_ENDPOINT_URL pointing at the local endpoint.
+Each test runs the installed script (or `python -m asoba_deploy.cli.main` from the repository
+root when the package is not installed) in a subprocess with DEPLOY_MODEL_ENDPOINT_URL pointing
+at the local endpoint. Progress lines name the registry's steps (`done  sync ...`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Ports
 from local.sandbox.sandbox import port_open
+from tests.conftest import Ports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,19 +34,24 @@ class Run:
 @pytest.fixture(scope="module")
 def cli(local_cloud: Any, deployed_stack: Any) -> Any:
     script = Path(sys.prefix) / "bin" / "deploy-model"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "asoba_deploy.cli.main"]
     env = {
         **os.environ,
         "DEPLOY_MODEL_ENDPOINT_URL": local_cloud.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": local_cloud.region,
-        "PYTHONPATH": str(PROJECT_ROOT / "lambdas"),
     }
 
     def run(*args: str, timeout: float = 300) -> Run:
         done = subprocess.run(
-            [*command, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+            [*command, *args],
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         return Run(done.returncode, done.stdout, done.stderr)
 
@@ -65,7 +71,7 @@ def test_dry_run_prints_the_plan_table_and_changes_nothing(
     run = cli(tiny_in_bucket, "--dry-run")
     # Then it succeeds and prints each step, then the plan as a table
     assert run.code == 0, run.err
-    assert re.search(r"start\s+Plan\b", run.out) and re.search(r"done\s+Plan\b", run.out)
+    assert re.search(r"start\s+plan\b", run.out) and re.search(r"done\s+plan\b", run.out)
     assert f"Plan for {tiny_in_bucket} (dry run: nothing was changed)" in run.out
     assert re.search(rf"^  port / unit\s+{ports.coexist} / asoba-inference.service$", run.out, re.M)
     assert re.search(r"^  resource\s+need\s+total\s+free now\s+available\s+free after\s+fits$", run.out, re.M)
@@ -85,16 +91,17 @@ def test_deploy_status_history_and_undeploy(
     # Then every instance step is printed with its duration, the sync with bytes and rate
     assert run.code == 0, run.err
     for step in (
-        "Validate",
-        "AcquireLock",
-        "CollectResources",
-        "Plan",
-        "SyncModel",
-        "Install",
-        "HealthCheck",
+        "validate-input",
+        "acquire-lock",
+        "collect-resources",
+        "plan",
+        "snapshot-previous",
+        "sync",
+        "install",
+        "health-check",
     ):
         assert re.search(rf"done\s+{step}\s+\d+\.\d s", run.out), step
-    assert re.search(r"done\s+SyncModel\s+.*[KMG]iB in .* \(.*iB/s\)", run.out)
+    assert re.search(r"done\s+sync\s+.*[KMG]iB in .* \(.*iB/s\)", run.out)
     assert f"Deployed {tiny_in_bucket} on {instance.instance_id}" in run.out
     assert port_open(ports.coexist)
 
@@ -133,7 +140,7 @@ def test_a_failed_execution_is_one_error_line(cli: Any, instance: Any) -> None:
     assert run.err.splitlines() == [
         "error: ModelNotFound: model 'no-such-model' not found: nothing under s3://asoba-llm-cache/no-such-model/"
     ]
-    assert re.search(r"FAIL\s+Validate", run.out)
+    assert re.search(r"FAIL\s+validate-input\s", run.out)
 
 
 def test_bad_input_starts_nothing(cli: Any, local_cloud: Any, deployed_stack: Any) -> None:
@@ -178,7 +185,7 @@ def test_undeploy_is_refused_while_a_deployment_holds_the_lock(
 
 def test_validate_runs_the_validate_document(cli: Any, instance: Any) -> None:
     run = cli("validate")
-    assert re.search(r"done\s+Validation\s", run.out)
+    assert re.search(r"done\s+check-instance\s", run.out)
     assert re.search(r"^  check\s+status\s+detail$", run.out, re.M)
     assert re.search(r"^  flux_service\s+pass\s", run.out, re.M)
     assert run.code == 0, run.err

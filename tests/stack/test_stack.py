@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from asoba_deploy.core.steps import STEPS, Phase, phase
 from local.stack import PROJECT_ROOT, Synthesized, synthesize
 
 BIN = Path(sys.executable).parent
@@ -67,29 +68,25 @@ def test_statelint_passes_on_the_extracted_definition(synth: Synthesized, tmp_pa
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_definition_has_the_design_states(synth: Synthesized) -> None:
-    text = json.dumps(synth.state_machine_definition)
-    for state in (
-        "Validate",
-        "AcquireLock",
-        "CollectResources",
-        "Plan",
-        "DryRun?",
-        "Fits?",
-        "SnapshotPrevious",
-        "StopFlux",
-        "SyncModel",
-        "Install",
-        "HealthCheck",
-        "RecordDeployment",
-        "ReleaseLock",
-        "Rollback",
-        "ValidateInstance",
-    ):
-        assert f'"{state}"' in text, state
+def test_definition_has_a_state_for_every_registry_step(synth: Synthesized) -> None:
+    names = set(_all_named_states(synth.state_machine_definition))
+    for step in STEPS.values():
+        if step.has_function and (step.instance is not None or step.phase in (Phase.INPUT, Phase.PLAN)):
+            assert step.label in names, step.name
+    assert {"AcquireLock", "ReleaseLock", "RecordDeployment", "RecordFailure", "DryRun?", "Fits?"} <= names
+    assert "StopFlux?" in names  # the step's run_if
     # no Lambda waits: waiting is Wait states, each with the configured interval
     waits = [s for s in _all_states(synth.state_machine_definition) if s.get("Type") == "Wait"]
     assert waits and all(w["Seconds"] == 5 for w in waits)
+
+
+def _all_named_states(definition: dict[str, Any]) -> list[str]:
+    found = []
+    for name, state in definition["States"].items():
+        found.append(name)
+        for branch in state.get("Branches", []):
+            found.extend(_all_named_states(branch))
+    return found
 
 
 def _all_states(definition: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,7 +106,7 @@ def test_rollback_catches_every_change_step(synth: Synthesized) -> None:
     assert catch["ErrorEquals"] == ["States.ALL"]
     assert catch["Next"] == "RollbackInstance"
     change_states = {n for b in change["Branches"] for n in b["States"]}
-    assert {"StopFlux", "SyncModel", "Install", "HealthCheck"} <= change_states
+    assert {step.label for step in phase(Phase.CHANGE)} <= change_states
 
 
 def test_documents_are_registered_from_the_files(synth: Synthesized) -> None:
@@ -160,11 +157,26 @@ def test_state_machine_logs_all_and_traces(synth: Synthesized) -> None:
     assert machine["TracingConfiguration"]["Enabled"] is True
 
 
-def test_functions_share_one_code_asset(synth: Synthesized) -> None:
+def test_functions_are_the_registrys_and_share_one_code_asset(synth: Synthesized) -> None:
     functions = resources(synth, "AWS::Lambda::Function")
     keys = {json.dumps(f["Properties"]["Code"]) for f in functions.values()}
-    assert len(functions) == 12 and len(keys) == 1
+    handlers = sorted(f["Properties"]["Handler"] for f in functions.values())
+    assert handlers == sorted(step.handler for step in STEPS.values() if step.has_function)
+    assert len(keys) == 1
     assert all(f["Properties"]["TracingConfig"]["Mode"] == "Active" for f in functions.values())
+
+
+def test_the_code_asset_holds_handlers_and_core_only(synth: Synthesized) -> None:
+    functions = resources(synth, "AWS::Lambda::Function")
+    key = next(iter(functions.values()))["Properties"]["Code"]["S3Key"]
+    asset = synth.outdir / synth.assets["files"][key.removesuffix(".zip")]["source"]["path"]
+    files = sorted(str(p.relative_to(asset)) for p in asset.rglob("*.py"))
+    tops = {f.split("/")[0] for f in files}
+    assert tops == {"handlers", "asoba_deploy"}
+    assert not any(f.startswith("asoba_deploy/cli") for f in files)
+    for step in STEPS.values():
+        if step.has_function:
+            assert f"handlers/{step.key}.py" in files, step.name
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from asoba_deploy.cli.main import build_parser, main, normalize_argv
 from asoba_deploy.cli.render import (
     PLAIN,
     InstanceStatus,
-    Style,
+    Term,
     checks_table,
     error_line,
     history_table,
@@ -35,8 +35,12 @@ from asoba_deploy.cli.render import (
     unwrap_cause,
 )
 from asoba_deploy.cli.stack import CliError, StackInfo, endpoint_from_env
+from asoba_deploy.core import errors, steps
+from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.errors import InvalidInput
 from asoba_deploy.core.ledger import LedgerRecord
+from asoba_deploy.core.planner import Plan
+from asoba_deploy.core.state import ExecutionState
 
 RECORDINGS = Path(__file__).parent / "cli_recordings"
 ANSI = re.compile(r"\033\[[0-9;]*m")
@@ -169,6 +173,7 @@ OUTPUTS = {
     "LedgerTable": "ledger",
     "LockTable": "lock",
     "InstanceIds": "i-0123456789abcdef0,i-0fedcba9876543210",
+    "ModelBucket": "asoba-llm-cache",
     "DocumentPrefix": "AsobaModelDeploy-",
     "InstanceRoots": json.dumps(
         {
@@ -197,19 +202,35 @@ def test_stack_outputs_name_everything_the_cli_uses() -> None:
         StackInfo.from_outputs("Other", {k: v for k, v in OUTPUTS.items() if k != "LedgerTable"})
 
 
-def test_undeploy_parameters_are_the_stack_roots() -> None:
-    stack = StackInfo.from_outputs("AsobaModelDeploy", OUTPUTS)
-    parameters = commands.undeploy_parameters(stack, restore_flux=True)
+def test_undeploy_parameters_are_the_registry_s_from_the_stack_outputs() -> None:
+    # Given a stack whose instance roots are relocated
+    roots = dict(json.loads(OUTPUTS["InstanceRoots"]), runtime_root="/srv/runtime")
+    stack = StackInfo.from_outputs("AsobaModelDeploy", {**OUTPUTS, "InstanceRoots": json.dumps(roots)})
+    config = stack.settings()
+    # When the CLI builds the undeploy document's parameters
+    parameters = commands.undeploy_parameters(config, "i-0123456789abcdef0", restore_flux=True)
+    # Then they are what the registry's undeploy step builds from those settings
+    assert parameters == steps.undeploy_parameters(
+        config,
+        ExecutionState(
+            request=DeployRequest(mode="validate"), instance_id="i-0123456789abcdef0", restore_flux=True
+        ),
+    )
     assert parameters == {
-        "RuntimeRoot": ["/opt/asoba-inference"],
-        "StateDir": ["/var/lib/asoba-inference"],
-        "UnitDir": ["/etc/systemd/system"],
-        "EnvDir": ["/etc/asoba-inference"],
-        "ProfileDir": ["/etc/profile.d"],
-        "FluxUnit": ["flux-api.service"],
-        "StartFlux": ["true"],
+        "RuntimeRoot": "/srv/runtime",
+        "StateDir": "/var/lib/asoba-inference",
+        "UnitDir": "/etc/systemd/system",
+        "EnvDir": "/etc/asoba-inference",
+        "ProfileDir": "/etc/profile.d",
+        "ServiceUnit": "asoba-inference.service",
+        "FluxUnit": "flux-api.service",
+        "StartFlux": "true",
     }
-    assert commands.undeploy_parameters(stack, restore_flux=False)["StartFlux"] == ["false"]
+    assert commands.undeploy_parameters(config, "i-0123456789abcdef0", restore_flux=False)["StartFlux"] == (
+        "false"
+    )
+    # And the document is the stack's copy of the registry's
+    assert config.document("undeploy") == "AsobaModelDeploy-undeploy"
 
 
 # ------------------------------------------------------------------------------- error lines
@@ -309,10 +330,40 @@ def test_a_plan_that_does_not_fit_says_why() -> None:
     assert re.search(r"^  GPU .* NO$", text, re.M)
 
 
-def test_colour_only_when_asked() -> None:
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = recording("dry_run")["output"]
-    assert ANSI.search(plan_table(plan, Style(color=True)))
-    assert Style.for_stream(io.StringIO()).color is False
+    assert ANSI.search(plan_table(plan, Term(color=True)))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert Term.for_stream(io.StringIO()) == PLAIN  # a pipe or a file
+    assert Term.for_stream(Tty()).color is True
+    assert Term.for_stream(Tty()).live is True
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert Term.for_stream(Tty()) == PLAIN
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert Term.for_stream(Tty()) == PLAIN
+
+
+def test_the_plan_s_verdicts_are_the_planner_s() -> None:
+    # Given a plan whose resources all fit but whose port is taken (the planner said: no)
+    plan = Plan.model_validate(recording("dry_run")["output"])
+    refused = plan.model_copy(
+        update={"fits": False, "shortfalls": ["port 8001 is in use by flux-api.service"], "summary": "no"}
+    )
+    # When it is rendered
+    text = plan_table(refused, PLAIN)
+    # Then each resource row says what the planner's estimate says, and the verdict is the plan's
+    rows = [line for line in text.splitlines() if re.match(r"^  (GPU|RAM|disk)\s{2,}", line)]
+    assert [row.split()[-1] for row in rows] == ["yes", "yes", "yes"]
+    assert (plan.gpu.fits, plan.ram.fits, plan.disk.fits) == (True, True, True)
+    assert "DOES NOT FIT" in text
+    assert "FITS" not in text.replace("DOES NOT FIT", "")
 
 
 # ------------------------------------------------------------------------------- progress
@@ -320,25 +371,93 @@ def test_colour_only_when_asked() -> None:
 
 def test_a_deploy_prints_each_step_as_it_starts_and_ends() -> None:
     lines = progress_lines("deploy")
-    steps = [
-        "Validate",
-        "AcquireLock",
-        "CollectResources",
-        "Plan",
-        "SnapshotPrevious",
-        "SyncModel",
-        "Install",
-        "HealthCheck",
-        "RecordDeployment",
-        "ReleaseLock",
+    # the registry's steps under their names; the lock's and the ledger's states kebab-cased
+    names = [
+        "validate-input",
+        "acquire-lock",
+        "collect-resources",
+        "plan",
+        "snapshot-previous",
+        "sync",
+        "install",
+        "health-check",
+        "record-deployment",
+        "release-lock",
     ]
     started = [re.split(r"\s+", line.strip())[2] for line in lines if re.search(r"\bstart\s", line)]
-    assert started == steps
-    for step in steps:
-        assert len(lines_matching(lines, "done", step)) == 1, step
+    assert started == names
+    for name in names:
+        assert len(lines_matching(lines, "done", name)) == 1, name
     assert lines_matching(lines, "end", "Deployed")
     # plumbing states are not steps
     assert not any(name in " ".join(lines) for name in ("Mode?", "DryRun?", "BeginChange", ".Wait", ".Poll"))
+
+
+def test_progress_names_are_the_registry_s() -> None:
+    lines = progress_lines("deploy")
+    for step in steps.phase(steps.Phase.CHANGE):
+        if step.run_if is None:  # stop-flux: this plan stopped nothing
+            assert lines_matching(lines, "done", step.name), step.name
+    assert lines_matching(lines, "done", steps.the(steps.Phase.PLAN).name)
+
+
+def test_a_step_added_to_the_registry_shows_up_in_the_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a registry with one more instance step, and no CLI edit
+    warm = steps.Step(
+        "warm-cache",
+        steps.Phase.CHANGE,
+        "Read the weights once so the first request is fast",
+        errors.CommandFailed,
+        steps.InstanceStep(parameters=lambda config, state: {}, budget=lambda config, state: 60),
+    )
+    monkeypatch.setattr(steps, "STEPS", {**steps.STEPS, warm.name: warm})
+    # And a history with its fragment's states; its result is at $.steps.warm_cache (the
+    # command in flight at $.command is already the next step's)
+    ref = {
+        "step": warm.key,
+        "document": warm.name,
+        "command_id": "c-1",
+        "instance_id": "i-0123456789abcdef0",
+        "sent_at": 0.0,
+        "first_sent_at": 0.0,
+        "deadline": 60.0,
+        "status": "Success",
+        "result": {"ok": True, "files_read": 6, "bytes_read": 1469213},
+    }
+    after = {"steps": {warm.key: ref}, "command": dict(ref, step="next", result={"ok": True})}
+    states = [
+        ("TaskStateEntered", warm.label, None),
+        ("TaskStateExited", warm.label, {"command": dict(ref, status="InProgress", result=None)}),
+        ("WaitStateEntered", f"{warm.label}.Wait", None),
+        ("WaitStateExited", f"{warm.label}.Wait", None),
+        ("TaskStateEntered", f"{warm.label}.Poll", None),
+        ("TaskStateExited", f"{warm.label}.Poll", {"command": ref}),
+        ("ChoiceStateEntered", f"{warm.label}.Finished?", None),
+        ("ChoiceStateExited", f"{warm.label}.Finished?", None),
+        ("PassStateEntered", f"{warm.label}.Result", None),
+        ("PassStateExited", f"{warm.label}.Result", after),
+    ]
+    events: list[dict[str, Any]] = [{"type": "ExecutionStarted", "timestamp": "2026-01-01T00:00:00+00:00"}]
+    for second, (kind, name, output) in enumerate(states, start=1):
+        details: dict[str, Any] = {"name": name}
+        if output is not None:
+            details["output"] = json.dumps(output)
+        key = "stateEnteredEventDetails" if kind.endswith("Entered") else "stateExitedEventDetails"
+        events.append({"type": kind, "timestamp": f"2026-01-01T00:00:{second:02d}+00:00", key: details})
+    events.append({"type": "ExecutionSucceeded", "timestamp": "2026-01-01T00:00:12+00:00"})
+    # When the CLI follows it
+    out = io.StringIO()
+    progress = Progress(out, PLAIN)
+    for event in events:
+        progress.feed(event)
+    lines = out.getvalue().splitlines()
+    # Then the step has its lines under its registry name, and its result's generic summary
+    assert len(lines_matching(lines, "start", "warm-cache")) == 1
+    done = lines_matching(lines, "done", "warm-cache")
+    assert len(done) == 1
+    assert "9.0 s" in done[0]
+    assert "files_read=6, bytes_read=1469213" in done[0]
+    assert not any(f"{warm.label}." in line for line in lines)
 
 
 def test_the_sync_line_has_bytes_and_rate() -> None:
@@ -346,16 +465,16 @@ def test_the_sync_line_has_bytes_and_rate() -> None:
     sync = next(
         json.loads(e["stateExitedEventDetails"]["output"])["steps"]["sync"]["result"]
         for e in events
-        if (e.get("stateExitedEventDetails") or {}).get("name") == "SyncModel.Result"
+        if (e.get("stateExitedEventDetails") or {}).get("name") == "Sync.Result"
     )
-    line = lines_matching(progress_lines("deploy"), "done", "SyncModel")[0]
+    line = lines_matching(progress_lines("deploy"), "done", "sync")[0]
     assert human_bytes(sync["bytes_transferred"]) in line
     assert re.search(r"\(\d+(\.\d)? [KMG]iB/s\)", line)
     assert f"{sync['files_transferred']} of {sync['files_total']} files" in line
 
 
 def test_durations_come_from_the_history() -> None:
-    line = lines_matching(progress_lines("deploy"), "done", "HealthCheck")[0]
+    line = lines_matching(progress_lines("deploy"), "done", "health-check")[0]
     seconds = float(re.search(r"(\d+\.\d) s", line).group(1))  # type: ignore[union-attr]
     assert seconds > 1.0  # the health check polls while the model loads
     assert "check(s)" in line
@@ -363,18 +482,19 @@ def test_durations_come_from_the_history() -> None:
 
 def test_a_failed_step_shows_its_error() -> None:
     lines = progress_lines("rolled_back")
-    failed = lines_matching(lines, "FAIL", "HealthCheck")
+    failed = lines_matching(lines, "FAIL", "health-check")
     assert len(failed) == 1
     assert "HealthCheckFailed: the runtime reports error" in failed[0]
-    assert lines_matching(lines, "done", "Rollback")
+    rollback = lines_matching(lines, "done", "rollback")
+    assert len(rollback) == 1 and "restored the previous state" in rollback[0]
     assert lines_matching(lines, "FAIL", "RolledBack")
 
 
 def test_a_plan_that_does_not_fit_ends_at_its_fail_state() -> None:
     lines = progress_lines("insufficient")
-    assert lines_matching(lines, "done", "Plan")
+    assert lines_matching(lines, "done", "plan")
     assert lines_matching(lines, "FAIL", "InsufficientResources")
-    assert not lines_matching(lines, "start", "SyncModel")
+    assert not lines_matching(lines, "start", "sync")
 
 
 class FakeStepFunctions:
@@ -419,8 +539,8 @@ def test_follow_reads_new_events_only_and_waits_politely() -> None:
     # And every step was printed once although the history was read many times
     lines = out.getvalue().splitlines()
     assert len(fake.history_calls) > 5
-    assert len(lines_matching(lines, "start", "Validate")) == 1
-    assert len(lines_matching(lines, "done", "SyncModel")) == 1
+    assert len(lines_matching(lines, "start", "validate-input")) == 1
+    assert len(lines_matching(lines, "done", "sync")) == 1
     # And the polls were spaced by the poll interval
     assert len(sleeps) == len(fake.history_calls) - 1
     assert set(sleeps) == {0.5}
@@ -457,6 +577,61 @@ def test_follow_gives_up_after_its_timeout() -> None:
         follow(Forever(), "arn:x:y", None, timeout=5, sleep=lambda _: None, clock=lambda: float(next(ticks)))
 
 
+def test_a_long_step_says_it_still_runs() -> None:
+    # Given a plain stream and a step whose command is still running
+    ticks = [0.0]
+    out = io.StringIO()
+    progress = Progress(out, PLAIN, clock=lambda: ticks[0])
+    poll = {
+        "command": {
+            "step": "sync",
+            "document": "AsobaModelDeploy-sync",
+            "command_id": "c-1",
+            "instance_id": "i-0123456789abcdef0",
+            "sent_at": 0.0,
+            "first_sent_at": 0.0,
+            "deadline": 3600.0,
+            "ssm_status": "InProgress",
+        }
+    }
+    for event in [
+        {"type": "ExecutionStarted", "timestamp": "2026-01-01T00:00:00+00:00"},
+        {
+            "type": "TaskStateEntered",
+            "timestamp": "2026-01-01T00:00:01+00:00",
+            "stateEnteredEventDetails": {"name": "Sync"},
+        },
+        {
+            "type": "TaskStateExited",
+            "timestamp": "2026-01-01T00:00:02+00:00",
+            "stateExitedEventDetails": {"name": "Sync.Poll", "output": json.dumps(poll)},
+        },
+    ]:
+        progress.feed(event)
+    # When the heartbeat comes before and after HEARTBEAT_SECONDS
+    progress.heartbeat()
+    ticks[0] = 20.0
+    progress.heartbeat()
+    progress.heartbeat()
+    # Then one line says so, timed on the history's clock, with SSM's status
+    lines = [line for line in out.getvalue().splitlines() if re.search(r"\s\.\.\s+sync\s", line)]
+    assert len(lines) == 1
+    assert "21.0 s  still running (command InProgress)" in lines[0]
+
+
+def test_live_progress_on_a_terminal_still_prints_every_step() -> None:
+    out = io.StringIO()
+    term = Term(color=True, live=True, width=120)
+    finished = follow(
+        FakeStepFunctions(recording("deploy")), "arn", Progress(out, term), sleep=lambda _: None
+    )
+    assert finished.status == "SUCCEEDED"
+    text = ANSI.sub("", out.getvalue())
+    for name in ("validate-input", "sync", "health-check", "release-lock"):
+        assert re.search(rf"done\s+{name}\s", text), name
+    assert ANSI.search(out.getvalue())
+
+
 # ------------------------------------------------------------------------------- records
 
 
@@ -467,7 +642,9 @@ def test_the_deploy_summary_names_endpoints_sync_and_timings() -> None:
     assert f"coexist, port {record.port}, quantization none" in text
     assert record.endpoints["status"] in text
     assert "sync" in text and "/s)" in text
-    assert "health" in text and "runs)" in text
+    # step timings under the registry's names
+    assert re.search(r"collect-resources \d+\.\d s, snapshot-previous", text)
+    assert re.search(r"health-check \d+\.\d s \(\d+ runs\)", text)
     assert "$1.624/h" in text
 
 
@@ -493,6 +670,131 @@ def test_status_and_history_tables() -> None:
     history = history_table([record, failed]).splitlines()
     assert len(history) == 3
     assert "succeeded" in history[1] and "failed" in history[2] and "SyncFailed: s5cmd: 403" in history[2]
+
+
+def test_the_check_result_is_read_where_the_registry_puts_it() -> None:
+    step = steps.the(steps.Phase.CHECK)
+    result = {"passed": 5, "failed": 0, "checks": [{"name": "s3", "status": "pass"}]}
+    events = [
+        {"stateExitedEventDetails": {"name": f"{step.label}.Poll", "output": "{}"}},
+        {
+            "stateExitedEventDetails": {
+                "name": f"{step.label}.Result",
+                "output": json.dumps({"steps": {step.key: {"result": result}}}),
+            }
+        },
+        {"stateExitedEventDetails": {"name": "ReportValidation", "output": "{}"}},
+    ]
+    assert commands.check_result(events) == result
+    assert commands.check_result(events[:1]) is None
+
+
+class FakeSsmAgent:
+    """send_command and get_command_invocation as SSM answers them, one scripted answer a poll."""
+
+    def __init__(self, answers: list[dict[str, Any] | Exception]) -> None:
+        self.answers = answers
+        self.sent: list[dict[str, Any]] = []
+
+    def send_command(self, **request: Any) -> dict[str, Any]:
+        self.sent.append(request)
+        return {"Command": {"CommandId": "c-undeploy"}}
+
+    def get_command_invocation(self, **_: Any) -> dict[str, Any]:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class FakeDynamoDb:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def get_item(self, **_: Any) -> dict[str, Any]:
+        return {}  # no lock held
+
+    def put_item(self, TableName: str, Item: dict[str, Any]) -> None:
+        self.items.append(Item)
+
+
+class FakeAws:
+    region = "us-west-2"
+    is_local = True
+
+    def __init__(self, ssm: FakeSsmAgent) -> None:
+        self.clients: dict[str, Any] = {"ssm": ssm, "dynamodb": FakeDynamoDb()}
+
+    def client(self, service: str) -> Any:
+        return self.clients[service]
+
+
+def undeploy_with(
+    answers: list[dict[str, Any] | Exception], *, json_output: bool = False
+) -> tuple[int, str, str, FakeAws]:
+    aws = FakeAws(FakeSsmAgent(answers))
+    out, err = io.StringIO(), io.StringIO()
+    ctx = commands.Context(
+        aws=aws,  # type: ignore[arg-type]
+        stack_name="AsobaModelDeploy",
+        out=out,
+        err=err,
+        json_output=json_output,
+        poll_seconds=0.25,
+        sleep=lambda _: None,
+        _stack=StackInfo.from_outputs("AsobaModelDeploy", OUTPUTS),
+    )
+    code = commands.undeploy(ctx, "i-0fedcba9876543210", restore_flux=True)
+    return code, out.getvalue(), err.getvalue(), aws
+
+
+def test_undeploy_sends_the_registry_s_document_and_follows_it_through_the_core() -> None:
+    from botocore.exceptions import ClientError
+
+    result = {"ok": True, "stopped": True, "removed": ["/opt/asoba-inference"], "flux_state": "active"}
+    not_yet = ClientError({"Error": {"Code": "InvocationDoesNotExist", "Message": "not yet"}}, "Get")
+    # Given SSM that does not know the invocation at first, then runs it
+    code, out, err, aws = undeploy_with(
+        [
+            not_yet,
+            {"Status": "Pending"},
+            {"Status": "InProgress"},
+            {"Status": "Success", "StandardOutputContent": "stopping\n" + json.dumps(result) + "\n"},
+        ]
+    )
+    # Then the registry's document went out with its parameters
+    assert code == 0, err
+    sent = aws.clients["ssm"].sent[0]
+    assert sent["DocumentName"] == "AsobaModelDeploy-undeploy"
+    assert sent["InstanceIds"] == ["i-0fedcba9876543210"]
+    assert sent["Parameters"]["StartFlux"] == ["true"]
+    assert sent["Parameters"]["ServiceUnit"] == ["asoba-inference.service"]
+    # And the result (the last JSON line, as the core reads it) is in the ledger and the summary
+    (item,) = aws.clients["dynamodb"].items
+    assert json.loads(item["record"]["S"])["results"]["undeploy"] == result
+    assert "undeployed from i-0fedcba9876543210" in out
+    assert "flux      flux-api.service active" in out
+    assert err == ""
+
+
+def test_a_failed_undeploy_is_one_error_line_and_exit_1() -> None:
+    code, _, err, aws = undeploy_with(
+        [{"Status": "Failed", "StandardOutputContent": '{"ok": false, "error": "unit is masked"}\n'}]
+    )
+    assert code == 1
+    assert err.splitlines() == [
+        "error: UndeployFailed: AsobaModelDeploy-undeploy failed on i-0fedcba9876543210: unit is masked"
+    ]
+    assert aws.clients["dynamodb"].items == []
+
+
+def test_undeploy_json_carries_the_status_and_result() -> None:
+    result = {"ok": True, "stopped": False, "removed": [], "flux_state": "active"}
+    code, out, _, _ = undeploy_with(
+        [{"Status": "Success", "StandardOutputContent": json.dumps(result)}], json_output=True
+    )
+    assert code == 0
+    assert json.loads(out) == {"status": "Success", "result": result}
 
 
 def test_checks_table() -> None:
