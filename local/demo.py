@@ -14,7 +14,7 @@
 Without --keep everything is shut down at the end. With --keep the endpoint stays up until
 Ctrl-C, and the lines to paste (aws CLI, curl) are printed.
 
-Test and demo support, not product code. Lambda logs and moto's chatter go to
+Lambda logs and moto's chatter go to
 <workdir>/logs/demo.log, not to the terminal.
 """
 
@@ -97,7 +97,7 @@ def cli_command() -> list[str]:
     script = Path(sys.prefix) / "bin" / "deploy-model"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "asoba_deploy.cli.main"]
 
 
 def cli_environment(endpoint: str, region: str) -> dict[str, str]:

@@ -232,10 +232,7 @@ def validate(ctx: Context, instance_id: str | None) -> int:
     progress = ctx.progress()
     sfn = ctx.aws.client("stepfunctions")
     finished = follow(sfn, arn, progress, poll_seconds=ctx.poll_seconds, timeout=ctx.timeout, sleep=ctx.sleep)
-    events: list[dict[str, Any]] = []
-    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
-        events.extend(page["events"])
-    result = check_result(events)
+    result = check_result(finished.events)
     if ctx.json_output:
         ctx.out.write(
             json.dumps({"status": finished.status, "result": result}, indent=2, sort_keys=True) + "\n"

@@ -472,6 +472,7 @@ class Finished:
     error: str | None
     cause: str | None
     seconds: float
+    events: list[dict[str, Any]] = field(default_factory=list)  # the whole history
 
 
 def _failure_from(events: Iterable[Mapping[str, Any]]) -> tuple[str | None, str | None]:
@@ -563,4 +564,5 @@ def follow(
         error=error,
         cause=cause,
         seconds=clock() - started,
+        events=reader.events,
     )

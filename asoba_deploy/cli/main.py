@@ -32,6 +32,7 @@ examples:
 The stack is found through the CloudFormation outputs of stack AsobaModelDeploy (--stack-name).
 For the local emulator: --endpoint-url http://127.0.0.1:PORT or DEPLOY_MODEL_ENDPOINT_URL
 (AWS_ENDPOINT_URL is honoured too). A model named like a command: deploy-model deploy <model>.
+On a terminal: colour and a live line for the running step; piped, or with NO_COLOR set: plain text.
 """
 
 

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=8)
 def _cached(deploy: str, stack: str) -> Settings:
-    return Settings()
+    return Settings()  # type: ignore[call-arg]  # pydantic-settings reads the fields from the environment
 
 
 def settings() -> Settings:

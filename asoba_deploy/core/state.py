@@ -130,6 +130,8 @@ LockEvent = Annotated[AcquireEvent | ReleaseEvent, Field(discriminator="action")
 
 def parse_event(model: Any, event: object, *, what: str) -> Any:
     """`event` as `model` (a model or an annotated union), or InvalidInput naming the field."""
+    if not isinstance(event, dict):
+        raise InvalidInput(f"{what}: must be a JSON object, got {type(event).__name__}")
     try:
         return parse(event=event, model=model)
     except ValidationError as error:

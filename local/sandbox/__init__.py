@@ -1,7 +1,6 @@
-"""The sandbox: a local stand-in for the GPU instance behind SSM (test and demo support only).
+"""The sandbox: a local stand-in for the GPU instance behind SSM.
 
-Not product code. ``Sandbox`` lays out an instance's folders under a temporary root and
-registers it with ``agent``, which makes moto's SSM Run Command execute the project's documents
+``Sandbox`` lays out an instance's folders under a temporary root and registers it with ``agent``, which makes moto's SSM Run Command execute the project's documents
 there for real, with shims for systemctl, journalctl, sudo and (optionally) nvidia-smi.
 """
 

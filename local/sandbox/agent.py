@@ -1,4 +1,4 @@
-"""A local SSM agent for moto (test and demo support; not product code).
+"""A local SSM agent for moto.
 
 moto's SendCommand checks nothing and reports Success at once with empty output. ``install()``
 wraps moto's SSM backend so that, for instance ids registered by a ``Sandbox``, a command

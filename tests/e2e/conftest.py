@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Ports
 from local.sandbox.sandbox import port_open, wait_for_port
+from tests.conftest import Ports
 
 RUNTIME_UNIT = "asoba-inference.service"
 FLUX_UNIT = "flux-api.service"

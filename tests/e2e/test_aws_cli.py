@@ -73,7 +73,7 @@ def test_aws_cli_starts_an_execution_and_reads_its_history(
         e["stateEnteredEventDetails"]["name"] for e in history["events"] if "stateEnteredEventDetails" in e
     ]
     wanted = [
-        "Validate",
+        "ValidateInput",
         "AcquireLock",
         "CollectResources",
         "Plan",
@@ -82,4 +82,4 @@ def test_aws_cli_starts_an_execution_and_reads_its_history(
         "PlanReady",
     ]
     assert [name for name in entered if name in wanted] == wanted
-    assert "SyncModel" not in entered
+    assert "Sync" not in entered

@@ -94,13 +94,13 @@ def test_demo_end_to_end_then_the_kept_endpoint(tmp_path_factory: pytest.TempPat
         assert f"Plan for {SMOLLM2} (dry run: nothing was changed)" in dry
         assert re.search(r"^  resource\s+need\s+total\s+free now\s+available\s+free after\s+fits$", dry, re.M)
         assert "FITS" in dry
-        assert not re.search(r"start\s+SyncModel", dry)
+        assert not re.search(r"start\s+sync\b", dry)
 
         # The deploy: live progress, the record, the wall time
         deploy = section(text, "4/6", "5/6")
-        for step in ("Validate", "CollectResources", "Plan", "SyncModel", "Install", "HealthCheck"):
+        for step in ("validate-input", "collect-resources", "plan", "sync", "install", "health-check"):
             assert re.search(rf"done\s+{step}\s+\d+\.\d s", deploy), step
-        assert re.search(r"done\s+SyncModel\s+.*MiB in .* \(.*iB/s\), \d+ of \d+ files", deploy)
+        assert re.search(r"done\s+sync\s+.*MiB in .* \(.*iB/s\), \d+ of \d+ files", deploy)
         assert f"Deployed {SMOLLM2} on i-" in deploy
         assert re.search(r"deploy part took \d+\.\d s wall time", deploy)
 
@@ -133,7 +133,7 @@ def test_demo_end_to_end_then_the_kept_endpoint(tmp_path_factory: pytest.TempPat
                 shell_env,
             )
             names = [n for n in json.loads(history) if n]
-        for state in ("Validate", "AcquireLock", "CollectResources", "Plan", "PlanReady"):
+        for state in ("ValidateInput", "AcquireLock", "CollectResources", "Plan", "PlanReady"):
             assert state in names, names
         # ... and curl's URL: the deployed runtime answers /status
         with urllib.request.urlopen(curl.group(1), timeout=30) as response:

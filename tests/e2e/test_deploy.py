@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Ports
-from tests.e2e.helpers import finish, get_json, start
 from local.executions import run_execution
 from local.sandbox.sandbox import port_open
+from tests.conftest import Ports
+from tests.e2e.helpers import finish, get_json, start
 
 
 def test_dry_run_outputs_the_plan_and_changes_nothing(
@@ -26,7 +26,7 @@ def test_dry_run_outputs_the_plan_and_changes_nothing(
     assert plan["stop_services"] == []
     assert instance.tree_digest() == before_tree
     assert instance.processes() == before_processes
-    assert "SyncModel" not in result.states_entered
+    assert "Sync" not in result.states_entered
 
 
 def test_small_model_deploys_beside_flux(

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from local.bucket import upload_model
+from local.executions import run_execution
+from local.sandbox.sandbox import port_open
 from tests.conftest import Ports
 from tests.e2e.helpers import TricklingServer, finish, start, wait_healthy, wait_until_state_entered
-from local.executions import run_execution
-from local.bucket import upload_model
-from local.sandbox.sandbox import port_open
 
 FLUX = "flux-api.service"
 RUNTIME = "asoba-inference.service"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.e2e.helpers import start, wait_until_state_entered
 from local.executions import run_execution, wait_for_execution
+from tests.e2e.helpers import start, wait_until_state_entered
 
 
 def test_a_stopped_execution_does_not_keep_the_instance_locked(

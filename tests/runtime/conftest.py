@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from local.models import build_tiny_model, convert_smollm2
 from tests.runtime.harness import (
     MAIN_CONTEXT,
     MAIN_MAX_NEW_TOKENS,
@@ -27,7 +28,6 @@ from tests.runtime.harness import (
     BackgroundStream,
     RuntimeServer,
 )
-from local.models import build_tiny_model, convert_smollm2
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -594,7 +594,7 @@ def test_a_long_step_says_it_still_runs() -> None:
             "ssm_status": "InProgress",
         }
     }
-    for event in [
+    events: list[dict[str, Any]] = [
         {"type": "ExecutionStarted", "timestamp": "2026-01-01T00:00:00+00:00"},
         {
             "type": "TaskStateEntered",
@@ -606,7 +606,8 @@ def test_a_long_step_says_it_still_runs() -> None:
             "timestamp": "2026-01-01T00:00:02+00:00",
             "stateExitedEventDetails": {"name": "Sync.Poll", "output": json.dumps(poll)},
         },
-    ]:
+    ]
+    for event in events:
         progress.feed(event)
     # When the heartbeat comes before and after HEARTBEAT_SECONDS
     progress.heartbeat()

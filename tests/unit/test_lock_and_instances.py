@@ -10,8 +10,8 @@ import pytest
 from moto import mock_aws
 
 from asoba_deploy.core import lock
-from asoba_deploy.core.validate_input import choose_instance
 from asoba_deploy.core.errors import DeploymentInProgress, InvalidInput
+from asoba_deploy.core.validate_input import choose_instance
 
 IDS = ["i-0123456789abcdef0", "i-0fedcba9876543210"]
 

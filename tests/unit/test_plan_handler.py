@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from asoba_deploy.core.errors import InvalidInput, ModelNotFound
 from asoba_deploy.core.config import DeployConfig, InstanceRoots, Thresholds
+from asoba_deploy.core.errors import InvalidInput, ModelNotFound
 from asoba_deploy.core.settings import Settings
 from lambdas.handlers import plan as plan_handler
 from tests.unit.conftest import SeedBucket

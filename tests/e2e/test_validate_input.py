@@ -21,8 +21,8 @@ def machine(deployed_stack: Any, local_cloud: Any, tiny_model: Path, model_bucke
 def test_valid_input_passes_validate(machine: tuple[Any, str], instance_id: str) -> None:
     sfn, arn = machine
     result = run_execution(sfn, arn, {"model": "tiny-llama", "dry_run": True})
-    assert "Validate" in result.states_exited
-    validated = result.state_output("Validate")
+    assert "ValidateInput" in result.states_exited
+    validated = result.state_output("ValidateInput")
     assert validated["request"]["model"] == "tiny-llama"
     assert validated["instance_id"] == instance_id
     assert validated["model_source"]["uri"] == "s3://asoba-llm-cache/tiny-llama/"
@@ -34,7 +34,7 @@ def test_unknown_model_fails_model_not_found(machine: tuple[Any, str]) -> None:
     assert result.status == "FAILED"
     assert result.error == "ModelNotFound"
     assert "no-such-model" in (result.cause or "")
-    assert result.states_entered == ["Validate"]
+    assert result.states_entered == ["ValidateInput"]
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_bad_input_fails_invalid_input(machine: tuple[Any, str], payload: Any, n
     assert result.status == "FAILED"
     assert result.error == "InvalidInput"
     assert named in (result.cause or "")
-    assert result.states_entered == ["Validate"], "nothing after Validate may run on bad input"
+    assert result.states_entered == ["ValidateInput"], "nothing after ValidateInput may run on bad input"
 
 
 def test_stopped_instance_fails_instance_unavailable(

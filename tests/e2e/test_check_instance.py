@@ -33,7 +33,7 @@ def test_validation_passes_on_a_healthy_instance(
     result = run_execution(sfn, machine_arn, {"mode": "validate", "instance_id": instance_id})
 
     assert result.status == "SUCCEEDED", (result.error, result.cause)
-    assert "ValidationPassed" in result.states_entered
+    assert "CheckPassed" in result.states_entered
     metrics = emitted_metrics(capsys.readouterr().out)
     assert metrics["InstanceOnline"] == 1.0
     assert metrics["ValidationPassed"] == 1.0
