@@ -96,11 +96,6 @@ def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, 
     if isinstance(event, str | bytes):
         event = json.loads(event or "{}")
     module_name, _, attribute = str(function.handler).rpartition(".")
-    with _INVOKE_LOCK:
-        handler = _load_handler(function, module_name, attribute)
-    if handler is None:
-        error = {"errorType": "Runtime.ImportModuleError", "errorMessage": f"No module named '{module_name}'"}
-        return json.dumps(error), True, ""
     environment = {str(k): str(v) for k, v in (function.environment_vars or {}).items()}
     environment.update(
         {
@@ -116,6 +111,11 @@ def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, 
         aws_request_id=str(uuid.uuid4()),
     )
     with _INVOKE_LOCK, _environment(environment):
+        # loaded under the function's environment: module-level Powertools objects read it
+        handler = _load_handler(function, module_name, attribute)
+        if handler is None:
+            error = {"errorType": "Runtime.ImportModuleError", "errorMessage": f"No module named '{module_name}'"}
+            return json.dumps(error), True, ""
         try:
             result = handler(event, context)
         except Exception as error:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from asoba_deploy.core.catalog import Catalog, CatalogEntry
 from asoba_deploy.core.contracts import check_model_name
 from asoba_deploy.core.errors import InvalidInput, ModelNotFound
+from asoba_deploy.core.quantization import Prequantized
 from asoba_deploy.core.s3 import ObjectInfo, S3Reader
 from asoba_deploy.core.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
@@ -38,7 +39,7 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 DEFAULT_WORKERS = 8
 
 FileRole = Literal["config", "index", "weights", "adapter_weights", "tokenizer", "other"]
-QuantKind = Literal["awq", "gptq", "bnb-4bit", "bnb-8bit"]
+QuantKind = Prequantized  # the kinds a stored checkpoint can carry (asoba_deploy.core.quantization)
 
 _EMBEDDING_SUFFIXES = (
     "embed_tokens.weight",

@@ -47,7 +47,7 @@ def runtime_bundle(local_cloud: Any, deployed_stack: Any) -> Iterator[tuple[str,
     """The stack's runtime bundle object; restored after the test."""
     lam = local_cloud.client("lambda")
     config = lam.get_function_configuration(FunctionName=deployed_stack.functions["Install"])
-    uri = config["Environment"]["Variables"]["RUNTIME_BUNDLE_URI"]
+    uri = json.loads(config["Environment"]["Variables"]["ASOBA_STACK"])["runtime_bundle_uri"]
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     s3 = local_cloud.client("s3")
     original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
