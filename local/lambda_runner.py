@@ -3,8 +3,8 @@
 moto invokes a function through `LambdaFunction._invoke_lambda(event) -> (payload, errored,
 logs)`. We replace it with a call of the real handler named by the function's `Handler`,
 loaded from the function's own code asset, with its own environment variables, and return
-exceptions the way the Lambda
-runtime does (`errorType` = class name), so Retry/Catch match our typed errors.
+exceptions the way the Lambda runtime does (`errorType` = class name), so Retry/Catch match
+our typed errors.
 This is a moto internal: moto is pinned exactly.
 """
 
@@ -114,8 +114,8 @@ def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, 
         # loaded under the function's environment: module-level Powertools objects read it
         handler = _load_handler(function, module_name, attribute)
         if handler is None:
-            error = {"errorType": "Runtime.ImportModuleError", "errorMessage": f"No module named '{module_name}'"}
-            return json.dumps(error), True, ""
+            missing = f"No module named '{module_name}'"
+            return json.dumps({"errorType": "Runtime.ImportModuleError", "errorMessage": missing}), True, ""
         try:
             result = handler(event, context)
         except Exception as error:

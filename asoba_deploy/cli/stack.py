@@ -76,6 +76,10 @@ class Aws:
         return self._clients[service]
 
 
+# An older stack without the FluxService output ran the configuration's default.
+DEFAULT_FLUX_SERVICE: str = DeployConfig.model_fields["flux_service"].default
+
+
 @dataclass(frozen=True)
 class StackInfo:
     """The outputs of the deployed stack that the CLI works with."""
@@ -88,7 +92,7 @@ class StackInfo:
     model_bucket: str = ""
     document_prefix: str = ""
     instance_roots: dict[str, str] = field(default_factory=dict)
-    flux_service: str = "flux-api.service"
+    flux_service: str = DEFAULT_FLUX_SERVICE
     instance_type: str = ""
 
     @classmethod
@@ -113,7 +117,7 @@ class StackInfo:
             model_bucket=outputs.get("ModelBucket", ""),
             document_prefix=outputs.get("DocumentPrefix", f"{name}-"),
             instance_roots=roots,
-            flux_service=outputs.get("FluxService") or "flux-api.service",
+            flux_service=outputs.get("FluxService") or DEFAULT_FLUX_SERVICE,
             instance_type=outputs.get("InstanceType", ""),
         )
 

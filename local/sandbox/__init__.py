@@ -1,7 +1,8 @@
 """The sandbox: a local stand-in for the GPU instance behind SSM.
 
 ``Sandbox`` lays out an instance's folders under a temporary root and registers it with
-``agent``, which makes moto's SSM Run Command execute the project's documents there for real, with shims for systemctl, journalctl, sudo and (optionally) nvidia-smi.
+``agent``, which makes moto's SSM Run Command execute the project's documents there for real,
+with shims for systemctl, journalctl, sudo and (optionally) nvidia-smi.
 """
 
 from local.sandbox.documents import (

@@ -23,12 +23,21 @@ from tests.unit.test_manifest import TINY
 def test_builtin_catalog_is_the_seed_table() -> None:
     catalog = builtin_catalog()
     assert catalog.names() == sorted(
-        ["mistral_policy_analysis", "mistral_iac_generation", "qwen3-14b", "qwen3-14b-awq",
-         "qwen3-coder-30b", "deepseek-r1-8b"]
+        [
+            "mistral_policy_analysis",
+            "mistral_iac_generation",
+            "qwen3-14b",
+            "qwen3-14b-awq",
+            "qwen3-coder-30b",
+            "deepseek-r1-8b",
+        ]
     )
     tiers = {name: catalog.entries[name].tier for name in catalog.names()}
-    assert [n for n, t in tiers.items() if t == 1] == ["mistral_iac_generation", "mistral_policy_analysis",
-                                                        "qwen3-14b"]
+    assert [n for n, t in tiers.items() if t == 1] == [
+        "mistral_iac_generation",
+        "mistral_policy_analysis",
+        "qwen3-14b",
+    ]
     qwen = catalog.get("qwen3-14b")
     variant = catalog.get("qwen3-14b-awq")
     assert qwen is not None and qwen.awq_variant == "qwen3-14b-awq"
@@ -86,8 +95,11 @@ def test_generic_model_deploys_without_catalog_entry(moto_s3: Any, tmp_path: Pat
 def test_catalog_variant_and_conventional_awq_folder(moto_s3: Any, tmp_path: Path) -> None:
     # Given a generic model with a "<name>-awq" folder that is a real AWQ checkpoint
     big = {**TINY, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4}
-    awq = {**big, "torch_dtype": "float16",
-           "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}
+    awq = {
+        **big,
+        "torch_dtype": "float16",
+        "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128},
+    }
     upload_folder(moto_s3, "models", "", write_model(tmp_path / "gen", big, decoder_tensors(big)).path)
     awq_folder = write_model(tmp_path / "gen-awq", awq, decoder_tensors(awq, "F16"))
     upload_folder(moto_s3, "models", "", awq_folder.path)

@@ -107,15 +107,20 @@ def test_unneeded_files_are_skipped(moto_s3: Any, tmp_path: Path) -> None:
     put(moto_s3, "both/.cache/huggingface/download/x.metadata", b"x")
     manifest = read_manifest(reader_for(moto_s3), "", "both", builtin_catalog())
     assert {f.path for f in manifest.skipped} == {
-        "pytorch_model.bin", "original/consolidated.00.pth", ".cache/huggingface/download/x.metadata"
+        "pytorch_model.bin",
+        "original/consolidated.00.pth",
+        ".cache/huggingface/download/x.metadata",
     }
     assert "model.safetensors" in {f.path for f in manifest.files}
     assert any("not syncing 3 file(s)" in w for w in manifest.warnings)
 
 
 def test_prequantized_awq_checkpoint(moto_s3: Any, tmp_path: Path) -> None:
-    config = {**TINY, "torch_dtype": "float16",
-              "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 32}}
+    config = {
+        **TINY,
+        "torch_dtype": "float16",
+        "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 32},
+    }
     tensors = [
         Tensor("model.layers.0.self_attn.q_proj.qweight", "I32", (64, 8)),
         Tensor("model.layers.0.self_attn.q_proj.qzeros", "I32", (2, 8)),
@@ -269,8 +274,11 @@ def test_adapter_base_from_catalog_and_prequantized_base(moto_s3: Any, tmp_path:
     # Given an adapter whose config names a hub id unknown here, and a catalog naming its base
     from asoba_deploy.core.catalog import Catalog
 
-    config = {**TINY, "torch_dtype": "float16",
-              "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32}}
+    config = {
+        **TINY,
+        "torch_dtype": "float16",
+        "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32},
+    }
     base = write_model(tmp_path / "qbase", config, decoder_tensors(TINY, "F16"))
     adapter = write_adapter(tmp_path / "qlora", TINY, "hub-org/Some-Model-7B", r=2)
     upload_folder(moto_s3, "models", "", base.path)

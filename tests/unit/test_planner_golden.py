@@ -58,17 +58,20 @@ class Expected:
 
 SEED_TABLE = {
     # Tier 1: 298/297 MB, "<1GB" memory, coexist with Flux.
-    "mistral_policy_analysis": Expected("coexist", 8001, False, "none", "mistral_policy_analysis", (0.5, 1.0),
-                                        (0.28, 0.30)),
-    "mistral_iac_generation": Expected("coexist", 8001, False, "none", "mistral_iac_generation", (0.5, 1.0),
-                                       (0.28, 0.30)),
+    "mistral_policy_analysis": Expected(
+        "coexist", 8001, False, "none", "mistral_policy_analysis", (0.5, 1.0), (0.28, 0.30)
+    ),
+    "mistral_iac_generation": Expected(
+        "coexist", 8001, False, "none", "mistral_iac_generation", (0.5, 1.0), (0.28, 0.30)
+    ),
     # 28 GB, stops Flux, the AWQ variant is preferred when the bucket has it (~12 GB memory).
     "qwen3-14b": Expected("replace", 8000, True, "awq", "qwen3-14b-awq", (10.5, 12.5), (9.0, 9.5)),
     # Tier 2: pre-quantized ~10 GB, "~12GB" memory.
     "qwen3-14b-awq": Expected("replace", 8000, True, "awq", "qwen3-14b-awq", (10.5, 12.5), (9.0, 9.5)),
     # ~62 GB MoE, 4-bit on load: ~16 GiB of 4-bit weights.
-    "qwen3-coder-30b": Expected("replace", 8000, True, "bnb-4bit", "qwen3-coder-30b", (18.0, 21.0),
-                                (16.0, 17.5)),
+    "qwen3-coder-30b": Expected(
+        "replace", 8000, True, "bnb-4bit", "qwen3-coder-30b", (18.0, 21.0), (16.0, 17.5)
+    ),
     # ~16 GB, "~18GB" memory, no quantization.
     "deepseek-r1-8b": Expected("replace", 8000, True, "none", "deepseek-r1-8b", (17.0, 18.5), (14.9, 15.0)),
 }
@@ -224,10 +227,23 @@ def test_allow_stop_flux_false_keeps_flux(seed_bucket: SeedBucket) -> None:
 
 def test_small_model_that_does_not_fit_beside_flux_replaces_it(seed_bucket: SeedBucket) -> None:
     busy_gpu = seed_snapshot(
-        gpus=[{"index": 0, "name": "NVIDIA A10G", "memory_total_bytes": 23028 << 20,
-               "memory_used_bytes": 22 * GIB}],
-        services=[{"unit": "flux-api.service", "state": "active", "rss_bytes": 34 * GIB,
-                   "gpu_memory_bytes": 22 * GIB - (300 << 20), "port": 8000}],
+        gpus=[
+            {
+                "index": 0,
+                "name": "NVIDIA A10G",
+                "memory_total_bytes": 23028 << 20,
+                "memory_used_bytes": 22 * GIB,
+            }
+        ],
+        services=[
+            {
+                "unit": "flux-api.service",
+                "state": "active",
+                "rss_bytes": 34 * GIB,
+                "gpu_memory_bytes": 22 * GIB - (300 << 20),
+                "port": 8000,
+            }
+        ],
     )
     result, _ = plan_from_bucket(seed_bucket, "mistral_policy_analysis", busy_gpu)
     assert result.fits

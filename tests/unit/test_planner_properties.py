@@ -30,10 +30,18 @@ GIB = 1 << 30
 MIB = 1 << 20
 POLICY = Policy()
 SMALL_DENSE: dict[str, Any] = {
-    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1536,
-    "intermediate_size": 4096, "num_attention_heads": 12, "num_key_value_heads": 4, "head_dim": 128,
-    "num_hidden_layers": 28, "vocab_size": 151936, "max_position_embeddings": 32768,
-    "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 1536,
+    "intermediate_size": 4096,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "num_hidden_layers": 28,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
 }
 MODELS = [*SEED_MODELS, "small-dense"]
 
@@ -46,8 +54,12 @@ def manifest(name: str) -> Manifest:
     seed = SEED_MODELS[name]
     variant = manifest("qwen3-14b-awq") if name == "qwen3-14b" else None
     return manifest_from_tensors(
-        name, seed.config, seed.tensors(seed.config), shards=seed.shards,
-        catalog_entry=catalog.get(name), awq_variant=variant,
+        name,
+        seed.config,
+        seed.tensors(seed.config),
+        shards=seed.shards,
+        catalog_entry=catalog.get(name),
+        awq_variant=variant,
     )
 
 
@@ -70,25 +82,51 @@ def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], DeployRequest]:
     flux_port = draw(st.one_of(st.none(), PORTS))
     runtime_port = draw(st.one_of(st.none(), PORTS))
     services = [
-        {"unit": "flux-api.service", "state": "active" if flux_active else "inactive",
-         "rss_bytes": flux_rss, "gpu_memory_bytes": flux_gpu, "port": flux_port if flux_active else None},
-        {"unit": "asoba-inference.service", "state": "active" if runtime_active else "inactive",
-         "rss_bytes": runtime_rss, "gpu_memory_bytes": runtime_gpu,
-         "port": runtime_port if runtime_active else None},
+        {
+            "unit": "flux-api.service",
+            "state": "active" if flux_active else "inactive",
+            "rss_bytes": flux_rss,
+            "gpu_memory_bytes": flux_gpu,
+            "port": flux_port if flux_active else None,
+        },
+        {
+            "unit": "asoba-inference.service",
+            "state": "active" if runtime_active else "inactive",
+            "rss_bytes": runtime_rss,
+            "gpu_memory_bytes": runtime_gpu,
+            "port": runtime_port if runtime_active else None,
+        },
     ]
     if draw(st.booleans()):
-        services.append({"unit": "other.service", "state": "active", "rss_bytes": 0,
-                         "gpu_memory_bytes": 0, "port": draw(PORTS)})
-    listening = sorted({p for s in services if s["state"] == "active" and s["port"] for p in [s["port"]]}
-                       | set(draw(st.lists(PORTS, max_size=3))))
+        services.append(
+            {
+                "unit": "other.service",
+                "state": "active",
+                "rss_bytes": 0,
+                "gpu_memory_bytes": 0,
+                "port": draw(PORTS),
+            }
+        )
+    listening = sorted(
+        {p for s in services if s["state"] == "active" and s["port"] for p in [s["port"]]}
+        | set(draw(st.lists(PORTS, max_size=3)))
+    )
     snapshot = {
         "hostname": "h",
         "collected_at": datetime(2025, 8, 6, tzinfo=UTC),
         "cpus": 16,
         "ram_total_bytes": ram_total,
         "ram_available_bytes": ram_total - flux_rss - runtime_rss - other_rss,
-        "gpus": [{"index": 0, "name": "GPU", "memory_total_bytes": gpu_total,
-                  "memory_used_bytes": flux_gpu + runtime_gpu + other_gpu}] if has_gpu else [],
+        "gpus": [
+            {
+                "index": 0,
+                "name": "GPU",
+                "memory_total_bytes": gpu_total,
+                "memory_used_bytes": flux_gpu + runtime_gpu + other_gpu,
+            }
+        ]
+        if has_gpu
+        else [],
         "services": services,
         "listening_ports": listening,
         "models_root": "/opt/models",
@@ -171,8 +209,11 @@ def test_needs_within_what_is_available_when_fits(scenario: tuple[dict[str, Any]
     st.floats(0, 1),
 )
 def test_more_free_memory_never_breaks_a_fit(
-    scenario: tuple[dict[str, Any], DeployRequest], more_gpu_mib: int, more_ram_gib: int,
-    more_disk_gib: int, less_other_gpu: float,
+    scenario: tuple[dict[str, Any], DeployRequest],
+    more_gpu_mib: int,
+    more_ram_gib: int,
+    more_disk_gib: int,
+    less_other_gpu: float,
 ) -> None:
     snapshot, request = scenario
     before = run(snapshot, request)
