@@ -8,13 +8,16 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMPS := .stamps
 LAYER := build/lambda-layer
+# checkov's own venv: its pins (boto3, packaging, networkx) clash with requirements-dev.txt's.
+CHECKOV_VENV := build/checkov-venv
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CDK := node_modules/.bin/cdk
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 TYPED := app.py asoba_deploy stacks lambdas local instance_runtime tests bench
 
-.PHONY: help setup test lint typecheck pytest synth deploy demo lambda-layer clean
+.PHONY: help setup test lint typecheck pytest checkov synth deploy demo lambda-layer clean
 
 help:
 	@echo "make demo    set up, then run a local emulated deployment end to end (KEEP=1 keeps it running)"
@@ -57,7 +60,15 @@ $(STAMPS)/layer: lambdas/requirements.txt stacks/functions.py | $(STAMPS)/python
 
 lambda-layer: $(STAMPS)/layer
 
-setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer
+$(STAMPS)/checkov: requirements-checkov.txt
+	@mkdir -p $(STAMPS)
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	@touch $@
+
+setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer $(STAMPS)/checkov
 
 # --- checks -------------------------------------------------------------------------------
 lint: setup
@@ -70,10 +81,22 @@ typecheck: setup
 pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# checkov on the synthesized template: every finding is fixed or skipped in the resource's
+# Metadata with a reason (stacks/checkov_skips.py); tests/stack/test_checkov.py asserts the same.
+define CHECKOV_SCAN
+	$(CDK) synth --quiet -o build/checkov-synth
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
+		-f build/checkov-synth/AsobaModelDeploy.template.json
+endef
+
+checkov: setup
+	$(CHECKOV_SCAN)
+
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(TYPED)
+	$(CHECKOV_SCAN)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # --- the real AWS path ----------------------------------------------------------------------

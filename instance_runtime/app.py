@@ -1,8 +1,8 @@
 """The FastAPI app: factory, lifespan, error mapping and routes.
 
 Routes translate between wire formats and ``ModelRuntime``; the state lives on ``app.state``.
-/health and /status never touch the model or the generation worker, so they answer while a
-model loads or a long generation runs.
+/health, /status and /metrics never touch the model or the generation worker, so they answer
+while a model loads or a long generation runs.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from instance_runtime import SERVICE_NAME, __version__
 from instance_runtime.errors import ModelNotFound, ServiceError, UnsupportedRequest
 from instance_runtime.generation import GenerationResult
 from instance_runtime.gpu import process_ram_gb
+from instance_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from instance_runtime.runtime import GenerationStream, ModelRuntime
 from instance_runtime.schemas import (
     ChatChoice,
@@ -182,6 +183,11 @@ def _add_service_routes(app: FastAPI) -> None:
         if body["error"] is None:
             del body["error"]
         return JSONResponse(body, status_code=200 if runtime.status == "healthy" else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(runtime: RuntimeDep) -> Response:
+        # A plain def, like /status: the GPU gauge asks NVML.
+        return Response(runtime.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/generate", response_model=GenerateResponse)
     async def generate(request: GenerateRequest, runtime: RuntimeDep) -> GenerateResponse:

@@ -1,4 +1,5 @@
-"""The model: loading (dtype, device, quantization, LoRA) and one generation at a time.
+"""The transformers model: loading (dtype, device, quantization, LoRA), prompts, and a blocking
+single-request generate(); the service batches through ``transformers_engine``.
 
 Imported lazily by the loader thread: importing torch and transformers takes seconds, and the
 web app must answer /health before that is done.
@@ -22,22 +23,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
-    GenerationConfig,
     PreTrainedModel,
-    StoppingCriteria,
-    StoppingCriteriaList,
 )
-from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as hf_logging
 
 from instance_runtime.errors import ConfigurationError, InvalidRequest
-from instance_runtime.generation import (
-    FinishReason,
-    GenerationResult,
-    IncrementalDecoder,
-    SamplingParams,
-    StopTextBuffer,
-)
+from instance_runtime.generation import GenerationResult, SamplingParams
 from instance_runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -164,51 +155,8 @@ class LoadedInfo:
     load_seconds: float
 
 
-class _Progress(BaseStreamer):
-    """Receives each new token from generate(): decodes it, applies stop strings, forwards text."""
-
-    def __init__(
-        self,
-        decoder: IncrementalDecoder,
-        stops: StopTextBuffer,
-        on_text: Callable[[str], None] | None,
-    ) -> None:
-        self.decoder = decoder
-        self.stops = stops
-        self._on_text = on_text
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first hands the streamer the prompt itself
-            self._prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            if self.stops.stopped:
-                break
-            self._emit(self.stops.feed(self.decoder.push(int(token))))
-
-    def end(self) -> None:
-        self._emit(self.stops.feed(self.decoder.flush()) + self.stops.finish())
-
-    def _emit(self, text: str) -> None:
-        if text and self._on_text is not None:
-            self._on_text(text)
-
-
-class _StopWhen(StoppingCriteria):
-    """Ends generation at a stop string, or when the request is cancelled (client gone, shutdown)."""
-
-    def __init__(self, progress: _Progress, cancel: threading.Event) -> None:
-        self._progress = progress
-        self._cancel = cancel
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        done = self._progress.stops.stopped or self._cancel.is_set()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
 class Engine:
-    """A loaded model and tokenizer. ``generate`` must be called from one thread at a time."""
+    """A loaded transformers model and its tokenizer."""
 
     def __init__(
         self, name: str, model: PreTrainedModel, tokenizer: Any, decode_tokenizer: Any, info: LoadedInfo
@@ -218,7 +166,7 @@ class Engine:
         self.tokenizer = tokenizer
         # The worker thread decodes with its own copy: the Rust tokenizer object raises
         # "Already borrowed" when two threads use it and one of them changes its settings.
-        self._decode_tokenizer = decode_tokenizer
+        self.decode_tokenizer = decode_tokenizer
         self.info = info
         self.context_length = info.context_length
         eos = model.generation_config.eos_token_id
@@ -333,23 +281,6 @@ class Engine:
 
     # ----- generation --------------------------------------------------------------------------
 
-    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
-        # Every sampling knob is set, so the checkpoint's generation_config.json (Qwen3 ships
-        # top_k=20, temperature=0.6) cannot change what the request asked for.
-        config = GenerationConfig(
-            max_new_tokens=params.max_tokens,
-            min_new_tokens=params.max_tokens if params.ignore_eos else None,
-            do_sample=not params.greedy,
-            temperature=1.0 if params.greedy else params.temperature,
-            top_p=1.0 if params.greedy else params.top_p,
-            top_k=50 if params.greedy else 0,  # OpenAI has no top-k; 50 is the inert greedy value
-            repetition_penalty=1.0,
-            num_beams=1,
-            eos_token_id=sorted(self.eos_token_ids) or None,
-            pad_token_id=self.pad_token_id,
-        )
-        return config
-
     def generate(
         self,
         prompt_ids: Sequence[int],
@@ -358,48 +289,31 @@ class Engine:
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Generate one completion. ``on_text`` receives the text as it is produced."""
-        cancel = cancel or threading.Event()
-        decoder = IncrementalDecoder(
-            lambda ids: self._decode_tokenizer.decode(list(ids), skip_special_tokens=True)
-        )
-        progress = _Progress(decoder, StopTextBuffer(params.stop), on_text)
-        if cancel.is_set():  # the client left while the request waited in the queue
-            return GenerationResult("", len(prompt_ids), 0, "abort")
-        device = self.model.device
-        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        try:
-            with torch.inference_mode():
-                self.model.generate(  # type: ignore[operator]
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=self._generation_config(params),
-                    streamer=progress,
-                    stopping_criteria=StoppingCriteriaList([_StopWhen(progress, cancel)]),
-                )
-        except torch.cuda.OutOfMemoryError:
-            # Give the cached blocks back so the next, perhaps shorter, request can run.
-            gc.collect()
-            torch.cuda.empty_cache()
-            raise
-        return GenerationResult(
-            text=progress.stops.text,
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=decoder.token_count,
-            finish_reason=self._finish_reason(decoder, progress, params, cancel),
-        )
+        """Generate one completion, blocking; ``on_text`` receives the text as it is produced.
 
-    def _finish_reason(
-        self,
-        decoder: IncrementalDecoder,
-        progress: _Progress,
-        params: SamplingParams,
-        cancel: threading.Event,
-    ) -> FinishReason:
-        if progress.stops.stopped or decoder.last_token in self.eos_token_ids:
-            return "stop"
-        if decoder.token_count >= params.max_tokens:
-            return "length"
-        return "abort" if cancel.is_set() else "length"
+        The service batches through ``TransformersEngine``; this is the same decode loop for one
+        request (tests, benchmarks). Call from one thread at a time.
+        """
+        from instance_runtime.batching import BatchDecoder, BatchRequest, SyncSink
+
+        cancel = cancel or threading.Event()
+        if cancel.is_set():
+            return GenerationResult("", len(prompt_ids), 0, "abort")
+        sink = SyncSink(on_text, cancel.is_set)
+        decoder = BatchDecoder(self, max_batch_size=1)
+        try:
+            decoder.add([BatchRequest(prompt_ids, params, sink)])
+            while decoder.rows:
+                decoder.step()
+        except torch.cuda.OutOfMemoryError:
+            release_cached_memory()
+            raise
+        assert sink.result is not None
+        return sink.result
+
+
+def release_cached_memory() -> None:
+    """After an OOM: give the cached blocks back so the next, perhaps shorter, request can run."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

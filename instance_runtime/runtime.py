@@ -7,22 +7,20 @@ these calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from instance_runtime.errors import ConfigurationError, GenerationFailed, InvalidRequest, ModelNotReady
 from instance_runtime.generation import GenerationResult, SamplingParams
 from instance_runtime.gpu import GpuMonitor
-from instance_runtime.scheduler import GenerationScheduler
+from instance_runtime.metrics import ServiceMetrics
+from instance_runtime.scheduler import Admission
+from instance_runtime.serving import EngineStats, RequestHandle, ServingEngine, load_engine
 from instance_runtime.settings import RuntimeSettings
-
-if TYPE_CHECKING:
-    from instance_runtime.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -36,45 +34,25 @@ class PreparedPrompt:
 
 
 class GenerationStream:
-    """Text deltas of one running generation, then its result."""
+    """Text deltas of one running generation, then its result (what the routes see)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.future: asyncio.Future[GenerationResult] | None = None
-        self.cancel: threading.Event | None = None
-
-    def push_threadsafe(self, item: str | None) -> None:
-        # The loop may already be closed when a cancelled generation ends during shutdown.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+    def __init__(self, handle: RequestHandle) -> None:
+        self.handle = handle
 
     async def __aiter__(self) -> AsyncIterator[str]:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
+        async for delta in self.handle:
+            yield delta
 
     async def result(self) -> GenerationResult:
-        assert self.future is not None
         try:
-            return await self.future
+            return await self.handle.result()
         except Exception as exc:
             log.error("generation failed: %s", "".join(traceback.format_exception(exc)))
             raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
 
-    def on_done(self, future: asyncio.Future[GenerationResult]) -> None:
-        # A job dropped before it started (shutdown) never runs its finally: end the stream here
-        # too. And mark a failure as seen, in case the client left and nobody awaits the result.
-        if not future.cancelled():
-            future.exception()
-        self._queue.put_nowait(None)
-
     def abort(self) -> None:
-        """The client went away: stop generating at the next token (a no-op once finished)."""
-        if self.cancel is not None:
-            self.cancel.set()
+        """The client went away: stop generating at the next step (a no-op once finished)."""
+        self.handle.abort()
 
 
 class ModelRuntime:
@@ -83,9 +61,10 @@ class ModelRuntime:
         self.model_name = settings.served_model_name
         self.status: ModelStatus = "loading"
         self.error: str | None = None
-        self.engine: Engine | None = None
+        self.engine: ServingEngine | None = None
         self.gpu = GpuMonitor()
-        self.scheduler = GenerationScheduler(settings.queue_size, settings.retry_after_s)
+        self.admission = Admission(settings.max_batch_size, settings.queue_size, settings.retry_after_s)
+        self.metrics = ServiceMetrics(self.engine_stats, self.gpu)
         self._loader: threading.Thread | None = None
 
     # ----- loading -----------------------------------------------------------------------------
@@ -99,9 +78,8 @@ class ModelRuntime:
         try:
             if not self.settings.model_path.is_dir():  # say so before seconds of importing torch
                 raise ConfigurationError(f"MODEL_PATH {self.settings.model_path} is not a folder")
-            from instance_runtime.engine import Engine  # torch + transformers: seconds to import
-
-            engine = Engine.load(self.settings)
+            # The engine's module imports torch (seconds): only here, never in the web layer.
+            engine = load_engine(self.settings)
         except Exception as exc:
             log.error("model failed to load: %s", "".join(traceback.format_exception(exc)))
             self.error = f"{type(exc).__name__}: {exc}"
@@ -114,7 +92,10 @@ class ModelRuntime:
         if self._loader is not None:
             self._loader.join(timeout)
 
-    def ready_engine(self) -> Engine:
+    def engine_stats(self) -> EngineStats | None:
+        return self.engine.stats() if self.engine is not None else None
+
+    def ready_engine(self) -> ServingEngine:
         if self.status == "healthy" and self.engine is not None:
             return self.engine
         if self.status == "error":
@@ -176,38 +157,37 @@ class ModelRuntime:
 
     # ----- generation --------------------------------------------------------------------------
 
-    async def generate(self, prepared: PreparedPrompt) -> GenerationResult:
+    def _submit(self, prepared: PreparedPrompt, *, streaming: bool) -> RequestHandle:
         engine = self.ready_engine()
-        future, _ = self.scheduler.submit(
-            lambda cancel: engine.generate(prepared.token_ids, prepared.params, cancel=cancel)
-        )
+        self.admission.acquire()
         try:
-            return await future
-        except Exception as exc:
-            log.error("generation failed: %s", "".join(traceback.format_exception(exc)))
-            raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
+            handle = engine.submit(prepared.token_ids, prepared.params, streaming=streaming)
+        except BaseException:
+            self.admission.release_now()
+            raise
+        self.admission.release_when_done(handle.done)
+        handle.done.add_done_callback(lambda _: self.metrics.observe(handle))
+        return handle
+
+    async def generate(self, prepared: PreparedPrompt) -> GenerationResult:
+        stream = GenerationStream(self._submit(prepared, streaming=False))
+        try:
+            return await stream.result()
+        except asyncio.CancelledError:
+            stream.abort()
+            raise
 
     def open_stream(self, prepared: PreparedPrompt) -> GenerationStream:
         """Admit a streaming generation now (so a full queue is an HTTP 503, not a broken stream)."""
-        engine = self.ready_engine()
-        stream = GenerationStream(asyncio.get_running_loop())
-
-        def job(cancel: threading.Event) -> GenerationResult:
-            try:
-                return engine.generate(
-                    prepared.token_ids, prepared.params, on_text=stream.push_threadsafe, cancel=cancel
-                )
-            finally:
-                stream.push_threadsafe(None)
-
-        stream.future, stream.cancel = self.scheduler.submit(job)
-        stream.future.add_done_callback(stream.on_done)
-        return stream
+        return GenerationStream(self._submit(prepared, streaming=True))
 
     async def shutdown(self) -> None:
         # uvicorn has already waited up to SHUTDOWN_TIMEOUT_S for open requests; what is left has
         # no client. A short drain keeps the whole stop inside systemd's TimeoutStopSec.
-        await self.scheduler.close(min(5.0, self.settings.shutdown_timeout_s))
+        drained = await self.admission.close(min(5.0, self.settings.shutdown_timeout_s))
         if self.engine is not None:
-            self.engine.close()
+            if not drained:
+                log.warning("shutdown: aborting %d unfinished generation(s)", self.admission.inflight)
+                self.engine.abort_all()
+            await self.engine.close()
             self.engine = None

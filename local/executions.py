@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from local.limits import check_history
+
 
 @dataclass
 class ExecutionResult:
@@ -70,6 +72,8 @@ def wait_for_execution(
     history: list[dict[str, Any]] = []
     for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
         history.extend(page["events"])
+    # what AWS would refuse fails here too: state sizes, history length, Lambda responses
+    check_history(history, execution=arn.rsplit(":", 1)[-1])
     error, cause = history_failure(history)
     output = json.loads(described["output"]) if described.get("output") else None
     return ExecutionResult(

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from aws_cdk import (
     Acknowledgment,
+    ArnFormat,
     CfnOutput,
+    Duration,
     RemovalPolicy,
     Stack,
     Validations,
 )
 from aws_cdk import (
     aws_iam as iam,
+)
+from aws_cdk import (
+    aws_kms as kms,
 )
 from aws_cdk import (
     aws_lambda as lambda_,
@@ -47,6 +52,7 @@ class ModelDeployStack(Stack):
         if missing:
             raise FileNotFoundError(f"ssm_documents/ lacks {', '.join(m + '.yaml' for m in missing)}")
         tables = DeploymentTables(self, "Tables")
+        logs_key = self._logs_key()
         runtime_bundle = s3_assets.Asset(
             self,
             "RuntimeBundle",
@@ -57,6 +63,7 @@ class ModelDeployStack(Stack):
             self,
             "CommandOutput",
             retention=logs.RetentionDays.THREE_MONTHS,
+            encryption_key=logs_key,
             removal_policy=RemovalPolicy.DESTROY,
         )
         settings = Settings(
@@ -74,7 +81,7 @@ class ModelDeployStack(Stack):
             **settings.to_environment(),
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         }
-        functions = DeployFunctions(self, "Functions", environment=environment)
+        functions = DeployFunctions(self, "Functions", environment=environment, logs_key=logs_key)
         fn = functions.functions
 
         model_prefix_arn = f"arn:{self.partition}:s3:::{config.model_bucket}/{config.model_prefix}*"
@@ -106,6 +113,7 @@ class ModelDeployStack(Stack):
             functions=fn,
             poll_seconds=config.poll_interval_seconds,
             state_machine_name=state_machine_name,
+            logs_key=logs_key,
         )
         for name, function in fn.items():
             if Grant.DESCRIBE_EXECUTIONS in STEPS[name].grants:
@@ -142,11 +150,60 @@ class ModelDeployStack(Stack):
         self.state_machine = machine.state_machine
         self.runtime_bundle = runtime_bundle
 
+    def _logs_key(self) -> kms.Key:
+        """The customer key of every log group of the stack (execution data, command output)."""
+        key = kms.Key(
+            self,
+            "LogsKey",
+            enable_key_rotation=True,
+            description="Encrypts the deployment's log groups",
+            removal_policy=RemovalPolicy.DESTROY,
+            pending_window=Duration.days(7),
+        )
+        # CloudWatch Logs encrypts with it on behalf of the account's log groups only.
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchLogsEncryptsTheAccountsLogGroups",
+                principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+                actions=[
+                    "kms:Encrypt*",
+                    "kms:Decrypt*",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:Describe*",
+                ],
+                resources=["*"],
+                conditions={
+                    "ArnLike": {"kms:EncryptionContext:aws:logs:arn": self._log_group_arn("*")},
+                },
+            )
+        )
+        return key
+
+    def _log_group_arn(self, name: str) -> str:
+        return self.format_arn(
+            service="logs", resource="log-group", resource_name=name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+        )
+
+    def _model_key_decrypt(self) -> iam.PolicyStatement | None:
+        """kms:Decrypt on the model bucket's SSE-KMS key, used through S3 only; None without one."""
+        if self.config.model_bucket_kms_key_arn is None:
+            return None
+        return iam.PolicyStatement(
+            sid="DecryptModelObjects",
+            actions=["kms:Decrypt"],
+            resources=[self.config.model_bucket_kms_key_arn],
+            conditions={"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}},
+        )
+
     def _grant_model_read(self, function: object, bucket_arn: str, prefix_arn: str) -> None:
         role = function.role  # type: ignore[attr-defined]
         role.add_to_principal_policy(
             iam.PolicyStatement(sid="ReadModelObjects", actions=["s3:GetObject"], resources=[prefix_arn])
         )
+        decrypt = self._model_key_decrypt()
+        if decrypt is not None:
+            role.add_to_principal_policy(decrypt)
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="ListModelPrefix",
@@ -207,7 +264,12 @@ class ModelDeployStack(Stack):
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="FollowCommands",
-                actions=["ssm:GetCommandInvocation", "ssm:ListCommandInvocations", "ssm:CancelCommand"],
+                actions=[
+                    "ssm:GetCommandInvocation",
+                    "ssm:ListCommandInvocations",
+                    "ssm:ListCommands",  # a retried send finds the command it already sent
+                    "ssm:CancelCommand",
+                ],
                 resources=["*"],
             )
         )
@@ -240,6 +302,7 @@ class ModelDeployStack(Stack):
         command_logs: logs.LogGroup,
     ) -> iam.ManagedPolicy:
         """What the instance's own role needs; attach it to the instance profile."""
+        decrypt = self._model_key_decrypt()
         policy = iam.ManagedPolicy(
             self,
             "InstanceAccess",
@@ -260,6 +323,20 @@ class ModelDeployStack(Stack):
                     actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
                     resources=[command_logs.log_group_arn, f"{command_logs.log_group_arn}:*"],
                 ),
+                # The SSM agent creates the output group of each command that streams (it exists:
+                # the call only has to be allowed), then looks it up; on a denial it stops streaming.
+                iam.PolicyStatement(
+                    sid="AgentCreatesCommandOutputGroup",
+                    actions=["logs:CreateLogGroup"],
+                    resources=[self._log_group_arn(command_logs.log_group_name), command_logs.log_group_arn],
+                ),
+                # DescribeLogGroups is authorized on the account's log-group:* pattern, not on one group.
+                iam.PolicyStatement(
+                    sid="AgentFindsCommandOutputGroup",
+                    actions=["logs:DescribeLogGroups"],
+                    resources=[self._log_group_arn("*")],
+                ),
+                *([decrypt] if decrypt is not None else []),
             ],
         )
         Validations.of(policy).acknowledge(
@@ -270,6 +347,13 @@ class ModelDeployStack(Stack):
             Acknowledgment(
                 id=f"AwsSolutions-IAM5[Resource::<{self.get_logical_id(command_logs.node.default_child)}.Arn>:*]",  # type: ignore[arg-type]
                 reason="Log streams of the command output group are created per command",
+            ),
+            Acknowledgment(
+                id=(
+                    f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:{self.config.region}:"
+                    f"{self.config.account or '<AWS::AccountId>'}:log-group:*]"
+                ),
+                reason="logs:DescribeLogGroups takes no narrower resource than the account's log groups",
             ),
         )
         return policy

@@ -2,7 +2,7 @@
 
 Composed from an include list, so nothing (the CLI, packaging metadata, caches) has to be
 kept out: lambdas/handlers/*.py as the top-level `handlers` package, and the package's
-`asoba_deploy/core`. Staged under build/ at synth; CDK hashes the staged bytes, so the
+`asoba_deploy/core` with its subpackages. Staged under build/ at synth; CDK hashes the staged bytes, so the
 asset changes only when the code does.
 """
 
@@ -25,14 +25,15 @@ def included() -> list[tuple[Path, Path]]:
 
 
 def _python_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.glob("*.py") if path.is_file())
+    # Recursive: subpackages (asoba_deploy/core/planner) are imported by the handlers too.
+    return sorted(path for path in folder.rglob("*.py") if path.is_file() and "__pycache__" not in path.parts)
 
 
 def _files() -> list[tuple[Path, Path]]:
     """(source file, its path in the asset), sorted."""
     files = [(paths.PACKAGE_DIR / "__init__.py", Path("asoba_deploy") / "__init__.py")]
     for source, destination in included():
-        files += [(path, destination / path.name) for path in _python_files(source)]
+        files += [(path, destination / path.relative_to(source)) for path in _python_files(source)]
     return sorted(files, key=lambda pair: str(pair[1]))
 
 

@@ -1,6 +1,6 @@
 """The reusable "run an SSM document on the instance" fragment.
 
-    <Step> (send) -> <Step>.Wait -> <Step>.Poll -> <Step>.Finished?
+    <Step> (send) -> <Step>.Wait -> <Step>.Poll -> <Step>.Finished?   (each Wait: $.command.wait_seconds)
         InProgress -> <Step>.Wait            (the command still runs)
         Resend     -> <Step>.Again -> <Step> (the document ran but asks to be run again,
                                              e.g. the health check while the model loads)
@@ -33,7 +33,12 @@ TRANSIENT_ERRORS = [
     "Lambda.TooManyRequestsException",
     "Lambda.ServiceException",
     "Lambda.SdkClientException",
+    "Lambda.AWSLambdaException",
+    "Lambda.ClientExecutionTimeoutException",
 ]
+# Each Wait reads its seconds from the command: the poll Lambda backs off (core.commands.next_wait),
+# so a step at its full budget stays a few hundred events, not budget / interval rounds.
+WAIT_SECONDS_PATH = "$.command.wait_seconds"
 
 
 def invoke(
@@ -85,8 +90,9 @@ class RunOnInstance(sfn.StateMachineFragment):
             "$.command",
             comment=comment,
         )
-        wait = sfn.Wait(self, f"{label}.Wait", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds)))
-        again = sfn.Wait(self, f"{label}.Again", time=sfn.WaitTime.duration(Duration.seconds(poll_seconds)))
+        # poll_seconds reaches the Lambdas through the settings: the back-off's floor
+        wait = sfn.Wait(self, f"{label}.Wait", time=sfn.WaitTime.seconds_path(WAIT_SECONDS_PATH))
+        again = sfn.Wait(self, f"{label}.Again", time=sfn.WaitTime.seconds_path(WAIT_SECONDS_PATH))
         poll = invoke(
             self,
             f"{label}.Poll",

@@ -19,6 +19,9 @@ from aws_cdk import (
     Stack,
 )
 from aws_cdk import (
+    aws_kms as kms,
+)
+from aws_cdk import (
     aws_lambda as lambda_,
 )
 from aws_cdk import (
@@ -47,6 +50,7 @@ class DeployStateMachine(Construct):
         functions: dict[str, lambda_.Function],
         poll_seconds: int,
         state_machine_name: str,
+        logs_key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         fn = functions
@@ -249,10 +253,14 @@ class DeployStateMachine(Construct):
             .otherwise(deploy_chain)
         )
 
+        # Under /aws/vendedlogs/: log delivery is then allowed by one wildcard statement, not one
+        # per group in the account's 5,120-character CloudWatch Logs resource policy.
         self.log_group = logs.LogGroup(
             self,
             "ExecutionLogs",
+            log_group_name=f"/aws/vendedlogs/states/{state_machine_name}",
             retention=logs.RetentionDays.THREE_MONTHS,
+            encryption_key=logs_key,
             removal_policy=RemovalPolicy.DESTROY,
         )
         self.state_machine = sfn.StateMachine(

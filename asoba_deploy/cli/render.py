@@ -291,7 +291,7 @@ def _breakdown(estimate: MemoryEstimate) -> str:
 def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
     """Every decision of the plan (asoba_deploy.core.planner), as the planner made it."""
     catalog = f"catalog tier {plan.tier}" if plan.in_catalog else "not in the catalog: generic deploy"
-    cached = sum(f.bytes for f in plan.files if f.cached)
+    cached = plan.cached_bytes  # an execution's plan lists only its first files
     if plan.action == "replace":
         stops = ", ".join(plan.stop_services)
         action = f"replace: stops {stops} and takes its port" if stops else "replace"
@@ -313,7 +313,7 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
     rows += [
         (
             "files",
-            f"{len(plan.files)} files, {human_bytes(plan.total_bytes)}; "
+            f"{plan.file_count} files, {human_bytes(plan.total_bytes)}; "
             f"{human_bytes(plan.bytes_to_transfer)} to transfer, {human_bytes(cached)} cached",
         ),
         ("action", action),
@@ -329,8 +329,8 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
             ),
         ),
     ]
-    if plan.skipped_files:
-        rows.append(("skipped", f"{len(plan.skipped_files)} files, {human_bytes(plan.skipped_bytes)}"))
+    if plan.skipped_count:
+        rows.append(("skipped", f"{plan.skipped_count} files, {human_bytes(plan.skipped_bytes)}"))
     header = Text.assemble("Plan for ", (plan.model, "bold"))
     if dry_run:
         header.append(" (dry run: nothing was changed)")

@@ -14,8 +14,10 @@ A model that is in neither but has a folder in the bucket deploys generically (t
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from asoba_deploy.core.contracts import check_model_name, describe_validation_error
@@ -23,6 +25,11 @@ from asoba_deploy.core.errors import InvalidInput
 from asoba_deploy.core.s3 import S3Reader
 
 MAX_CATALOG_BYTES = 1024 * 1024
+# S3 answers 403, not 404, for a missing key to a principal whose s3:ListBucket does not cover
+# the request (the Plan role's is conditioned on s3:prefix, which a GetObject does not carry).
+_DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
+
+logger = logging.getLogger(__name__)
 
 
 class CatalogEntry(BaseModel):
@@ -135,10 +142,23 @@ def builtin_catalog() -> Catalog:
 def load_catalog(reader: S3Reader, key: str) -> Catalog:
     """The built-in catalog, overridden by `key` in the bucket when that object exists."""
     catalog = builtin_catalog()
-    raw = reader.read_object(key, MAX_CATALOG_BYTES)
+    source = f"s3://{reader.bucket}/{key}"
+    try:
+        raw = reader.read_object(key, MAX_CATALOG_BYTES)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code not in _DENIED_CODES:
+            raise
+        logger.warning(
+            "%s: %s (%s), read as no catalog file: S3 answers 403 for a missing key when "
+            "s3:ListBucket does not cover it; using the built-in catalog",
+            source,
+            code,
+            error.response.get("Error", {}).get("Message", ""),
+        )
+        return catalog
     if raw is None:
         return catalog
-    source = f"s3://{reader.bucket}/{key}"
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

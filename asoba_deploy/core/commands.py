@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
@@ -19,7 +20,22 @@ from pydantic import BaseModel, ConfigDict
 
 from asoba_deploy.core.errors import DeployError, InstanceUnavailable
 
-STDOUT_TAIL = 2000
+# The failure cause carries this much of a failed command's stderr/stdout (the state never does).
+FAILURE_TAIL = 1500
+# GetCommandInvocation keeps the first 24,000 characters of stdout and ends a cut one with this
+# (amazon-ssm-agent: agent/framework/processor/executer/iohandler/iohandler.go
+# DefaultOutputConfig's OutputTruncatedSuffix, applied by runpluginutil.go's StringPrefix).
+TRUNCATED_SUFFIX = "--output truncated--"
+# The agent's marker in the combined output (iohandler.go truncateOut); the emulator used it.
+TRUNCATED_MARKER = "\n---Output truncated---"
+STDOUT_LIMIT = 24_000
+# Poll back-off: wait a tenth of the time the step has run, at least the configured interval,
+# at most MAX_WAIT_SECONDS; so a step polls O(log budget + budget / MAX_WAIT_SECONDS) times and
+# a deployment's history stays far below 25,000 events at any interval (local/limits.py).
+BACKOFF_FRACTION = 0.1
+MAX_WAIT_SECONDS = 30
+# A retried send looks this far back for the command its first attempt may have sent.
+RESEND_LOOKBACK_SECONDS = 900
 
 
 class InvocationDoesNotExist(Exception):
@@ -46,8 +62,7 @@ class CommandRef(BaseModel):
     status: Literal["InProgress", "Success", "Resend"] = "InProgress"
     ssm_status: str = "Pending"
     result: dict[str, Any] | None = None
-    stdout_tail: str = ""
-    stderr_tail: str = ""
+    wait_seconds: int = 1  # the next Wait (SecondsPath): see next_wait
     expect: dict[str, Any] | None = None  # what a successful result must show (see core/steps.py)
     execution_name: str | None = None  # the log correlation id
     finished_at: float | None = None  # when the command itself ended (SSM's clock)
@@ -62,6 +77,40 @@ def _raise_transient(error: ClientError) -> None:
         raise ThrottlingException(str(error)) from None
 
 
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_sent(
+    ssm: Any, *, instance_id: str, document: str, comment: str, since: float
+) -> dict[str, Any] | None:
+    """The command already sent to `instance_id` with this document and comment since `since`.
+    SendCommand has no client token; the comment names the execution, step and attempt."""
+    kwargs: dict[str, Any] = {
+        "InstanceId": instance_id,
+        # SSM filters on its side; moto ignores Filters, so both are checked here again
+        "Filters": [
+            {"key": "DocumentName", "value": document},
+            {"key": "InvokedAfter", "value": _iso(since)},
+        ],
+    }
+    while True:
+        try:
+            page = ssm.list_commands(**kwargs)
+        except ClientError as error:
+            _raise_transient(error)
+            raise
+        for command in page.get("Commands", []):
+            if command.get("Comment") == comment and command.get("DocumentName") == document:
+                requested = _timestamp(command.get("RequestedDateTime"))
+                if requested is None or requested >= since:
+                    return dict(command)
+        token = page.get("NextToken")
+        if not token:
+            return None
+        kwargs["NextToken"] = token
+
+
 def send(
     ssm: Any,
     *,
@@ -74,14 +123,41 @@ def send(
     log_group: str = "",
     comment: str = "",
     previous: CommandRef | None = None,
+    idempotent: bool = False,
 ) -> CommandRef:
-    """Start the document; a resend keeps the first attempt's deadline."""
+    """Start the document; a resend keeps the first attempt's deadline. `idempotent`: `comment`
+    names this send uniquely (execution, step, attempt), and a command already sent under it
+    (the Lambda retried after SendCommand went through) is returned instead of a second one."""
+    comment = comment[:100]  # SendCommand's limit
+    first = previous.first_sent_at if previous else now
+    deadline = previous.deadline if previous else now + timeout_seconds
+    attempt = (previous.attempt + 1) if previous else 1
+    found = None
+    if idempotent and comment:
+        found = find_sent(
+            ssm,
+            instance_id=instance_id,
+            document=document,
+            comment=comment,
+            since=now - RESEND_LOOKBACK_SECONDS,
+        )
+    if found is not None:
+        return CommandRef(
+            step=step,
+            document=document,
+            command_id=str(found["CommandId"]),
+            instance_id=instance_id,
+            sent_at=min(now, _timestamp(found.get("RequestedDateTime")) or now),
+            first_sent_at=first,
+            deadline=deadline,
+            attempt=attempt,
+        )
     kwargs: dict[str, Any] = {
         "InstanceIds": [instance_id],
         "DocumentName": document,
         "Parameters": {name: [value] for name, value in parameters.items()},
         "TimeoutSeconds": max(30, min(timeout_seconds, 2592000)),
-        "Comment": comment[:100],
+        "Comment": comment,
     }
     if log_group:
         kwargs["CloudWatchOutputConfig"] = {
@@ -96,8 +172,6 @@ def send(
         if code in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
             raise InstanceUnavailable(f"instance {instance_id} cannot take commands: {code}") from None
         raise
-    first = previous.first_sent_at if previous else now
-    deadline = previous.deadline if previous else now + timeout_seconds
     return CommandRef(
         step=step,
         document=document,
@@ -106,8 +180,16 @@ def send(
         sent_at=now,
         first_sent_at=first,
         deadline=deadline,
-        attempt=(previous.attempt + 1) if previous else 1,
+        attempt=attempt,
     )
+
+
+def next_wait(ref: CommandRef, *, now: float, interval: int) -> int:
+    """Seconds of the Wait before the next poll (or resend): the back-off, never far past the deadline."""
+    elapsed = max(0.0, now - ref.first_sent_at)
+    seconds = min(max(interval, MAX_WAIT_SECONDS), max(interval, int(elapsed * BACKOFF_FRACTION)))
+    remaining = math.ceil(ref.deadline - now)
+    return max(1, min(seconds, max(interval, remaining)))
 
 
 def last_json_line(stdout: str) -> dict[str, Any] | None:
@@ -146,13 +228,8 @@ def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> 
     status = invocation.get("Status", "Pending")
     stdout = invocation.get("StandardOutputContent", "") or ""
     stderr = invocation.get("StandardErrorContent", "") or ""
-    updated = ref.model_copy(
-        update={
-            "ssm_status": status,
-            "stdout_tail": stdout[-STDOUT_TAIL:],
-            "stderr_tail": stderr[-STDOUT_TAIL:],
-        }
-    )
+    # no output in the state: a finished command keeps its result line only
+    updated = ref.model_copy(update={"ssm_status": status})
     if status in ("Pending", "InProgress", "Delayed"):
         if now > ref.deadline:
             # already ended or unknown: the step fails either way
@@ -163,9 +240,18 @@ def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> 
                 raise InstanceUnavailable(
                     f"{ref.document}: instance {ref.instance_id} did not pick up the command in {waited} s"
                 )
-            raise error(f"{ref.document} did not finish within {waited} s on {ref.instance_id}")
+            budget = int(ref.deadline - ref.first_sent_at)
+            raise error(
+                f"{ref.document} did not finish within its step budget of {budget} s on {ref.instance_id} "
+                f"(still {status} after {waited} s; cancelled)"
+            )
         return updated.model_copy(update={"status": "InProgress"})
 
+    if output_truncated(stdout):
+        raise error(
+            f"{ref.document} on {ref.instance_id}: output truncated by SSM at {STDOUT_LIMIT:,} characters: "
+            "the result line is lost"
+        )
     result = last_json_line(stdout)
     finished_at = _timestamp(invocation.get("ExecutionEndDateTime")) or now
     updated = updated.model_copy(update={"result": result, "finished_at": finished_at, "seen_at": now})
@@ -175,7 +261,29 @@ def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> 
     if details in ("DeliveryTimedOut", "Undeliverable", "Terminated"):
         raise InstanceUnavailable(f"{ref.document}: instance {ref.instance_id} did not answer ({details})")
     reason = (result or {}).get("error") or (stderr.strip().splitlines() or [details])[-1]
-    raise error(f"{ref.document} {status.lower()} on {ref.instance_id}: {reason}")
+    tails = _tails(stdout if result is None else "", stderr)
+    if status == "TimedOut":
+        # exit 137: the agent's executionTimeout SIGKILLed the script (or SIGKILL from elsewhere, e.g. OOM)
+        raise error(
+            f"{ref.document} timed out on {ref.instance_id}: the SSM agent killed it at its executionTimeout "
+            f"(exit 137); last output: {reason}{tails}"
+        )
+    raise error(f"{ref.document} {status.lower()} on {ref.instance_id}: {reason}{tails}")
+
+
+def output_truncated(stdout: str) -> bool:
+    """The agent cut stdout: whatever JSON line is left is not the script's last one."""
+    return stdout.endswith(TRUNCATED_SUFFIX) or stdout.endswith(TRUNCATED_MARKER)
+
+
+def _tails(stdout: str, stderr: str) -> str:
+    """The end of a failed command's output, for the failure's cause (never kept in the state)."""
+    parts = [
+        f"\n--- {name} (last {FAILURE_TAIL} characters) ---\n{text.strip()[-FAILURE_TAIL:]}"
+        for name, text in (("stderr", stderr), ("stdout", stdout))
+        if text.strip()
+    ]
+    return "".join(parts)
 
 
 def wait(

@@ -20,6 +20,11 @@ PREFIX = r"^$|^[A-Za-z0-9._/-]{1,200}/$"
 REGION = r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$"
 UNIT = r"^[A-Za-z0-9@._-]{1,100}\.service$"
 ABS_PATH = r"^/[A-Za-z0-9._/-]{0,200}$"
+# A key ARN (single- or multi-Region), not an alias: IAM authorizes kms:Decrypt on the key's ARN.
+KMS_KEY_ARN = (
+    r"^arn:aws(-cn|-us-gov)?:kms:[a-z]{2}(-gov)?-[a-z]+-[0-9]:[0-9]{12}:key/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
 
 
 class Thresholds(BaseModel):
@@ -68,6 +73,8 @@ class DeployConfig(BaseModel):
     instance_ids: Annotated[list[Annotated[str, Field(pattern=INSTANCE_ID)]], Field(min_length=1)]
     model_bucket: Annotated[str, Field(pattern=BUCKET_NAME)]
     model_prefix: Annotated[str, Field(pattern=PREFIX)] = ""
+    # The bucket's SSE-KMS key: every principal that reads models gets kms:Decrypt on it.
+    model_bucket_kms_key_arn: Annotated[str, Field(pattern=KMS_KEY_ARN)] | None = None
     region: Annotated[str, Field(pattern=REGION)] = "us-west-2"
     account: Annotated[str, Field(pattern=r"^[0-9]{12}$")] | None = None
     instance_type: Annotated[str, Field(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")] = "g5.4xlarge"

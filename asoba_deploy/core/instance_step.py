@@ -17,6 +17,10 @@ from asoba_deploy.core.steps import STEPS, InstanceStep, Step
 from asoba_deploy.core.validate_input import check_ssm_online
 
 SINGLE_RUN_SECONDS = 60  # one run of a document that is sent again (the health check)
+# The agent's clock starts at delivery, and killing and reporting take a moment: its
+# executionTimeout ends before the step's deadline, so a timeout always reads as TimedOut.
+AGENT_REPORT_MARGIN_SECONDS = 15
+AGENT_MIN_TIMEOUT_SECONDS = 5  # below it the real agent runs the script for 3600 s
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 
@@ -36,7 +40,9 @@ def send_step(step: Step, config: Settings, ssm: Any, state: ExecutionState, now
         check_ssm_online(ssm, state.instance_id)
     budget = spec.budget(config, state)
     parameters = spec.parameters(config, state)
-    parameters["executionTimeout"] = str(SINGLE_RUN_SECONDS if spec.resend_while else budget)
+    run_seconds = SINGLE_RUN_SECONDS if spec.resend_while else budget - AGENT_REPORT_MARGIN_SECONDS
+    parameters["executionTimeout"] = str(max(AGENT_MIN_TIMEOUT_SECONDS, run_seconds))
+    attempt = previous.attempt + 1 if previous else 1
     ref = commands.send(
         ssm,
         step=step.key,
@@ -46,10 +52,15 @@ def send_step(step: Step, config: Settings, ssm: Any, state: ExecutionState, now
         timeout_seconds=budget,
         now=now,
         log_group=config.stack.command_log_group,
-        comment=f"{step.name} {state.execution_name or ''}",
+        # names this send: a retried Lambda finds the command its first try sent
+        comment=f"{step.name}#{attempt} {state.execution_name or ''}",
         previous=previous,
+        idempotent=bool(state.execution_name),
     )
-    update: dict[str, Any] = {"execution_name": state.execution_name}
+    update: dict[str, Any] = {
+        "execution_name": state.execution_name,
+        "wait_seconds": commands.next_wait(ref, now=now, interval=config.poll_seconds),
+    }
     if spec.expect is not None:
         update["expect"] = spec.expect(config, state)
     return ref.model_copy(update=update)
@@ -58,6 +69,9 @@ def send_step(step: Step, config: Settings, ssm: Any, state: ExecutionState, now
 def poll_step(step: Step, config: Settings, ssm: Any, command: CommandRef, now: float) -> CommandRef:
     spec = _instance(step)
     ref = commands.poll(ssm, command, now=now, error=step.error)
+    ref = ref.model_copy(
+        update={"wait_seconds": commands.next_wait(ref, now=now, interval=config.poll_seconds)}
+    )
     if ref.status == "Success" and spec.check is not None and ref.expect is not None:
         spec.check(ref.result or {}, ref.expect)
     if ref.status != "Success" or not spec.resend_while:

@@ -67,7 +67,11 @@ class InstanceSnapshot(BaseModel):
     listening_ports: list[int] = Field(default_factory=list)
     models_root: str
     disk_free_bytes: int = NonNegative
+    # The most recently changed copies only (stdout is cut at 24,000 characters); the planner
+    # reads the copy of the model it deploys. The totals count every folder (None: not reported).
     cached_models: list[CachedModel] = Field(default_factory=list)
+    cached_models_total: int | None = Field(default=None, ge=0)
+    cached_total_bytes: int | None = Field(default=None, ge=0)
     runtime_version: str | None = None
     # What the instance could not report (e.g. nvidia-smi present but the driver unreachable).
     warnings: list[str] = Field(default_factory=list)

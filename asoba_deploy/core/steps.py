@@ -140,15 +140,10 @@ def undeploy_parameters(config: Settings, state: ExecutionState) -> dict[str, st
 
 
 def sync_expectation(config: Settings, state: ExecutionState) -> dict[str, Any]:
-    """The model folder as the plan saw it: a sync that finds anything else is stale."""
+    """The model folder as the plan saw it: a sync that finds anything else is stale. Counted at
+    plan time: the state's plan lists only the first files."""
     plan = _plan(state)
-    prefix = plan.source_uri.split("/", 3)[3]
-    keys = [f for f in plan.files if f.key.startswith(prefix)]
-    skipped = [k for k in plan.skipped_files if k.startswith(prefix)]
-    return {
-        "files": len(keys) + len(skipped),
-        "bytes": sum(f.bytes for f in keys) + (plan.skipped_bytes if skipped else 0),
-    }
+    return {"files": plan.source_files, "bytes": plan.source_bytes}
 
 
 def check_sync(result: dict[str, Any], expect: dict[str, Any]) -> None:

@@ -60,7 +60,8 @@ def plan_event(event: Any, client: Any, config: Settings) -> dict[str, Any]:
             "s3_lists": reader.lists,
         },
     )
-    return result.model_dump(mode="json")
+    # the state carries the plan: its file list is cut, its counts are whole
+    return result.listed().model_dump(mode="json")
 
 
 @logger.inject_lambda_context(correlation_id_path="execution_name")

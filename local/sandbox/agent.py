@@ -7,13 +7,18 @@ behaves as on a real instance:
 * SendCommand validates the document and its parameters as SSM does (unknown document:
   InvalidDocument; unknown, missing or refused parameter: InvalidParameters; an instance that
   is not a sandbox: InvalidInstanceId) before anything runs;
-* each ``aws:runShellScript`` step of the document, ``{{ Parameter }}`` substituted, is written
-  to a file and started as ``sh -c <file>`` (as the Linux agent does, so the ``#!/bin/bash`` line
-  decides the shell) in a background thread, with the sandbox's environment and the step's
-  ``timeoutSeconds``;
-* the invocation goes Pending -> InProgress -> Success | Failed | TimedOut (ExecutionTimedOut),
-  with StandardOutputContent / StandardErrorContent (first 24,000 / 8,000 characters, as the API)
-  and ResponseCode, per step (PluginName = step name);
+* each ``aws:runShellScript`` step of the document, ``{{ Parameter }}`` substituted, is written to
+  ``<orchestration>/<command-id>/<step>/_script.sh`` (0700) and started as ``sh -c <file>`` (so the
+  ``#!/bin/bash`` line decides the shell) in its own process group, in a background thread, in the
+  agent's working directory (the sandbox root, the instance's ``/``), with the agent's environment
+  plus SSM_COMMAND_ID and AWS_SSM_* (``Sandbox.script_env``) and the step's ``timeoutSeconds``
+  (under 5 or over 172800: 3600, as the agent);
+* at the timeout the process group is SIGKILLed at once (no SIGTERM: traps do not run); exit code
+  137 reads as TimedOut (ExecutionTimedOut), whoever exited with it;
+* the invocation goes Pending -> InProgress -> Success | Failed | TimedOut, with
+  StandardOutputContent / StandardErrorContent and ResponseCode per step (PluginName = step name):
+  the agent keeps each stream's first 23,980 bytes + "--output truncated--" when it reaches 24,000,
+  and GetCommandInvocation shows stderr's first 8,000 characters;
 * an offline sandbox leaves new commands Pending until the command's TimeoutSeconds passes, then
   TimedOut with StatusDetails DeliveryTimedOut; DescribeInstanceInformation reports it
   ConnectionLost (and Online otherwise); a stopped EC2 instance counts as offline;
@@ -51,11 +56,15 @@ from local.sandbox.validation import resolve_parameters, substitute
 if TYPE_CHECKING:
     from local.sandbox.sandbox import Sandbox
 
-STDOUT_LIMIT = 24_000
-STDERR_LIMIT = 8_000
-LIST_OUTPUT_LIMIT = 2_500
+# From github.com/aws/amazon-ssm-agent (agent/ paths named where each is used).
+AGENT_OUTPUT_LIMIT = 24_000  # iohandler.DefaultOutputConfig MaxStdoutLength, for stdout and stderr alike
+AGENT_TRUNCATED_SUFFIX = "--output truncated--"  # its OutputTruncatedSuffix
+STDOUT_LIMIT = 24_000  # GetCommandInvocation StandardOutputContent
+STDERR_LIMIT = 8_000  # GetCommandInvocation StandardErrorContent: its first 8,000 characters
+LIST_OUTPUT_LIMIT = 2_500  # iohandler.MaximumPluginOutputSize (ListCommandInvocations Output)
 DEFAULT_STEP_TIMEOUT_S = 3600
-TIMED_OUT_RESPONSE_CODE = 137  # the agent's "stopped preemptively" exit code
+MIN_STEP_TIMEOUT_S, MAX_STEP_TIMEOUT_S = 5, 172_800
+STOPPED_PREEMPTIVELY_EXIT_CODE = 137  # appconfig.CommandStoppedPreemptivelyExitCode: 128 + SIGKILL
 TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled")
 
 _lock = threading.RLock()
@@ -73,11 +82,37 @@ def _iso_duration(seconds: float) -> str:
     return f"PT{seconds:.3f}S"
 
 
-def _truncate(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    marker = "\n---Output truncated---"
-    return text[: limit - len(marker)] + marker
+def _raw(text: bytes | str) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
+
+
+def _agent_prefix(data: bytes) -> str:
+    """runpluginutil.go: pluginutil.StringPrefix(output, 24000, "--output truncated--") on stdout
+    and stderr: Go lengths are bytes, and an output of exactly the limit is cut too."""
+    if len(data) >= AGENT_OUTPUT_LIMIT:
+        data = data[: AGENT_OUTPUT_LIMIT - len(AGENT_TRUNCATED_SUFFIX)] + AGENT_TRUNCATED_SUFFIX.encode()
+    return data.decode(errors="replace")  # Go's JSON encoding replaces invalid UTF-8 the same way
+
+
+_ERROR_TITLE = "\n----------ERROR-------\n"
+_TRUNCATE_OUT = "\n---Output truncated---"
+_TRUNCATE_ERROR = "\n---Error truncated----"
+
+
+def _plugin_output(stdout: str, stderr: str, capacity: int = LIST_OUTPUT_LIMIT) -> str:
+    """iohandler.go TruncateOutput: a plugin's Output (stdout, error title, stderr) in capacity."""
+    title = _ERROR_TITLE if stderr else ""
+    space = capacity - len(title)
+    if len(stdout) + len(stderr) < space:
+        return stdout + title + stderr
+    if len(stdout) > space // 2 and len(stderr) > space // 2:
+        size = (space - len(_TRUNCATE_ERROR) - len(_TRUNCATE_OUT)) // 2
+        return stdout[:size] + _TRUNCATE_OUT + title + stderr[:size] + _TRUNCATE_ERROR
+    if len(stdout) <= space // 2:
+        size = space - len(_TRUNCATE_ERROR)
+        return stdout + title + stderr[: size - len(stdout)] + _TRUNCATE_ERROR
+    size = space - len(_TRUNCATE_OUT)
+    return stdout[: size - len(stderr)] + _TRUNCATE_OUT + title + stderr
 
 
 class _Error(SSMException):
@@ -151,9 +186,9 @@ class InvocationRun:
                 "ExecutionEndDateTime": finished.isoformat() if finished else "",
                 "Status": step.status,
                 "StatusDetails": step.status_details,
-                "StandardOutputContent": _truncate(step.stdout, STDOUT_LIMIT) if done else "",
+                "StandardOutputContent": step.stdout[:STDOUT_LIMIT] if done else "",
                 "StandardOutputUrl": "",
-                "StandardErrorContent": _truncate(step.stderr, STDERR_LIMIT) if done else "",
+                "StandardErrorContent": step.stderr[:STDERR_LIMIT] if done else "",
                 "StandardErrorUrl": "",
                 "CloudWatchOutputConfig": {
                     "CloudWatchLogGroupName": self.log_group,
@@ -179,15 +214,13 @@ class InvocationRun:
             }
             if details:
                 for step in self.steps:
-                    output = step.stdout
-                    if step.stderr:
-                        output += "\n----------ERROR-------\n" + step.stderr
+                    output = _plugin_output(step.stdout, step.stderr)
                     plugin: dict[str, Any] = {
                         "Name": step.name,
                         "Status": step.status,
                         "StatusDetails": step.status_details,
                         "ResponseCode": step.response_code,
-                        "Output": _truncate(output, LIST_OUTPUT_LIMIT) if step.status in TERMINAL else "",
+                        "Output": output if step.status in TERMINAL else "",
                         "StandardOutputUrl": "",
                         "StandardErrorUrl": "",
                     }
@@ -299,6 +332,22 @@ def _finish_all(run: InvocationRun, status: str, details: str) -> None:
     _set_status(run, status, details)
 
 
+def _execution_timeout(value: Any) -> int:
+    """pluginutil.ValidateExecutionTimeout: an int (a float's integer part); unreadable, under 5
+    or over 172800 s: the default 3600."""
+    text = str(value)
+    try:
+        seconds = int(text)
+    except ValueError:
+        try:
+            seconds = int(float(text))
+        except ValueError:
+            seconds = DEFAULT_STEP_TIMEOUT_S
+    if not MIN_STEP_TIMEOUT_S <= seconds <= MAX_STEP_TIMEOUT_S:
+        return DEFAULT_STEP_TIMEOUT_S
+    return seconds
+
+
 def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -> str:
     with _lock:
         step.status = step.status_details = "InProgress"
@@ -308,27 +357,29 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
             step, "Failed", 1, "", f"the sandbox agent runs aws:runShellScript only, not {step.action}\n"
         )
     commands = step.inputs.get("runCommand", [])
-    script = commands if isinstance(commands, str) else "\n".join(str(line) for line in commands)
-    try:
-        timeout = int(str(step.inputs.get("timeoutSeconds", DEFAULT_STEP_TIMEOUT_S)))
-    except ValueError:
-        return _end_step(step, "Failed", 1, "", "invalid timeoutSeconds\n")
-    folder = sandbox.run_dir / "ssm" / run.command.command_id / f"{index}-{step.name}"
-    folder.mkdir(parents=True, exist_ok=True)
+    lines = [commands] if isinstance(commands, str) else [str(line) for line in commands]
+    timeout = _execution_timeout(step.inputs.get("timeoutSeconds", DEFAULT_STEP_TIMEOUT_S))
+    # runscript.go: <orchestration>/<command-id>/<step name, ':' removed>/_script.sh, 0700
+    folder = sandbox.orchestration_dir / run.command.command_id / step.name.replace(":", "")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     script_path = folder / "_script.sh"
-    script_path.write_text(script if script.endswith("\n") else script + "\n")
+    script_path.write_text("\n".join(lines) + "\n")  # pluginutil.CreateScriptFile
     script_path.chmod(0o700)
-    working = str(step.inputs.get("workingDirectory") or folder)
+    working = str(step.inputs.get("workingDirectory") or "")
+    if not os.path.isabs(working):
+        downloads = sandbox.orchestration_dir / run.command.command_id / "downloads" / working
+        # else the agent's own working directory: / for its systemd unit
+        working = str(downloads) if working and downloads.is_dir() else str(sandbox.root)
     stdout_path, stderr_path = folder / "stdout", folder / "stderr"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
             ["sh", "-c", str(script_path)],
             cwd=working,
-            env=sandbox.script_env(run.region),
+            env=sandbox.script_env(run.region, run.command.command_id),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            start_new_session=True,
+            start_new_session=True,  # Setpgid: the kill reaches the whole process group
         )
         with _lock:
             run.process = process
@@ -336,36 +387,31 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # executers_unix.go killProcess: SIGKILL to the group at once, no SIGTERM: no trap runs
             timed_out = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=2)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            code = process.wait()
-    stdout = stdout_path.read_text(errors="replace")
-    stderr = stderr_path.read_text(errors="replace")
+            process.wait()
+            code = STOPPED_PREEMPTIVELY_EXIT_CODE
+    stdout = stdout_path.read_bytes()
+    stderr = stderr_path.read_bytes()
     if run.cancelled:
         return _end_step(step, "Cancelled", -1, stdout, stderr)
-    if timed_out:
-        return _end_step(
-            step,
-            "TimedOut",
-            TIMED_OUT_RESPONSE_CODE,
-            stdout,
-            stderr + f"\nfailed to run commands: exit status {TIMED_OUT_RESPONSE_CODE}\n",
-        )
+    if timed_out or code == STOPPED_PREEMPTIVELY_EXIT_CODE:
+        # pluginutil_unix.go GetStatus: 137 reads as TimedOut, whoever exited with it; no
+        # "failed to run commands" line then (runscript.go marks only Failed steps)
+        return _end_step(step, "TimedOut", STOPPED_PREEMPTIVELY_EXIT_CODE, stdout, stderr)
     if code != 0:
-        return _end_step(
-            step, "Failed", code, stdout, stderr + f"\nfailed to run commands: exit status {code}\n"
-        )
+        # MarkAsFailed -> AppendError: the message right after the script's stderr, no newlines
+        failure = f"failed to run commands: exit status {code}".encode()
+        return _end_step(step, "Failed", code, stdout, stderr + failure)
     return _end_step(step, "Success", 0, stdout, stderr)
 
 
-def _end_step(step: StepRun, status: str, code: int, stdout: str, stderr: str) -> str:
+def _end_step(step: StepRun, status: str, code: int, stdout: bytes | str, stderr: bytes | str) -> str:
     with _lock:
-        step.stdout, step.stderr, step.response_code = stdout, stderr, code
+        step.stdout, step.stderr = _agent_prefix(_raw(stdout)), _agent_prefix(_raw(stderr))
+        step.response_code = code
         step.status = status
         step.status_details = "ExecutionTimedOut" if status == "TimedOut" else status
         step.finished = _now()

@@ -9,8 +9,9 @@
 
 Layout under ``root`` (the instance's ``/``): etc/systemd/system, etc/asoba-inference,
 etc/profile.d, opt/models, opt/asoba-inference, var/lib/asoba-inference, and ``run/`` for the
-sandbox's own state (shim state, journal, SSM scripts and outputs, HOME), which
-``tree_digest()`` leaves out, as /run is not part of an instance's disk.
+sandbox's own state (shim state, journal, AWS config files, /tmp), which ``tree_digest()`` leaves
+out, as /run is not part of an instance's disk; so is the SSM agent's own state under
+var/lib/amazon/ssm (each command's orchestration folder: _script.sh, stdout, stderr).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ FAKE_FLUX = Path(__file__).resolve().parent / "fake_flux.py"
 DOCUMENTS = Path(__file__).resolve().parents[2] / "ssm_documents"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"  # discard port: nothing answers, fast failure
+PLATFORM_NAME, PLATFORM_VERSION = "Ubuntu", "22.04"  # /etc/os-release NAME and VERSION_ID
 
 
 class Sandbox:
@@ -75,12 +77,16 @@ class Sandbox:
             self.profile_dir,
             self.models_root,
             self.run_dir / "home",
-            self.run_dir / "aws",
+            self.aws_config_dir,
             self.run_dir / "tmp",
         ):
             folder.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "aws" / "config").write_text("")
-        (self.run_dir / "aws" / "credentials").write_text("")
+        # No region here: on EC2 it is the agent's AWS_SSM_REGION_NAME (or IMDS), never a file.
+        (self.aws_config_dir / "config").write_text("[default]\n")
+        # The instance profile's role, as IMDS would hand it out (moto accepts any key).
+        (self.aws_config_dir / "credentials").write_text(
+            "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+        )
         gpus = []
         if gpu:
             gpus = [
@@ -133,6 +139,16 @@ class Sandbox:
         return self.root / "run" / "sandbox"
 
     @property
+    def aws_config_dir(self) -> Path:
+        """Stand-in for IMDS: the AWS config and credentials files the agent's environment names."""
+        return self.run_dir / "aws"
+
+    @property
+    def orchestration_dir(self) -> Path:
+        """The agent's orchestration root: <command-id>/<step>/_script.sh, stdout, stderr below it."""
+        return self.root / "var" / "lib" / "amazon" / "ssm" / self.instance_id / "document" / "orchestration"
+
+    @property
     def base_python(self) -> str:
         """The interpreter whose packages stand in for the instance's (torch and the runtime's)."""
         return str(Path(sys.prefix) / "bin" / "python")
@@ -181,28 +197,42 @@ class Sandbox:
             "SANDBOX_OWNER_PID": str(self.owner_pid),
         }
 
-    def script_env(self, region: str) -> dict[str, str]:
-        """What a document's script sees: shims first, the project's tools, fake credentials."""
+    def agent_environment(self) -> dict[str, str]:
+        """The SSM agent process's own environment, as this instance's image configures it.
+
+        A real agent (systemd unit without User=) has PATH and LANG, no HOME, and gets its region
+        and credentials from IMDS. No IMDS here: credentials and the local endpoint come from AWS
+        config files this environment names (local/sandbox/README.md lists what differs).
+        """
         endpoint = self.endpoint_url or UNREACHABLE_ENDPOINT
-        env = self.shim_env()
+        env = {
+            "PATH": self.shim_env()["PATH"],
+            "LANG": "C.UTF-8",
+            "SANDBOX_ROOT": str(self.root),
+            "SANDBOX_OWNER_PID": str(self.owner_pid),
+            "TMPDIR": str(self.run_dir / "tmp"),  # the instance's /tmp: a killed script's leftovers stay
+            "AWS_CONFIG_FILE": str(self.aws_config_dir / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.aws_config_dir / "credentials"),
+            "AWS_ENDPOINT_URL": endpoint,
+            "S3_ENDPOINT_URL": endpoint,  # s5cmd's name for it
+        }
+        env.update(self.extra_env)
+        return env
+
+    def script_env(self, region: str, command_id: str = "") -> dict[str, str]:
+        """What a document's script sees: the agent's environment plus what the agent adds
+        (agent/executers/executers.go prepareEnvironment, agent/plugins/runscript/runscript.go)."""
+        env = self.agent_environment()
+        if command_id:
+            env["SSM_COMMAND_ID"] = command_id
         env.update(
             {
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": region,
-                "AWS_REGION": region,
-                "AWS_ENDPOINT_URL": endpoint,
-                "S3_ENDPOINT_URL": endpoint,  # s5cmd's name for it
-                "AWS_CONFIG_FILE": str(self.run_dir / "aws" / "config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(self.run_dir / "aws" / "credentials"),
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                "TMPDIR": str(
-                    self.run_dir / "tmp"
-                ),  # the instance's /tmp: what a killed script leaves stays here
+                "AWS_SSM_INSTANCE_ID": self.instance_id,
+                "AWS_SSM_REGION_NAME": region,
+                "AWS_SSM_PLATFORM_NAME": PLATFORM_NAME,
+                "AWS_SSM_PLATFORM_VERSION": PLATFORM_VERSION,
             }
         )
-        env.update(self.extra_env)
         return env
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -293,12 +323,15 @@ class Sandbox:
             return ""
 
     def tree_files(self) -> dict[str, str]:
-        """Every file and link of the instance (``run/`` aside): relative path -> sha256 of its bytes."""
+        """Every file and link of the instance (``run/`` and the SSM agent's own state aside):
+        relative path -> sha256 of its bytes."""
         files: dict[str, str] = {}
+        agent_state = self.root / "var" / "lib" / "amazon" / "ssm"
         for folder, dirs, names in os.walk(self.root):
             here = Path(folder)
             if here == self.root:
                 dirs[:] = [d for d in dirs if d != "run"]
+            dirs[:] = [d for d in dirs if here / d != agent_state]
             for name in sorted(names) + [d for d in dirs if (here / d).is_symlink()]:
                 path = here / name
                 rel = str(path.relative_to(self.root))

@@ -17,7 +17,8 @@ import yaml
 from botocore.exceptions import ClientError
 
 from local.sandbox import Sandbox, send_document, wait_invocation
-from tests.fixtures import CREDENTIALS, Aws, launch_instance
+from local.sandbox.documents import DocumentRun
+from tests.fixtures import CREDENTIALS, REGION, Aws, launch_instance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,7 +123,8 @@ def test_a_failing_script_fails_with_its_exit_code(
     sandbox = make_sandbox()
     run = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Code="3"))
     assert (run.status, run.status_details, run.response_code) == ("Failed", "Failed", 3)
-    assert "failed to run commands: exit status 3" in run.stderr
+    # runscript.go MarkAsFailed: the agent's line right after the script's stderr
+    assert run.stderr == "to stderr\nfailed to run commands: exit status 3"
 
 
 def test_execution_timeout_stops_the_script(
@@ -131,13 +133,13 @@ def test_execution_timeout_stops_the_script(
     sandbox = make_sandbox()
     started = time.monotonic()
     run = wait_invocation(
-        aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Seconds="60", executionTimeout="1")
+        aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Seconds="60", executionTimeout="5")
     )
     assert (run.status, run.status_details) == ("TimedOut", "ExecutionTimedOut")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 15
     assert run.stdout.startswith("starting on")
     leftovers = subprocess.run(
-        ["pgrep", "-f", f"{sandbox.run_dir}/ssm"], capture_output=True, text=True, check=False
+        ["pgrep", "-f", str(sandbox.orchestration_dir)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout == ""
 
@@ -150,7 +152,7 @@ def test_cancel_stops_a_running_command(aws: Aws, make_sandbox: Callable[..., Sa
     run = wait_invocation(aws.ssm, sandbox, command_id, timeout_s=10)
     assert run.status == "Cancelled"
     leftovers = subprocess.run(
-        ["pgrep", "-f", f"{sandbox.run_dir}/ssm"], capture_output=True, text=True, check=False
+        ["pgrep", "-f", str(sandbox.orchestration_dir)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout == ""
 
@@ -199,7 +201,7 @@ def test_an_offline_instance_never_gets_the_command(
     # Then it times out undelivered and never runs
     run = wait_invocation(aws.ssm, sandbox, command_id)
     assert (run.status, run.status_details, run.stdout) == ("TimedOut", "DeliveryTimedOut", "")
-    assert not (sandbox.run_dir / "ssm").exists()
+    assert not sandbox.orchestration_dir.exists()
 
 
 def test_a_command_waits_for_the_instance_to_come_back(
@@ -351,3 +353,130 @@ def test_the_agent_works_with_mock_aws_in_process(tmp_path: Path) -> None:
     outcome = json.loads(child.stdout.strip().splitlines()[-1])
     assert outcome["status"] == "Success"
     assert outcome["result"]["gpus"][0]["name"] == "NVIDIA A10G"
+
+
+# --- as the real agent (github.com/aws/amazon-ssm-agent, agent/ paths in local/sandbox/agent.py)
+
+SHELL_VARIABLES = {"PWD", "OLDPWD", "SHLVL", "_"}  # what bash itself sets
+
+
+def run_script(
+    aws: Aws, sandbox: Sandbox, name: str, script: str, **parameters: str
+) -> tuple[str, DocumentRun]:
+    make_document(aws, name, script)
+    command_id = send_document(aws.ssm, sandbox, name, **parameters)
+    return command_id, wait_invocation(aws.ssm, sandbox, command_id, timeout_s=30)
+
+
+def test_the_script_sees_the_agents_environment_plus_aws_ssm_variables_only(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # executers.go prepareEnvironment: os.Environ() + SSM_COMMAND_ID + AWS_SSM_*; no HOME (the
+    # agent's systemd unit has no User=), no region, endpoint or credential variables of its own
+    sandbox = make_sandbox()
+    command_id, run = run_script(aws, sandbox, "sandbox-env", "#!/bin/bash\nenv -0")
+    assert run.status == "Success"
+    env = dict(item.split("=", 1) for item in run.stdout.split("\0") if item)
+    assert {name: env.get(name) for name in env if name.startswith(("AWS_SSM_", "SSM_"))} == {
+        "AWS_SSM_INSTANCE_ID": sandbox.instance_id,
+        "AWS_SSM_REGION_NAME": REGION,
+        "AWS_SSM_PLATFORM_NAME": "Ubuntu",
+        "AWS_SSM_PLATFORM_VERSION": "22.04",
+        "SSM_COMMAND_ID": command_id,
+    }
+    for absent in ("HOME", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert absent not in env, absent
+    agent = sandbox.agent_environment()
+    assert set(env) - SHELL_VARIABLES == set(agent) | {n for n in env if n.startswith(("AWS_SSM_", "SSM_"))}
+    assert all(env[name] == value for name, value in agent.items())
+
+
+def test_a_script_reaches_s3_with_the_instances_credentials_and_region(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    aws.s3.put_object(Bucket=aws.bucket, Key="probe.txt", Body=b"probe")
+    sandbox = make_sandbox()
+    script = f'#!/bin/bash\nset -e\naws s3 cp --region "$AWS_SSM_REGION_NAME" s3://{aws.bucket}/probe.txt -'
+    _, run = run_script(aws, sandbox, "sandbox-s3", script)
+    assert (run.status, run.stdout) == ("Success", "probe"), run.stderr
+
+
+def test_the_script_file_and_shell_are_the_agents(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    # runscript.go: <orchestration>/<command-id>/<step>/_script.sh, mode 0700, run as "sh -c <path>"
+    # in the agent's working directory (/ for its unit: the sandbox root)
+    sandbox = make_sandbox()
+    script = '#!/bin/bash\necho "$0"\nstat -c %a "$0"\npwd\ntail -c 1 "$0" | od -An -c'
+    command_id, run = run_script(aws, sandbox, "sandbox-where", script)
+    path = sandbox.orchestration_dir / command_id / "step1" / "_script.sh"
+    assert run.stdout.split("\n")[:3] == [str(path), "700", str(sandbox.root)]
+    assert run.stdout.split("\n")[3].strip() == "\\n"  # lines joined by newlines, one at the end
+    assert path.read_text() == script + "\n"
+    assert sandbox.orchestration_dir == (
+        sandbox.root / "var/lib/amazon/ssm" / sandbox.instance_id / "document/orchestration"
+    )
+
+
+def test_timeout_sigkills_the_process_group_at_once_so_no_trap_runs(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # executers_unix.go killProcess: syscall.Kill(-pid, SIGKILL), no SIGTERM first
+    sandbox = make_sandbox()
+    script = textwrap.dedent("""\
+        #!/bin/bash
+        trap 'echo trapped TERM' TERM
+        trap 'echo '"'"'{"ok": false, "error": "trapped EXIT"}'"'"'' EXIT
+        echo started
+        sleep 60 &
+        wait
+        """)
+    started = time.monotonic()
+    _, run = run_script(aws, sandbox, "sandbox-trap", script, executionTimeout="5")
+    assert (run.status, run.status_details, run.response_code) == ("TimedOut", "ExecutionTimedOut", 137)
+    assert time.monotonic() - started < 12
+    assert run.stdout == "started\n"  # neither trap ran
+    assert run.stderr == ""  # no "failed to run commands" line for a TimedOut step
+
+
+def test_exit_code_137_reads_as_timed_out_and_short_timeouts_as_3600(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
+) -> None:
+    # pluginutil_unix.go GetStatus: 137 is TimedOut whoever exits with it (an OOM-killed child too);
+    # pluginutil.go ValidateExecutionTimeout: a timeoutSeconds under 5 becomes 3600
+    sandbox = make_sandbox()
+    killed = wait_invocation(aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Code="137"))
+    assert (killed.status, killed.status_details, killed.response_code) == (
+        "TimedOut",
+        "ExecutionTimedOut",
+        137,
+    )
+    short = wait_invocation(
+        aws.ssm, sandbox, send_document(aws.ssm, sandbox, sleeper, Seconds="2", executionTimeout="1")
+    )
+    assert short.status == "Success"
+
+
+def test_output_keeps_the_agents_prefix_and_marker(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    # runpluginutil.go: StringPrefix(out, 24000, "--output truncated--") for stdout and stderr;
+    # GetCommandInvocation shows stderr's first 8,000 characters; ListCommandInvocations' Output
+    # is iohandler.go TruncateOutput at 2,500
+    sandbox = make_sandbox()
+    script = textwrap.dedent("""\
+        #!/bin/bash
+        head -c 30000 /dev/zero | tr '\\0' a
+        head -c 10000 /dev/zero | tr '\\0' b >&2
+        """)
+    command_id, run = run_script(aws, sandbox, "sandbox-loud", script)
+    assert run.status == "Success"
+    assert run.stdout == "a" * 23_980 + "--output truncated--"
+    assert run.stderr == "b" * 8_000
+    _, exact = run_script(aws, sandbox, "sandbox-exact", "#!/bin/bash\nhead -c 24000 /dev/zero | tr '\\0' c")
+    assert exact.stdout == "c" * 23_980 + "--output truncated--"  # Go: len(input) < max, else cut
+    listed = aws.ssm.list_command_invocations(CommandId=command_id, Details=True)["CommandInvocations"]
+    size = (2_500 - len("\n----------ERROR-------\n") - 2 * len("\n---Output truncated---")) // 2
+    assert listed[0]["CommandPlugins"][0]["Output"] == (
+        "a" * size
+        + "\n---Output truncated---"
+        + "\n----------ERROR-------\n"
+        + "b" * size
+        + "\n---Error truncated----"
+    )

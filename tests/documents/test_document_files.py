@@ -185,3 +185,15 @@ def test_a_failure_inside_a_command_substitution_is_caught(tmp_path: Path) -> No
     assert result.returncode == 1
     error = json.loads(result.stdout.splitlines()[-1])["error"]
     assert error.startswith("failed (exit 1) at line")
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_a_script_needs_no_home_and_takes_the_agents_region(name: str) -> None:
+    # The agent gives scripts no HOME and no AWS_REGION, only AWS_SSM_REGION_NAME
+    script = script_of(name)
+    assert not re.search(r"\$\{?HOME\b|(^|\s)~/", script), "the agent sets no HOME"
+    for line in script.splitlines():
+        if re.search(r"\bAWS_(DEFAULT_)?REGION\b", line):
+            assert "AWS_SSM_REGION_NAME" in line or line.strip().startswith("#"), line
+    if "aws s3" in script or "s5cmd" in script:  # the CLIs need a region
+        assert 'export AWS_REGION="$AWS_SSM_REGION_NAME"' in script

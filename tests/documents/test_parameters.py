@@ -92,7 +92,7 @@ def test_hostile_values_are_refused_before_anything_runs(
         assert refused.value.response["Error"]["Code"] == "InvalidParameters", (parameter, hostile[:20])
     # And no command exists, no script ran, nothing changed
     assert aws.ssm.list_commands(InstanceId=sandbox.instance_id)["Commands"] == []
-    assert not (sandbox.run_dir / "ssm").exists()
+    assert not sandbox.orchestration_dir.exists()
     assert sandbox.tree_digest() == before
 
 

@@ -79,6 +79,8 @@ def main_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             "MAX_NEW_TOKENS": str(MAIN_MAX_NEW_TOKENS),
             "DEFAULT_MAX_TOKENS": "16",
             "QUEUE_SIZE": str(MAIN_QUEUE_SIZE),
+            # One at a time, so QUEUE_SIZE alone decides what waits (test_load counts it).
+            "MAX_BATCH_SIZE": "1",
             "RETRY_AFTER_S": "3",
         },
         log_path=tmp_path_factory.mktemp("logs") / "main-runtime.log",

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
 from instance_runtime.app import create_app
-from instance_runtime.engine import Engine
+from instance_runtime.batching import BatchDecoder, BatchRequest
 from instance_runtime.settings import RuntimeSettings
 from tests.runtime.harness import free_port
 
@@ -26,14 +25,15 @@ BOOM = "please fail"
 
 @pytest.fixture
 def failing_server(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    original = Engine.generate
+    original = BatchDecoder.add
 
-    def generate(self: Engine, prompt_ids: Any, params: Any, **kwargs: Any) -> Any:
-        if self.encode(BOOM) == list(prompt_ids):
+    # The prefill of the service's batch loop is where a long prompt runs out of memory.
+    def add(self: BatchDecoder, requests: Sequence[BatchRequest]) -> None:
+        if any(self.engine.encode(BOOM) == list(r.prompt_ids) for r in requests):
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
-        return original(self, prompt_ids, params, **kwargs)
+        original(self, requests)
 
-    monkeypatch.setattr(Engine, "generate", generate)
+    monkeypatch.setattr(BatchDecoder, "add", add)
     port = free_port()
     settings = RuntimeSettings(model_path=tiny_llama, host="127.0.0.1", port=port, torch_threads=1)
     server = uvicorn.Server(

@@ -36,9 +36,10 @@ def test_health_answers_while_the_model_is_still_loading(main_server: RuntimeSer
     assert startup.status_code == 503
     assert startup.status_body["status"] == "loading"
     assert "error" not in startup.status_body
-    # And it answered within seconds of the process starting, not after the model load
+    # The 503 "loading" above is what proves /health did not wait for the model; this loose
+    # bound only catches a start that hangs (imports alone take seconds on a loaded machine).
     print(f"first /health {startup.seconds_to_first_health:.2f} s after spawn")
-    assert startup.seconds_to_first_health < 10
+    assert startup.seconds_to_first_health < 60
 
 
 def test_a_missing_model_is_an_error_in_status_and_health_stays_ok(

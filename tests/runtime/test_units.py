@@ -1,10 +1,9 @@
 """The runtime's pure parts, without a server: settings, text bookkeeping, quantization rules,
-the bounded scheduler."""
+admission."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from instance_runtime import __version__
 from instance_runtime.engine import resolve_quantization
 from instance_runtime.errors import ConfigurationError, QueueFull, ShuttingDown
 from instance_runtime.generation import IncrementalDecoder, StopTextBuffer
-from instance_runtime.scheduler import GenerationScheduler
+from instance_runtime.scheduler import Admission
 from instance_runtime.settings import RuntimeSettings
 
 
@@ -130,36 +129,39 @@ def test_incremental_decoding_matches_a_full_decode(tiny_llama: Path) -> None:
     assert decoder.token_count == len(ids)
 
 
-def test_scheduler_refuses_beyond_the_queue_and_frees_slots() -> None:
+def test_admission_refuses_beyond_the_batch_and_queue_and_frees_slots() -> None:
     async def scenario() -> None:
-        scheduler = GenerationScheduler(queue_size=1, retry_after_s=4)
-        gate = threading.Event()
-        running, _ = scheduler.submit(lambda cancel: gate.wait(10))
-        queued, _ = scheduler.submit(lambda cancel: "second")
-        # The running job plus one waiting: the third is refused with the Retry-After hint
+        admission = Admission(running=2, queue_size=1, retry_after_s=4)
+        loop = asyncio.get_running_loop()
+        done = [loop.create_future() for _ in range(3)]
+        for future in done:
+            admission.acquire()
+            admission.release_when_done(future)
+        # The batch's two plus one waiting: the fourth is refused with the Retry-After hint
         with pytest.raises(QueueFull) as excinfo:
-            scheduler.submit(lambda cancel: "third")
+            admission.acquire()
         assert excinfo.value.retry_after_s == 4
-        gate.set()
-        assert await running is True and await queued == "second"
-        await asyncio.sleep(0.05)
-        assert scheduler.inflight == 0
-        later, _ = scheduler.submit(lambda cancel: "later")
-        assert await later == "later"
-        await scheduler.close(drain_timeout_s=5)
+        # A slot comes back when the engine is done with a request, not before
+        done[0].set_result(None)
+        await asyncio.sleep(0)
+        assert admission.inflight == 2
+        admission.acquire()
+        for future in done[1:]:
+            future.set_result(None)
+        admission.release_now()
+        # Closing refuses new requests, and reports whether the drain emptied it
+        assert await admission.close(drain_timeout_s=1) is True
         with pytest.raises(ShuttingDown):
-            scheduler.submit(lambda cancel: "too late")
+            admission.acquire()
 
     asyncio.run(scenario())
 
 
-def test_scheduler_close_cancels_what_outlives_the_drain() -> None:
+def test_admission_close_reports_what_outlives_the_drain() -> None:
     async def scenario() -> None:
-        scheduler = GenerationScheduler(queue_size=0, retry_after_s=1)
-        future, cancel = scheduler.submit(lambda cancel: cancel.wait(30))
-        await asyncio.sleep(0.05)
-        await scheduler.close(drain_timeout_s=0.2)
-        assert cancel.is_set()
-        assert await future is True
+        admission = Admission(running=1, queue_size=0, retry_after_s=1)
+        admission.acquire()
+        assert await admission.close(drain_timeout_s=0.1) is False
+        assert admission.inflight == 1
 
     asyncio.run(scenario())

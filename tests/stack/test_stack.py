@@ -12,16 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from asoba_deploy.core.steps import STEPS, Phase, phase
+from asoba_deploy.core.steps import STEPS, Grant, Phase, phase
 from local.stack import PROJECT_ROOT, Synthesized, synthesize
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
-    # cdk-nag runs inside synthesize(): an unacknowledged finding makes it raise
-    return synthesize(tmp_path_factory.mktemp("stack") / "cdk.out")
 
 
 def resources(synth: Synthesized, kind: str) -> dict[str, Any]:
@@ -75,9 +69,10 @@ def test_definition_has_a_state_for_every_registry_step(synth: Synthesized) -> N
             assert step.label in names, step.name
     assert {"AcquireLock", "ReleaseLock", "RecordDeployment", "RecordFailure", "DryRun?", "Fits?"} <= names
     assert "StopFlux?" in names  # the step's run_if
-    # no Lambda waits: waiting is Wait states, each with the configured interval
+    # no Lambda waits: waiting is Wait states, each as long as the poll Lambda's back-off says
+    # (the configured interval is its floor, in the functions' settings)
     waits = [s for s in _all_states(synth.state_machine_definition) if s.get("Type") == "Wait"]
-    assert waits and all(w["Seconds"] == 5 for w in waits)
+    assert waits and all(w["SecondsPath"] == "$.command.wait_seconds" for w in waits)
 
 
 def _all_named_states(definition: dict[str, Any]) -> list[str]:
@@ -186,6 +181,11 @@ def test_the_code_asset_holds_handlers_and_core_only(synth: Synthesized) -> None
         ({"model_bucket": "Bad_Bucket"}, "model_bucket"),
         ({"thresholds": '{"coexist_port": 80}'}, "thresholds.coexist_port"),
         ({"poll_interval_seconds": "0"}, "poll_interval_seconds"),
+        ({"model_bucket_kms_key_arn": "alias/models"}, "model_bucket_kms_key_arn"),
+        (
+            {"model_bucket_kms_key_arn": "arn:aws:kms:us-west-2:123456789012:alias/models"},
+            "model_bucket_kms_key_arn",
+        ),
     ],
 )
 def test_app_refuses_bad_context_naming_the_key(context: dict[str, str], named: str) -> None:
@@ -228,3 +228,75 @@ def test_several_instances_each_get_send_rights_a_schedule_and_an_alarm(tmp_path
     ]
     assert sorted(i["instance_id"] for i in inputs) == ids
     assert len(resources(synth, "AWS::CloudWatch::Alarm")) == 2
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return actions if isinstance(actions, list) else [actions]
+
+
+def _instance_policy(synth: Synthesized) -> list[dict[str, Any]]:
+    (policy,) = resources(synth, "AWS::IAM::ManagedPolicy").values()
+    return list(policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def _role_statements(synth: Synthesized) -> dict[str, list[dict[str, Any]]]:
+    """Handler -> the statements of its role's policies."""
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for policy in resources(synth, "AWS::IAM::Policy").values():
+        for role in policy["Properties"]["Roles"]:
+            by_role.setdefault(role["Ref"], []).extend(policy["Properties"]["PolicyDocument"]["Statement"])
+    return {
+        f["Properties"]["Handler"]: by_role.get(f["Properties"]["Role"]["Fn::GetAtt"][0], [])
+        for f in resources(synth, "AWS::Lambda::Function").values()
+    }
+
+
+def test_instance_policy_lets_the_ssm_agent_create_and_find_the_output_group(synth: Synthesized) -> None:
+    # The real agent calls CreateLogGroup, then DescribeLogGroups, and stops streaming on a denial
+    statements = _instance_policy(synth)
+    (output_group,) = [k for k in resources(synth, "AWS::Logs::LogGroup") if k.startswith("CommandOutput")]
+    create = next(s for s in statements if "logs:CreateLogGroup" in _actions(s))
+    assert _actions(create) == ["logs:CreateLogGroup"]
+    text = json.dumps(create["Resource"])
+    assert output_group in text and "log-group:*" not in text  # that group only
+    describe = next(s for s in statements if "logs:DescribeLogGroups" in _actions(s))
+    assert _actions(describe) == ["logs:DescribeLogGroups"]
+    resource = json.dumps(describe["Resource"])
+    assert ':logs:us-west-2:", {"Ref": "AWS::AccountId"}, ":log-group:*"' in resource  # not "*"
+
+
+def test_state_machine_log_group_is_a_vended_logs_group(synth: Synthesized) -> None:
+    machine = next(iter(resources(synth, "AWS::StepFunctions::StateMachine").values()))["Properties"]
+    (destination,) = machine["LoggingConfiguration"]["Destinations"]
+    group_id = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    group = synth.template["Resources"][group_id]["Properties"]
+    assert group["LogGroupName"] == "/aws/vendedlogs/states/AsobaModelDeploy-deploy"
+
+
+MODEL_KEY = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+READS_MODELS = sorted(s.handler for s in STEPS.values() if s.has_function and Grant.READ_MODELS in s.grants)
+
+
+def test_without_a_model_bucket_key_nothing_gets_kms_decrypt(synth: Synthesized) -> None:
+    everything = [s for statements in _role_statements(synth).values() for s in statements]
+    everything += _instance_policy(synth)
+    assert not [s for s in everything if "kms:Decrypt" in _actions(s)]
+
+
+def test_a_model_bucket_key_is_decryptable_by_every_model_reader(tmp_path: Path) -> None:
+    synth = synthesize(tmp_path / "cdk.out", {"model_bucket_kms_key_arn": MODEL_KEY})
+    assert READS_MODELS == [
+        "handlers.check_instance.handler",
+        "handlers.plan.handler",
+        "handlers.validate_input.handler",
+    ]
+    for handler, statements in _role_statements(synth).items():
+        decrypts = [s for s in statements if "kms:Decrypt" in _actions(s)]
+        if handler in READS_MODELS:
+            assert [s["Resource"] for s in decrypts] == [MODEL_KEY], handler
+            assert decrypts[0]["Condition"] == {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}}
+        else:
+            assert decrypts == [], handler
+    decrypts = [s for s in _instance_policy(synth) if "kms:Decrypt" in _actions(s)]
+    assert [(_actions(s), s["Resource"]) for s in decrypts] == [(["kms:Decrypt"], MODEL_KEY)]

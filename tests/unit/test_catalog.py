@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from asoba_deploy.core.catalog import builtin_catalog, load_catalog
 from asoba_deploy.core.contracts import DeployRequest
@@ -65,6 +67,42 @@ def test_catalog_file_overrides_and_extends(moto_s3: Any) -> None:
 
 def test_absent_catalog_file_means_builtin(moto_s3: Any) -> None:
     assert load_catalog(BotoS3Reader(moto_s3, "models"), "catalog.json") == builtin_catalog()
+
+
+class _RefusingS3:
+    """A boto3 S3 client stub whose GetObject answers as S3 does to a principal it refuses."""
+
+    def __init__(self, code: str, status: int) -> None:
+        self.code, self.status = code, status
+
+    def get_object(self, **kwargs: Any) -> Any:
+        raise ClientError(
+            {
+                "Error": {"Code": self.code, "Message": "Access Denied"},
+                "ResponseMetadata": {"HTTPStatusCode": self.status},
+            },
+            "GetObject",
+        )
+
+
+def test_access_denied_on_the_catalog_key_means_builtin_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # On AWS a missing key answers 403 to a principal whose s3:ListBucket does not cover it
+    reader = BotoS3Reader(_RefusingS3("AccessDenied", 403), "models")
+    with caplog.at_level(logging.WARNING, logger="asoba_deploy.core.catalog"):
+        assert load_catalog(reader, "root/catalog.json") == builtin_catalog()
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "s3://models/root/catalog.json" in warning
+    assert "AccessDenied" in warning and "403" in warning
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("InternalError", 500), ("SlowDown", 503), ("NoSuchBucket", 404)]
+)
+def test_other_catalog_read_errors_stay_errors(code: str, status: int) -> None:
+    with pytest.raises(ClientError, match=code):
+        load_catalog(BotoS3Reader(_RefusingS3(code, status), "models"), "catalog.json")
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,9 @@ def test_success_carries_the_last_json_line_and_the_command_end_time() -> None:
 def test_running_past_the_deadline_is_cancelled_and_fails_with_the_step_error() -> None:
     ssm = FakeSsm({"Status": "InProgress"})
     assert poll(ssm, REF, now=150.0, error=SyncFailed).status == "InProgress"
-    with pytest.raises(SyncFailed, match="did not finish within 150 s"):
+    with pytest.raises(
+        SyncFailed, match=r"did not finish within its step budget of 100 s .*still InProgress after 150 s"
+    ):
         poll(ssm, REF, now=250.0, error=SyncFailed)
     assert ssm.cancelled == ["c-1"]
 
@@ -89,3 +91,11 @@ def test_unregistered_invocation_is_retried_by_its_own_name() -> None:
 def test_last_json_line_ignores_other_output() -> None:
     assert last_json_line("a\n{not json\n") is None
     assert last_json_line('{"a": 1}\nplain text after\n') == {"a": 1}
+
+
+def test_a_command_the_agent_timed_out_says_its_execution_timeout_ended_it() -> None:
+    ssm = FakeSsm(
+        {"Status": "TimedOut", "StatusDetails": "ExecutionTimedOut", "StandardOutputContent": "copying\n"}
+    )
+    with pytest.raises(SyncFailed, match=r"timed out .*killed it at its executionTimeout \(exit 137\)"):
+        poll(ssm, REF, now=150.0, error=SyncFailed)

