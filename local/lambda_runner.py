@@ -4,7 +4,7 @@ moto invokes a function through `LambdaFunction._invoke_lambda(event) -> (payloa
 logs)`. We replace it with a call of the real handler named by the function's `Handler`,
 loaded from the function's own code asset, with its own environment variables, and return
 exceptions the way the Lambda runtime does (`errorType` = class name), so Retry/Catch match
-our typed errors.
+our typed errors. The handler acts as the function's role: `local.iam` authorizes its calls.
 This is a moto internal: moto is pinned exactly.
 """
 
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from moto.awslambda.models import LambdaFunction
+
+from local import iam
 
 # One invocation at a time: handlers read os.environ, which is process-wide.
 _INVOKE_LOCK = threading.RLock()
@@ -110,7 +112,8 @@ def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, 
         invoked_function_arn=function.function_arn,
         aws_request_id=str(uuid.uuid4()),
     )
-    with _INVOKE_LOCK, _environment(environment):
+    # every call the handler makes is authorized as the function's role (local/iam.py)
+    with _INVOKE_LOCK, _environment(environment), iam.acting_as(str(function.role), function.function_name):
         # loaded under the function's environment: module-level Powertools objects read it
         handler = _load_handler(function, module_name, attribute)
         if handler is None:
