@@ -27,8 +27,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from instance_runtime.errors import ConfigurationError, InvalidRequest
+from instance_runtime.errors import ConfigurationError
 from instance_runtime.generation import GenerationResult, SamplingParams
+from instance_runtime.serving import TokenizerPrompts
 from instance_runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class LoadedInfo:
     load_seconds: float
 
 
-class Engine:
+class Engine(TokenizerPrompts):
     """A loaded transformers model and its tokenizer."""
 
     def __init__(
@@ -256,28 +257,6 @@ class Engine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    # ----- prompts -----------------------------------------------------------------------------
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        import jinja2
-
-        try:
-            rendered = self.tokenizer.apply_chat_template(
-                list(messages), add_generation_prompt=True, tokenize=False
-            )
-        except jinja2.TemplateError as exc:  # templates refuse e.g. a system role they do not know
-            raise InvalidRequest(
-                f"messages: the model's chat template refused them: {exc}", param="messages"
-            ) from exc
-        return str(rendered)
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     # ----- generation --------------------------------------------------------------------------
 

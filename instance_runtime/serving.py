@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from instance_runtime.errors import ConfigurationError
+from instance_runtime.errors import ConfigurationError, InvalidRequest
 from instance_runtime.generation import GenerationResult, SamplingParams
 
 if TYPE_CHECKING:
@@ -121,6 +121,32 @@ class RequestHandle:
         self._cancel.set()
         if self._on_abort is not None:
             self._on_abort()
+
+
+class TokenizerPrompts:
+    """Prompts through a Hugging Face tokenizer: what every engine here shares."""
+
+    tokenizer: Any
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        import jinja2
+
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        except jinja2.TemplateError as exc:  # templates refuse e.g. a system role they do not know
+            raise InvalidRequest(
+                f"messages: the model's chat template refused them: {exc}", param="messages"
+            ) from exc
+        return str(rendered)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
 class ServingEngine(Protocol):

@@ -20,12 +20,18 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from instance_runtime.errors import ConfigurationError, InvalidRequest
+from instance_runtime.errors import ConfigurationError
 from instance_runtime.generation import FinishReason, GenerationResult, SamplingParams
-from instance_runtime.serving import EngineKind, EngineStats, EngineUnavailable, RequestHandle
+from instance_runtime.serving import (
+    EngineKind,
+    EngineStats,
+    EngineUnavailable,
+    RequestHandle,
+    TokenizerPrompts,
+)
 from instance_runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -112,7 +118,7 @@ def _engine_args(settings: RuntimeSettings) -> dict[str, Any]:
     return args
 
 
-class VllmEngine:
+class VllmEngine(TokenizerPrompts):
     kind: EngineKind = "vllm"
 
     def __init__(
@@ -124,7 +130,7 @@ class VllmEngine:
         counts: _SchedulerCounts,
     ) -> None:
         self._engine = engine
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self._loop = loop
         self._thread = thread
         self._counts = counts
@@ -163,28 +169,6 @@ class VllmEngine:
             settings.gpu_memory_utilization,
         )
         return self
-
-    # ----- prompts -------------------------------------------------------------------------------
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self._tokenizer, "chat_template", None))
-
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        import jinja2
-
-        try:
-            rendered = self._tokenizer.apply_chat_template(
-                list(messages), add_generation_prompt=True, tokenize=False
-            )
-        except jinja2.TemplateError as exc:
-            raise InvalidRequest(
-                f"messages: the model's chat template refused them: {exc}", param="messages"
-            ) from exc
-        return str(rendered)
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     # ----- requests ------------------------------------------------------------------------------
 
