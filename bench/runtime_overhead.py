@@ -52,20 +52,26 @@ def model_folder(name: str) -> Path:
     return build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-llama")
 
 
-def start_server(model: Path, port: int, threads: int, dtype: str) -> subprocess.Popen[bytes]:
+def start_server(
+    model: Path,
+    port: int,
+    settings: dict[str, str],
+    *,
+    python: str = sys.executable,
+    timeout_s: float = 180.0,
+) -> subprocess.Popen[bytes]:
+    """The runtime as its own process on `model` with these runtime settings, once healthy."""
     env = {
         **{k: v for k, v in os.environ.items() if k != "ENV_FILE"},
         "MODEL_PATH": str(model),
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "TORCH_THREADS": str(threads),
-        "DTYPE": dtype,
-        "MAX_NEW_TOKENS": "4096",
         "LOG_LEVEL": "warning",
         "PYTHONPATH": str(REPO_ROOT),
+        **settings,
     }
-    process = subprocess.Popen([sys.executable, "-m", "instance_runtime"], cwd=REPO_ROOT, env=env)
-    deadline = time.monotonic() + 180
+    process = subprocess.Popen([python, "-m", "instance_runtime"], cwd=REPO_ROOT, env=env)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
@@ -161,7 +167,9 @@ def main() -> None:
     )
     prompt_ids = engine.encode(PROMPT)
     port = free_port()
-    server = start_server(folder, port, args.threads, args.dtype)
+    server = start_server(
+        folder, port, {"TORCH_THREADS": str(args.threads), "DTYPE": args.dtype, "MAX_NEW_TOKENS": "4096"}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=600) as http:

@@ -41,6 +41,7 @@ import httpx
 import torch
 
 from bench.runtime_overhead import free_port, model_folder
+from bench.runtime_overhead import start_server as start_runtime
 from instance_runtime.engine import Engine
 from instance_runtime.settings import RuntimeSettings
 
@@ -98,33 +99,15 @@ def start_server(
     python: str = sys.executable,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "ENV_FILE"},
-        "MODEL_PATH": str(model),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
+    settings = {
         "TORCH_THREADS": str(threads),
         "DTYPE": "float32",
         "MAX_BATCH_SIZE": str(max_batch_size),
         "QUEUE_SIZE": str(max_batch_size),
-        "LOG_LEVEL": "warning",
-        "PYTHONPATH": str(REPO_ROOT),
         **(extra_env or {}),
     }
-    process = subprocess.Popen([python, "-m", "instance_runtime"], cwd=REPO_ROOT, env=env)
-    deadline = time.monotonic() + 600  # vLLM's first load compiles: minutes on 2 cores
-    while time.monotonic() < deadline:
-        try:
-            status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
-            if status["status"] == "healthy":
-                return process
-            if status["status"] == "error":
-                raise SystemExit(f"runtime failed to load: {status.get('error')}")
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("runtime did not become healthy")
+    # vLLM's first load compiles: minutes on 2 cores
+    return start_runtime(model, port, settings, python=python, timeout_s=600)
 
 
 # ----- vLLM baselines (each in a process of the vLLM venv) -------------------------------------
