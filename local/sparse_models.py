@@ -529,6 +529,23 @@ def manifest_from_tensors(
     )
 
 
+def seed_manifest(name: str) -> Any:
+    """The manifest of one of the seed's models at its real size (qwen3-14b with its AWQ
+    variant, as the bucket has it), from in-memory headers."""
+    from asoba_deploy.core.catalog import builtin_catalog
+
+    seed = SEED_MODELS[name]
+    variant = seed_manifest("qwen3-14b-awq") if name == "qwen3-14b" else None
+    return manifest_from_tensors(
+        name,
+        seed.config,
+        seed.tensors(seed.config),
+        shards=seed.shards,
+        catalog_entry=builtin_catalog().get(name),
+        awq_variant=variant,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # A real S3 endpoint over a folder of sparse files: `rclone serve s3`.
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from asoba_deploy.core.catalog import builtin_catalog
 from asoba_deploy.core.config import DeployConfig
 from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.manifest import Manifest
@@ -30,10 +29,10 @@ from local.sandbox.validation import InvalidParameters, resolve_parameters
 from local.sparse_models import (
     DEEPSEEK_R1_8B,
     QWEN3_14B,
-    SEED_MODELS,
     Tensor,
     decoder_tensors,
     manifest_from_tensors,
+    seed_manifest,
 )
 from tests.unit.planner_support import seed_snapshot
 
@@ -92,19 +91,6 @@ def int8_checkpoint() -> Manifest:
         "quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True, "load_in_4bit": False},
     }
     return manifest_from_tensors("deepseek-r1-8b-int8", config, int8_tensors(DEEPSEEK_R1_8B), shards=2)
-
-
-def seed_manifest(name: str) -> Manifest:
-    seed, catalog = SEED_MODELS[name], builtin_catalog()
-    variant = seed_manifest("qwen3-14b-awq") if name == "qwen3-14b" else None
-    return manifest_from_tensors(
-        name,
-        seed.config,
-        seed.tensors(seed.config),
-        shards=seed.shards,
-        catalog_entry=catalog.get(name),
-        awq_variant=variant,
-    )
 
 
 def planned(manifest: Manifest, **request: Any) -> tuple[DeployRequest, Plan]:

@@ -14,7 +14,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asoba_deploy.core.catalog import builtin_catalog
 from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner import Plan, plan
@@ -24,6 +23,7 @@ from local.sparse_models import (
     SEED_MODELS,
     decoder_tensors,
     manifest_from_tensors,
+    seed_manifest,
 )
 
 GIB = 1 << 30
@@ -48,19 +48,9 @@ MODELS = [*SEED_MODELS, "small-dense"]
 
 @cache
 def manifest(name: str) -> Manifest:
-    catalog = builtin_catalog()
     if name == "small-dense":
         return manifest_from_tensors(name, SMALL_DENSE, decoder_tensors(SMALL_DENSE))
-    seed = SEED_MODELS[name]
-    variant = manifest("qwen3-14b-awq") if name == "qwen3-14b" else None
-    return manifest_from_tensors(
-        name,
-        seed.config,
-        seed.tensors(seed.config),
-        shards=seed.shards,
-        catalog_entry=catalog.get(name),
-        awq_variant=variant,
-    )
+    return seed_manifest(name)
 
 
 PORTS = st.sampled_from([22, 8000, 8001, 8002, 9000])
