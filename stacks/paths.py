@@ -11,3 +11,4 @@ PACKAGE_DIR = PROJECT_ROOT / "asoba_deploy"
 LAMBDA_LAYER_DIR = BUILD_DIR / "lambda-layer"
 DOCUMENTS_DIR = PROJECT_ROOT / "ssm_documents"
 RUNTIME_DIR = PROJECT_ROOT / "instance_runtime"
+INSTANCE_TOOLS_DIR = BUILD_DIR / "instance-tools"  # built by `make setup` (stacks/instance_tools.py)

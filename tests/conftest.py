@@ -82,11 +82,13 @@ def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Port
 
 @pytest.fixture(scope="session")
 def deployed_stack(
-    local_cloud: Any, stack_context: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    local_cloud: Any, stack_context: dict[str, Any], sandbox: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Any:
     from local.environment import deploy_stack
 
-    return deploy_stack(local_cloud, stack_context, tmp_path_factory.mktemp("cdk") / "cdk.out")
+    return deploy_stack(
+        local_cloud, stack_context, tmp_path_factory.mktemp("cdk") / "cdk.out", sandbox=sandbox
+    )
 
 
 @pytest.fixture(scope="session")

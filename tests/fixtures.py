@@ -5,8 +5,9 @@ Use them from a conftest.py with ``from tests.fixtures import *  # noqa: F403``.
 * ``moto_server`` (session): a ``ThreadedMotoServer`` on a free port; its URL.
 * ``aws`` (function): boto3 clients (s3, ssm, ec2) on that server, the project's documents
   registered, an S3 bucket of its own.
+* ``instance_tools`` (session): the stack's s5cmd uploaded once; its object URL.
 * ``make_sandbox`` (function): ``make_sandbox(gpu=False)`` -> a ``Sandbox`` on a fresh moto EC2
-  instance, closed (every process killed) at the end of the test.
+  instance (documents sent to it get that S5cmdUri), closed (every process killed) at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from local.sandbox.bundles import upload_instance_tools
 from local.sandbox.documents import register_documents
 from local.sandbox.sandbox import Sandbox, free_port
 
@@ -75,12 +77,24 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Aws:
     return Aws(endpoint_url=moto_server, bucket=bucket, **clients)
 
 
+@pytest.fixture(scope="session")
+def instance_tools(moto_server: str) -> str:
+    """The stack's s5cmd in a bucket of its own, once: its object URL (the documents' S5cmdUri)."""
+    s3 = boto3.client("s3", endpoint_url=moto_server, **CREDENTIALS)
+    bucket = f"tools-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return upload_instance_tools(s3, bucket)
+
+
 @pytest.fixture
-def make_sandbox(aws: Aws, tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
+def make_sandbox(aws: Aws, tmp_path: Path, instance_tools: str) -> Iterator[Callable[..., Sandbox]]:
     made: list[Sandbox] = []
 
-    def make(gpu: bool = False, name: str = "instance") -> Sandbox:
-        sandbox = Sandbox(tmp_path / name, launch_instance(aws.ec2), gpu=gpu, endpoint_url=aws.endpoint_url)
+    def make(gpu: bool = False, name: str = "instance", aws_cli: bool = False) -> Sandbox:
+        sandbox = Sandbox(
+            tmp_path / name, launch_instance(aws.ec2), gpu=gpu, endpoint_url=aws.endpoint_url, aws_cli=aws_cli
+        )
+        sandbox.s5cmd_uri = instance_tools
         made.append(sandbox)
         return sandbox
 

@@ -371,6 +371,7 @@ def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout:
         timeout_seconds=round(timeout),
         now=time.time(),
         comment="deploy-model undeploy",
+        plugins=step.plugins,
     )
     ctx.say(f"sent {document} to {target} (command {ref.command_id})")
     try:

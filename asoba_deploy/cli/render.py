@@ -303,6 +303,14 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
     if quantization != "none":
         quantization += " (stored quantized)" if plan.prequantized else " (quantized on load)"
     quantization += f", {plan.dtype} compute"
+    engine = plan.engine_reason or plan.engine
+    serving = [
+        f"max_model_len {plan.max_model_len or plan.context_tokens}",
+        f"max_num_seqs {plan.max_num_seqs}",
+    ]
+    if plan.gpu_memory_utilization is not None:
+        serving.insert(0, f"gpu_memory_utilization {plan.gpu_memory_utilization:g}")
+    engine += "\n" + ", ".join(serving)
     endpoints = plan.endpoints.model_dump()
     rows: list[tuple[str, Cell]] = [
         ("model", f"{plan.model} ({catalog})"),
@@ -319,6 +327,7 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
         ("action", action),
         ("port / unit", f"{plan.port} / {plan.unit}"),
         ("quantization", quantization),
+        ("engine", engine),
         ("context", f"{plan.context_tokens} tokens reserved for the KV cache"),
         ("parameters", human_count(plan.parameters)),
         ("model path", plan.model_path),

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from asoba_deploy.core.errors import DeployError, InstanceUnavailable
 
@@ -53,6 +53,9 @@ class CommandRef(BaseModel):
 
     step: str
     document: str
+    # The document's steps in order (GetCommandInvocation's PluginName): a document with several
+    # must be read one step at a time; the last is the script with the result line.
+    plugins: list[str] = Field(default_factory=list)
     command_id: str
     instance_id: str
     sent_at: float
@@ -124,6 +127,7 @@ def send(
     comment: str = "",
     previous: CommandRef | None = None,
     idempotent: bool = False,
+    plugins: tuple[str, ...] = (),
 ) -> CommandRef:
     """Start the document; a resend keeps the first attempt's deadline. `idempotent`: `comment`
     names this send uniquely (execution, step, attempt), and a command already sent under it
@@ -145,6 +149,7 @@ def send(
         return CommandRef(
             step=step,
             document=document,
+            plugins=list(plugins),
             command_id=str(found["CommandId"]),
             instance_id=instance_id,
             sent_at=min(now, _timestamp(found.get("RequestedDateTime")) or now),
@@ -175,6 +180,7 @@ def send(
     return CommandRef(
         step=step,
         document=document,
+        plugins=list(plugins),
         command_id=command["CommandId"],
         instance_id=instance_id,
         sent_at=now,
@@ -220,11 +226,7 @@ TERMINAL_FAILURES = ("Failed", "TimedOut", "Cancelled", "Cancelling", "Undeliver
 def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> CommandRef:
     """Read the invocation once. Ended well: status Success with its result. Still running:
     InProgress (or `error` once the deadline passed, after cancelling it). Ended badly: `error`."""
-    try:
-        invocation = ssm.get_command_invocation(CommandId=ref.command_id, InstanceId=ref.instance_id)
-    except ClientError as client_error:
-        _raise_transient(client_error)
-        raise
+    invocation = _invocation(ssm, ref, ref.plugins[-1] if ref.plugins else None)
     status = invocation.get("Status", "Pending")
     stdout = invocation.get("StandardOutputContent", "") or ""
     stderr = invocation.get("StandardErrorContent", "") or ""
@@ -253,13 +255,16 @@ def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> 
             "the result line is lost"
         )
     result = last_json_line(stdout)
+    details = invocation.get("StatusDetails", status)
+    if details in ("DeliveryTimedOut", "Undeliverable", "Terminated"):
+        # never ran: every step reads so, and the instance is the cause, not a step
+        raise InstanceUnavailable(f"{ref.document}: instance {ref.instance_id} did not answer ({details})")
+    if len(ref.plugins) > 1:
+        _raise_for_earlier_plugins(ssm, ref, error)
     finished_at = _timestamp(invocation.get("ExecutionEndDateTime")) or now
     updated = updated.model_copy(update={"result": result, "finished_at": finished_at, "seen_at": now})
     if status == "Success":
         return updated.model_copy(update={"status": "Success"})
-    details = invocation.get("StatusDetails", status)
-    if details in ("DeliveryTimedOut", "Undeliverable", "Terminated"):
-        raise InstanceUnavailable(f"{ref.document}: instance {ref.instance_id} did not answer ({details})")
     reason = (result or {}).get("error") or (stderr.strip().splitlines() or [details])[-1]
     tails = _tails(stdout if result is None else "", stderr)
     if status == "TimedOut":
@@ -269,6 +274,30 @@ def poll(ssm: Any, ref: CommandRef, *, now: float, error: type[DeployError]) -> 
             f"(exit 137); last output: {reason}{tails}"
         )
     raise error(f"{ref.document} {status.lower()} on {ref.instance_id}: {reason}{tails}")
+
+
+def _invocation(ssm: Any, ref: CommandRef, plugin: str | None) -> dict[str, Any]:
+    kwargs = {"CommandId": ref.command_id, "InstanceId": ref.instance_id}
+    if plugin is not None:
+        kwargs["PluginName"] = plugin
+    try:
+        return dict(ssm.get_command_invocation(**kwargs))
+    except ClientError as client_error:
+        _raise_transient(client_error)
+        raise
+
+
+def _raise_for_earlier_plugins(ssm: Any, ref: CommandRef, error: type[DeployError]) -> None:
+    """A step before the script (a download of what a fresh image lacks) that did not succeed
+    is the command's failure, whatever the script step then reports."""
+    for plugin in ref.plugins[:-1]:
+        invocation = _invocation(ssm, ref, plugin)
+        status = invocation.get("Status", "")
+        if status == "Success":
+            continue
+        stderr = str(invocation.get("StandardErrorContent", "") or "").strip()
+        reason = (stderr.splitlines() or [str(invocation.get("StatusDetails", status))])[-1]
+        raise error(f"{ref.document} {str(status).lower()} on {ref.instance_id} at step {plugin}: {reason}")
 
 
 def output_truncated(stdout: str) -> bool:

@@ -52,6 +52,21 @@ class StepBudgets(BaseModel):
     check_instance: int = Field(default=300, ge=10)
 
 
+class Serving(BaseModel):
+    """How the deployed runtime serves: the concurrency it is sized for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Sequences generated together (vLLM's max_num_seqs, the transformers engine's batch): the
+    # plan's KV reserve (context_tokens) is shared by them.
+    max_num_seqs: int = Field(default=8, ge=1, le=256)
+    # Requests allowed to wait behind the running ones before the service answers 503.
+    queue_size: int = Field(default=8, ge=0, le=4096)
+    # The plan names vLLM only where collect-resources finds it importable by the runtime's
+    # Python: install does not download it (its CUDA wheel pins a torch of its own, which would
+    # replace the instance's).
+
+
 class InstanceRoots(BaseModel):
     """Where things live on the instance (SSM document parameters; relocatable for tests)."""
 
@@ -87,6 +102,7 @@ class DeployConfig(BaseModel):
     instance_roots: InstanceRoots = Field(default_factory=InstanceRoots)
     base_python: Annotated[str, Field(pattern=ABS_PATH)] = "/usr/bin/python3"
     service_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "ubuntu"
+    serving: Serving = Field(default_factory=Serving)
 
     @field_validator("instance_ids", mode="before")
     @classmethod
@@ -99,7 +115,7 @@ class DeployConfig(BaseModel):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("thresholds", "step_budgets", "instance_roots", mode="before")
+    @field_validator("thresholds", "step_budgets", "instance_roots", "serving", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value

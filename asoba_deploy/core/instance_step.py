@@ -56,6 +56,7 @@ def send_step(step: Step, config: Settings, ssm: Any, state: ExecutionState, now
         comment=f"{step.name}#{attempt} {state.execution_name or ''}",
         previous=previous,
         idempotent=bool(state.execution_name),
+        plugins=step.plugins,
     )
     update: dict[str, Any] = {
         "execution_name": state.execution_name,

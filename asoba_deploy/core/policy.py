@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from asoba_deploy.core.config import RUNTIME_UNIT, DeployConfig, InstanceRoots, Thresholds
+from asoba_deploy.core.config import RUNTIME_UNIT, DeployConfig, InstanceRoots, Serving, Thresholds
 from asoba_deploy.core.contracts import Port
 
 GIB = 1 << 30
@@ -26,6 +26,7 @@ Dtype = Literal["bfloat16", "float16"]
 
 
 _THRESHOLDS = Thresholds()
+_SERVING = Serving()
 _CONFIG_DEFAULTS = {name: field.default for name, field in DeployConfig.model_fields.items()}
 
 
@@ -51,6 +52,18 @@ class Policy(BaseModel):
     disk_reserve_bytes: Bytes = 2 * GIB
     endpoint_host: str = "localhost"
     prefer_awq_variant: bool = True
+    # Serving (config.Serving): the concurrency the runtime is sized for.
+    max_num_seqs: Annotated[int, Field(ge=1)] = _SERVING.max_num_seqs
+    # vLLM's own GPU allocations inside its gpu_memory_utilization budget, beyond weights, KV
+    # cache and CUDA context: the profile run's peak activations (at its default
+    # max_num_batched_tokens) and, counted in the budget since vLLM 0.21, the CUDA graph pool
+    # (vllm/v1/worker/gpu_worker.py, determine_available_memory). A fixed estimate: both are a
+    # few hundred MiB for the 0.1-15 B models here.
+    vllm_overhead_bytes: Bytes = GIB
+    # vLLM's engine core runs in a second process with torch and the CUDA libraries of its own.
+    vllm_ram_bytes: Bytes = 2 * GIB
+    # gpu_memory_utilization is rounded up to this step (vLLM reads it as a float fraction).
+    utilization_step: Annotated[float, Field(gt=0, le=0.1)] = 0.001
 
     @classmethod
     def from_config(cls, config: DeployConfig) -> Policy:
@@ -63,4 +76,5 @@ class Policy(BaseModel):
             replace_port=thresholds.replace_port,
             flux_unit=config.flux_service,
             models_root=config.instance_roots.models_root,
+            max_num_seqs=config.serving.max_num_seqs,
         )

@@ -26,7 +26,8 @@ class StackResources(BaseModel):
     documents: dict[str, str] = Field(default_factory=dict)  # document stem -> SSM document name
     lock_table: str = ""
     ledger_table: str = ""
-    runtime_bundle_uri: str = ""
+    runtime_bundle_uri: str = ""  # https S3 object URL: what aws:downloadContent reads
+    s5cmd_uri: str = ""  # the s5cmd binary the documents bring (stacks/instance_tools.py)
     command_log_group: str = ""
     state_machine_name: str = ""
     catalog_key: str = "catalog.json"  # relative to the model prefix

@@ -21,6 +21,16 @@ class GpuDevice(BaseModel):
     name: str
     memory_total_bytes: int = NonNegative
     memory_used_bytes: int = NonNegative
+    # nvidia-smi's compute_cap, "8.6" on an A10G; None: not reported (drivers before 510).
+    compute_capability: str | None = Field(default=None, pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$")
+
+    @property
+    def capability(self) -> tuple[int, int] | None:
+        """The compute capability as (major, minor), None when not reported."""
+        if self.compute_capability is None:
+            return None
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
 
 
 class ServiceState(BaseModel):
@@ -53,6 +63,40 @@ class CachedModel(BaseModel):
     file_sizes: dict[str, int] = Field(default_factory=dict)
 
 
+class RuntimePython(BaseModel):
+    """What the runtime's interpreter can import: the engines and kernels a plan may choose.
+
+    Probed with importlib (find_spec + metadata versions, nothing heavy imported) in the installed
+    runtime venv when there is one, else in the instance's base Python. A version is None when
+    the package is not importable there.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    python: str  # the interpreter probed
+    source: Literal["runtime-venv", "base-python"]
+    python_version: str | None = None
+    torch: str | None = None
+    vllm: str | None = None
+    bitsandbytes: str | None = None
+    gptqmodel: str | None = None
+
+
+class RuntimeVenv(BaseModel):
+    """One venv the install step built: RuntimeRoot/venvs/<hash>, complete (its marker written).
+
+    Built once per engine's requirement set and BasePython (ssm_documents/install.yaml);
+    `requirements_sha256` is core.requirement_sets.requirements_sha256 of the set it installed.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    hash: str = Field(pattern=r"^[0-9a-f]{16}$")
+    engine: str = ""  # "vllm" | "transformers"; "" when the marker does not say
+    requirements_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    current: bool = False  # RuntimeRoot/venv links to it
+
+
 class InstanceSnapshot(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -73,6 +117,12 @@ class InstanceSnapshot(BaseModel):
     cached_models_total: int | None = Field(default=None, ge=0)
     cached_total_bytes: int | None = Field(default=None, ge=0)
     runtime_version: str | None = None
+    # The runtime's Python and the packages it can import (None: not reported, or the probe failed).
+    runtime_python: RuntimePython | None = None
+    # The install step's venvs (None: not reported, an older collect-resources); the first few
+    # listed, the total counting them all.
+    runtime_venvs: list[RuntimeVenv] | None = None
+    runtime_venvs_total: int | None = Field(default=None, ge=0)
     # What the instance could not report (e.g. nvidia-smi present but the driver unreachable).
     warnings: list[str] = Field(default_factory=list)
 

@@ -47,6 +47,10 @@ def _plan(state: ExecutionState) -> Plan:
 
 
 # Document parameter -> where that root lives on the instance (config.InstanceRoots).
+# The documents' aws:downloadContent steps (InstanceStep.fetches).
+BRING_S5CMD = "bringS5cmd"
+FETCH_RUNTIME_BUNDLE = "fetchRuntimeBundle"
+
 ROOT_PARAMETERS = {
     "ModelsRoot": "models_root",
     "RuntimeRoot": "runtime_root",
@@ -66,7 +70,12 @@ def _units(config: Settings) -> dict[str, str]:
 
 
 def collect_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
-    return {**_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"), **_units(config)}
+    return {
+        **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
+        # probed for the engines it can import while the runtime venv does not exist yet
+        "BasePython": config.deploy.base_python,
+        **_units(config),
+    }
 
 
 def snapshot_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
@@ -83,10 +92,16 @@ def stop_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
 
 def sync_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     plan = _plan(state)
+    base: dict[str, str] = {}
+    if plan.base_model and plan.base_source_uri:
+        # An adapter: its base folder is synced by the same command, before the adapter.
+        base = {"BaseModelName": plan.base_model, "BaseSourceUri": plan.base_source_uri}
     return {
         "ModelName": plan.deploy_model,
         "SourceUri": plan.source_uri,
+        **base,
         **_roots(config, "ModelsRoot", "RuntimeRoot"),
+        "S5cmdUri": config.stack.s5cmd_uri,
     }
 
 
@@ -99,12 +114,27 @@ def install_parameters(config: Settings, state: ExecutionState) -> dict[str, str
         "Port": str(plan.port),
         "Quantization": str(plan.quantization),
         "Dtype": str(plan.dtype or "auto"),
-        "ContextTokens": str(plan.context_tokens or 4096),
+        "ContextTokens": str(plan.max_model_len or plan.context_tokens or 4096),
+        **_engine_parameters(config, plan),
+        **({"BaseModelPath": plan.base_model_path} if plan.base_model_path else {}),
         "BasePython": config.deploy.base_python,
         **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         "ServiceUnit": RUNTIME_UNIT,
         "ServiceUser": config.deploy.service_user,
     }
+
+
+def _engine_parameters(config: Settings, plan: Plan) -> dict[str, str]:
+    """The serving engine and the sizes it obeys (install's Engine, MaxBatchSize, QueueSize and,
+    with vLLM, GpuMemoryUtilization: the plan's GPU budget as a share of total GPU memory)."""
+    parameters = {
+        "Engine": plan.engine,
+        "MaxBatchSize": str(plan.max_num_seqs),
+        "QueueSize": str(config.deploy.serving.queue_size),
+    }
+    if plan.gpu_memory_utilization is not None:
+        parameters["GpuMemoryUtilization"] = f"{plan.gpu_memory_utilization:.3f}"
+    return parameters
 
 
 def health_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
@@ -122,6 +152,7 @@ def rollback_parameters(config: Settings, state: ExecutionState) -> dict[str, st
 def check_instance_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {
         "S3Uri": f"s3://{config.model_bucket}/{config.model_prefix}",
+        "S5cmdUri": config.stack.s5cmd_uri,
         "Port": str(config.coexist_port),
         "BasePython": config.deploy.base_python,
         **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
@@ -143,16 +174,28 @@ def sync_expectation(config: Settings, state: ExecutionState) -> dict[str, Any]:
     """The model folder as the plan saw it: a sync that finds anything else is stale. Counted at
     plan time: the state's plan lists only the first files."""
     plan = _plan(state)
-    return {"files": plan.source_files, "bytes": plan.source_bytes}
+    expect: dict[str, Any] = {"files": plan.source_files, "bytes": plan.source_bytes}
+    if plan.base_model:
+        expect["base"] = {"files": plan.base_source_files, "bytes": plan.base_source_bytes}
+    return expect
 
 
-def check_sync(result: dict[str, Any], expect: dict[str, Any]) -> None:
+def _check_folder(what: str, result: Any, expect: dict[str, Any]) -> None:
+    result = result if isinstance(result, dict) else {}
     synced_files, synced_bytes = int(result.get("files_total", -1)), int(result.get("total_bytes", -1))
     if (synced_files, synced_bytes) != (expect["files"], expect["bytes"]):
         raise SyncFailed(
-            f"the model folder changed in S3 after it was planned: planned {expect['files']} files, "
+            f"the {what} changed in S3 after it was planned: planned {expect['files']} files, "
             f"{expect['bytes']} bytes; synced {synced_files} files, {synced_bytes} bytes"
         )
+
+
+def check_sync(result: dict[str, Any], expect: dict[str, Any]) -> None:
+    """The synced folders are the ones planned: the model's (the result's top level) and, for an
+    adapter, its base's (`result["base"]`)."""
+    _check_folder("model folder", result, expect)
+    if expect.get("base") is not None:
+        _check_folder("base model folder", result.get("base"), expect["base"])
 
 
 def health_budget(config: Settings, state: ExecutionState) -> int:
@@ -200,6 +243,9 @@ class InstanceStep:
     # What a successful result must show, computed at send time and checked at the end.
     expect: Callable[[Settings, ExecutionState], dict[str, Any]] | None = None
     check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+    # The document's aws:downloadContent steps before its script, in order: what a fresh image
+    # lacks (s5cmd, the runtime bundle), fetched by the agent with the instance's own role.
+    fetches: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,6 +272,17 @@ class Step:
     @property
     def function_id(self) -> str:
         return self.label
+
+    @property
+    def plugin(self) -> str:
+        """The name of the document's script step (its PluginName in GetCommandInvocation)."""
+        first, *rest = self.name.split("-")
+        return first + "".join(part.capitalize() for part in rest)
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """Every step of the document, in order: the fetches, then the script."""
+        return (*self.instance.fetches, self.plugin) if self.instance is not None else ()
 
     @property
     def handler(self) -> str:
@@ -274,7 +331,12 @@ STEPS: dict[str, Step] = _registry(
         Phase.CHECK,
         "Scheduled check of the instance: S3, agent, resources, services, runtime",
         errors.CheckInstanceFailed,
-        InstanceStep(check_instance_parameters, _budget("check_instance"), require_online=True),
+        InstanceStep(
+            check_instance_parameters,
+            _budget("check_instance"),
+            require_online=True,
+            fetches=(BRING_S5CMD,),
+        ),
         grants=frozenset({Grant.READ_MODELS, Grant.SEE_INSTANCES}),
     ),
     Step(
@@ -323,7 +385,13 @@ STEPS: dict[str, Step] = _registry(
         Phase.CHANGE,
         "Sync the model folder from S3 (s5cmd)",
         errors.SyncFailed,
-        InstanceStep(sync_parameters, _budget("sync"), expect=sync_expectation, check=check_sync),
+        InstanceStep(
+            sync_parameters,
+            _budget("sync"),
+            expect=sync_expectation,
+            check=check_sync,
+            fetches=(BRING_S5CMD,),
+        ),
         grants=_SEE_INSTANCES,
     ),
     Step(
@@ -331,7 +399,7 @@ STEPS: dict[str, Step] = _registry(
         Phase.CHANGE,
         "Install the runtime, write env and unit, start it",
         errors.InstallFailed,
-        InstanceStep(install_parameters, _budget("install")),
+        InstanceStep(install_parameters, _budget("install"), fetches=(FETCH_RUNTIME_BUNDLE,)),
         grants=_SEE_INSTANCES,
     ),
     Step(

@@ -23,8 +23,12 @@ behaves as on a real instance:
   TimedOut with StatusDetails DeliveryTimedOut; DescribeInstanceInformation reports it
   ConnectionLost (and Online otherwise); a stopped EC2 instance counts as offline;
 * CancelCommand stops a pending or running invocation (Cancelled; its processes are killed);
-* with CloudWatchOutputConfig, each step's stdout and stderr also go to moto's CloudWatch Logs
-  (streams <command-id>/<instance-id>/<step>/stdout|stderr, the log group created if needed);
+* ``aws:downloadContent`` steps (S3 source) run as the agent's plugin (download_content.py), with
+  the instance role; a failed step ends the document only with ``onFailure: exit`` in its inputs
+  (or exit 168/169), as runpluginutil.go decides, and the steps it ends read Skipped;
+* with CloudWatchOutputConfig, each step's stdout and stderr also go to CloudWatch Logs as the
+  instance role (streams <command-id>/<instance-id>/<step>/stdout|stderr; CreateLogGroup and
+  DescribeLogGroups first; a refused call turns streaming off for the command);
 * ListCommandInvocations, DescribeInstanceInformation and CancelCommand, absent from moto, are added.
 
 Works with ``mock_aws()`` and with ``moto.server.ThreadedMotoServer`` in the same process (both
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import inspect
+import json
 import os
 import signal
 import subprocess
@@ -44,13 +49,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
-from moto.logs.models import logs_backends
 from moto.ssm.exceptions import SSMException
 from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 
+from local.sandbox import download_content
 from local.sandbox.validation import resolve_parameters, substitute
 
 if TYPE_CHECKING:
@@ -62,10 +69,12 @@ AGENT_TRUNCATED_SUFFIX = "--output truncated--"  # its OutputTruncatedSuffix
 STDOUT_LIMIT = 24_000  # GetCommandInvocation StandardOutputContent
 STDERR_LIMIT = 8_000  # GetCommandInvocation StandardErrorContent: its first 8,000 characters
 LIST_OUTPUT_LIMIT = 2_500  # iohandler.MaximumPluginOutputSize (ListCommandInvocations Output)
+MAX_DOCUMENT_BYTES = 64 * 1024  # SSM quotas: a document's content, 64 KB (MaxDocumentSizeExceeded)
 DEFAULT_STEP_TIMEOUT_S = 3600
 MIN_STEP_TIMEOUT_S, MAX_STEP_TIMEOUT_S = 5, 172_800
 STOPPED_PREEMPTIVELY_EXIT_CODE = 137  # appconfig.CommandStoppedPreemptivelyExitCode: 128 + SIGKILL
 TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled")
+EXIT_WITH_SUCCESS, EXIT_WITH_FAILURE = 168, 169  # contracts.ExitWithSuccess / ExitWithFailure
 
 _lock = threading.RLock()
 _sandboxes: dict[str, Sandbox] = {}
@@ -152,6 +161,7 @@ class InvocationRun:
     process: subprocess.Popen[bytes] | None = None
     cancelled: bool = False
     log_group: str = ""  # CloudWatchOutputConfig: stdout/stderr also go to this log group
+    cloudwatch_error: str = ""  # why the agent stopped streaming (a refused call), if it did
 
     def step(self, plugin_name: str | None) -> StepRun:
         if plugin_name is None:
@@ -309,20 +319,37 @@ def _run_invocation(run: InvocationRun, sandbox: Sandbox) -> None:
         time.sleep(0.05)
     _set_status(run, "InProgress", "InProgress")
     outcome = "Success"
+    exit_document = False
     for index, step in enumerate(run.steps):
         if run.cancelled:
             outcome = "Cancelled"
-        if outcome != "Success":
+        if outcome == "Cancelled" or exit_document:
             with _lock:
-                step.status = step.status_details = "Skipped" if outcome != "Cancelled" else "Cancelled"
+                step.status = step.status_details = "Cancelled" if outcome == "Cancelled" else "Skipped"
+                if outcome != "Cancelled":
+                    step.response_code = 0
             continue
-        outcome = _run_step(run, sandbox, index, step)
+        status = _run_step(run, sandbox, index, step)
+        if outcome == "Success":
+            outcome = status
+        exit_document = _ends_document(step, status)
         if run.log_group:
-            _to_cloudwatch(run, step)
+            _to_cloudwatch(run, sandbox, step)
     details = {"Success": "Success", "Failed": "Failed", "TimedOut": "ExecutionTimedOut"}.get(
         outcome, outcome
     )
     _set_status(run, outcome, details)
+
+
+def _ends_document(step: StepRun, status: str) -> bool:
+    """runpluginutil.go getShouldPluginSkipBasedOnControlFlow: later steps still run after a
+    failure unless this step's inputs say ``onFailure: exit`` (a Failed step only, not TimedOut)
+    or ``onSuccess: exit``, or it exited 168 (success) / 169 (failure)."""
+    if step.response_code in (EXIT_WITH_SUCCESS, EXIT_WITH_FAILURE):
+        return True
+    if status == "Failed" and step.inputs.get("onFailure") in ("exit", "successAndExit"):
+        return True
+    return status == "Success" and step.inputs.get("onSuccess") == "exit"
 
 
 def _finish_all(run: InvocationRun, status: str, details: str) -> None:
@@ -352,9 +379,20 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
     with _lock:
         step.status = step.status_details = "InProgress"
         step.started = _now()
+    if step.action == "aws:downloadContent":
+        try:
+            with sandbox.acting_as_instance():
+                said = download_content.download(sandbox, run.command.command_id, run.region, step.inputs)
+        except download_content.DownloadFailed as error:
+            return _end_step(step, "Failed", 1, "", f"{error}\n")
+        return _end_step(step, "Success", 0, said, "")
     if step.action != "aws:runShellScript":
         return _end_step(
-            step, "Failed", 1, "", f"the sandbox agent runs aws:runShellScript only, not {step.action}\n"
+            step,
+            "Failed",
+            1,
+            "",
+            f"the sandbox agent runs aws:runShellScript and aws:downloadContent only, not {step.action}\n",
         )
     commands = step.inputs.get("runCommand", [])
     lines = [commands] if isinstance(commands, str) else [str(line) for line in commands]
@@ -418,21 +456,38 @@ def _end_step(step: StepRun, status: str, code: int, stdout: bytes | str, stderr
     return status
 
 
-def _to_cloudwatch(run: InvocationRun, step: StepRun) -> None:
-    """What the agent uploads with CloudWatchOutputConfig: <command>/<instance>/<step>/stdout|stderr."""
-    logs = logs_backends[run.command.account_id][run.region]
-    if run.log_group not in logs.groups:
-        with contextlib.suppress(Exception):
-            logs.create_log_group(run.log_group, {})
-    stamp = int(time.time() * 1000)
-    for stream, text in (("stdout", step.stdout), ("stderr", step.stderr)):
-        if not text:
-            continue
-        name = f"{run.command.command_id}/{run.instance_id}/{step.name}/{stream}"
-        with contextlib.suppress(Exception):
-            logs.create_log_stream(run.log_group, name)
-        events = [{"timestamp": stamp, "message": line} for line in text.splitlines() or [text]]
-        logs.put_log_events(run.log_group, name, events)
+def _to_cloudwatch(run: InvocationRun, sandbox: Sandbox, step: StepRun) -> None:
+    """What the agent uploads with CloudWatchOutputConfig: <command>/<instance>/<step>/stdout|stderr,
+    with the instance's own role: it creates the group (an existing one is fine), looks it up,
+    and on any refusal stops streaming this command's output (the command itself goes on)."""
+    logs = boto3.client(
+        "logs",
+        region_name=run.region,
+        endpoint_url=sandbox.endpoint_url,
+        aws_access_key_id=sandbox.access_key_id,
+        aws_secret_access_key="testing",  # moto accepts any secret
+    )
+    try:
+        with sandbox.acting_as_instance():
+            try:
+                logs.create_log_group(logGroupName=run.log_group)
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+                    raise
+            logs.describe_log_groups(logGroupNamePrefix=run.log_group)
+            stamp = int(time.time() * 1000)
+            for stream, text in (("stdout", step.stdout), ("stderr", step.stderr)):
+                if not text:
+                    continue
+                name = f"{run.command.command_id}/{run.instance_id}/{step.name}/{stream}"
+                with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                    logs.create_log_stream(logGroupName=run.log_group, logStreamName=name)
+                events = [{"timestamp": stamp, "message": line} for line in text.splitlines() or [text]]
+                logs.put_log_events(logGroupName=run.log_group, logStreamName=name, logEvents=events)
+    except (ClientError, BotoCoreError) as error:
+        with _lock:
+            run.log_group = ""  # streaming off for the rest of this command
+            run.cloudwatch_error = str(error)
 
 
 # --------------------------------------------------------------------------- moto hooks
@@ -480,6 +535,14 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
         raise _Error("InvalidDocument", f"{name} is not a schemaVersion 2.2 Command document")
     parameters = resolve_parameters(content.get("parameters"), arguments.get("parameters"))
     steps_spec = content.get("mainSteps") or []
+    # The document the instance receives, parameters in place, is held to the document size limit.
+    resolved = json.dumps(substitute(content, parameters), separators=(",", ":"))
+    if len(resolved.encode()) > MAX_DOCUMENT_BYTES:
+        raise _Error(
+            "MaxDocumentSizeExceeded",
+            f"The size limit of a document is 64 KB: {name} with its parameters is "
+            f"{len(resolved.encode()):,} bytes",
+        )
     command = _original_send_command(self, *args, **kwargs)
     # moto adds every EC2 instance of the region when Targets is empty: keep the ones asked for.
     instance_ids = list(dict.fromkeys(instance_ids))

@@ -40,13 +40,26 @@ def runtime_bundle(dest: Path) -> Path:
     return write_zip(_files(RUNTIME_DIR), dest)
 
 
-def fake_runtime_bundle(dest: Path, *, requirements: str | None = None, version: str | None = None) -> Path:
-    """The fake runtime plus the real systemd templates; ``requirements``/``version`` override its own."""
+def fake_runtime_bundle(
+    dest: Path,
+    *,
+    requirements: str | None = None,
+    version: str | None = None,
+    vllm_requirements: str | None = None,
+) -> Path:
+    """The fake runtime plus the real systemd templates; ``requirements``/``version`` override its own.
+
+    Like the real bundle it has one requirement set per engine: requirements.txt (transformers)
+    and requirements-vllm.txt (vllm; ``vllm_requirements``, else the same as requirements.txt).
+    """
     files = _files(FAKE_RUNTIME_DIR)
     for name, data in _files(RUNTIME_DIR / "systemd").items():
         files[f"systemd/{name}"] = data
     if requirements is not None:
         files["requirements.txt"] = requirements.encode()
+    files["requirements-vllm.txt"] = (
+        vllm_requirements.encode() if vllm_requirements is not None else files["requirements.txt"]
+    )
     if version is not None:
         init = files["__init__.py"].decode()
         files["__init__.py"] = init.replace(
@@ -55,6 +68,19 @@ def fake_runtime_bundle(dest: Path, *, requirements: str | None = None, version:
     return write_zip(files, dest)
 
 
+def object_url(s3: Any, bucket: str, key: str) -> str:
+    """The https URL of an object, as CDK's Asset.http_url gives it and aws:downloadContent reads it."""
+    return f"https://s3.{s3.meta.region_name}.amazonaws.com/{bucket}/{key}"
+
+
 def upload(s3: Any, bucket: str, path: Path, key: str) -> str:
+    """Put ``path`` at ``key``; its object URL (what the install document's bundle parameter takes)."""
     s3.upload_file(str(path), bucket, key)
-    return f"s3://{bucket}/{key}"
+    return object_url(s3, bucket, key)
+
+
+def upload_instance_tools(s3: Any, bucket: str) -> str:
+    """The stack's s5cmd into ``bucket``; its object URL (the documents' S5cmdUri)."""
+    from stacks.instance_tools import s5cmd_binary
+
+    return upload(s3, bucket, s5cmd_binary(), "tools/s5cmd")

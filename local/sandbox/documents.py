@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ class DocumentRun:
     stdout: str
     stderr: str
     statuses_seen: list[str]
+    # A document of several steps: the others' (name, status, stderr), in order; stdout,
+    # stderr and response_code are the last (script) step's, status the whole invocation's.
+    other_steps: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -75,6 +78,7 @@ class DocumentRun:
         return (
             f"{self.status}/{self.status_details} rc={self.response_code}\n"
             f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-4000:]}"
+            + "".join(f"\n--- step {name}: {state}\n{err[-2000:]}" for name, state, err in self.other_steps)
         )
 
 
@@ -102,30 +106,67 @@ def wait_invocation(
 ) -> DocumentRun:
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
+    plugins: list[str] = []  # set once SSM says the document has several steps
     while True:
         try:
-            invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+            if plugins:
+                status, details = _invocation_status(ssm, sandbox, command_id)
+                invocation = ssm.get_command_invocation(
+                    CommandId=command_id, InstanceId=sandbox.instance_id, PluginName=plugins[-1]
+                )
+            else:
+                invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+                status, details = invocation["Status"], invocation["StatusDetails"]
         except ClientError as error:
-            if error.response["Error"]["Code"] != "InvocationDoesNotExist" or time.monotonic() > deadline:
+            code = error.response["Error"]["Code"]
+            if code == "InvalidPluginName" and not plugins:
+                plugins = _plugin_names(ssm, sandbox, command_id)
+                continue
+            if code != "InvocationDoesNotExist" or time.monotonic() > deadline:
                 raise
             time.sleep(poll_s)
             continue
-        status = invocation["Status"]
         if not seen or seen[-1] != status:
             seen.append(status)
         if status in TERMINAL:
+            others = []
+            for name in plugins[:-1]:
+                step = ssm.get_command_invocation(
+                    CommandId=command_id, InstanceId=sandbox.instance_id, PluginName=name
+                )
+                others.append((name, str(step["Status"]), str(step["StandardErrorContent"])))
             return DocumentRun(
                 command_id=command_id,
                 status=status,
-                status_details=invocation["StatusDetails"],
+                status_details=details,
                 response_code=int(invocation["ResponseCode"]),
                 stdout=invocation["StandardOutputContent"],
                 stderr=invocation["StandardErrorContent"],
                 statuses_seen=seen,
+                other_steps=others,
             )
         if time.monotonic() > deadline:
             raise TimeoutError(f"command {command_id} still {status} after {timeout_s} s")
         time.sleep(poll_s)
+
+
+def _listed(ssm: Any, sandbox: Sandbox, command_id: str) -> dict[str, Any]:
+    listed = ssm.list_command_invocations(CommandId=command_id, InstanceId=sandbox.instance_id, Details=True)
+    invocations = listed["CommandInvocations"]
+    if not invocations:
+        missing = {"Error": {"Code": "InvocationDoesNotExist", "Message": ""}}
+        raise ClientError(missing, "ListCommandInvocations")  # type: ignore[arg-type]
+    return dict(invocations[0])
+
+
+def _plugin_names(ssm: Any, sandbox: Sandbox, command_id: str) -> list[str]:
+    return [str(plugin["Name"]) for plugin in _listed(ssm, sandbox, command_id)["CommandPlugins"]]
+
+
+def _invocation_status(ssm: Any, sandbox: Sandbox, command_id: str) -> tuple[str, str]:
+    """The whole invocation's status (every step's), as ListCommandInvocations reports it."""
+    invocation = _listed(ssm, sandbox, command_id)
+    return str(invocation["Status"]), str(invocation["StatusDetails"])
 
 
 def run_document(

@@ -16,6 +16,7 @@ var/lib/amazon/ssm (each command's orchestration folder: _script.sh, stdout, std
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import hashlib
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +61,32 @@ class Sandbox:
         gpu_memory_mib: int = 23028,
         hostname: str = "ip-10-0-0-10",
         extra_env: dict[str, str] | None = None,
+        aws_cli: bool = False,
+        base_python: str | Path | None = None,
     ) -> None:
         self.root = Path(root).resolve()
+        # The instance's torch Python (BasePython), absolute but not resolved (a venv's python is a
+        # link out of the venv); None: this venv's interpreter.
+        self._base_python = os.path.abspath(base_python) if base_python is not None else None
         self.instance_id = instance_id
         self.gpu = gpu
         self.endpoint_url = endpoint_url
         self.hostname = hostname
         self.extra_env = dict(extra_env or {})  # added to the scripts' environment (e.g. other credentials)
+        # The instance profile's role: what the agent's own calls (aws:downloadContent, CloudWatch
+        # output) are authorized as, when the local cloud enforces IAM; None: full rights.
+        self.instance_role_arn: str | None = None
+        # Where the stack's s5cmd lies in S3 (the S5cmdUri parameter of documents sent from tests).
+        self.s5cmd_uri: str | None = None
+        self.access_key_id = "ASIA" + instance_id.removeprefix("i-").upper().ljust(16, "0")[:16]
         self.online = True
         self.invocation_delay_s = 0.0  # >0: GetCommandInvocation says InvocationDoesNotExist that long
         # Offline, a command waits for delivery this long (None: its TimeoutSeconds, at least 30 s).
         self.delivery_timeout_s: float | None = None
         self.last_ping = dt.datetime.now(dt.UTC)
         self.owner_pid = os.getpid()
+        # An image that has the AWS CLI installed (a fresh one has none): the project's, alone on PATH.
+        self.aws_cli = aws_cli
         for folder in (
             self.unit_dir,
             self.profile_dir,
@@ -81,11 +96,14 @@ class Sandbox:
             self.run_dir / "tmp",
         ):
             folder.mkdir(parents=True, exist_ok=True)
+        if aws_cli:
+            self.image_bin.mkdir(parents=True, exist_ok=True)
+            (self.image_bin / "aws").symlink_to(Path(sys.prefix) / "bin" / "aws")
         # No region here: on EC2 it is the agent's AWS_SSM_REGION_NAME (or IMDS), never a file.
         (self.aws_config_dir / "config").write_text("[default]\n")
         # The instance profile's role, as IMDS would hand it out (moto accepts any key).
         (self.aws_config_dir / "credentials").write_text(
-            "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+            f"[default]\naws_access_key_id = {self.access_key_id}\naws_secret_access_key = testing\n"
         )
         gpus = []
         if gpu:
@@ -119,6 +137,11 @@ class Sandbox:
         return self.root / "etc" / "asoba-inference"
 
     @property
+    def image_bin(self) -> Path:
+        """What the image installed beyond a fresh one (the AWS CLI when ``aws_cli``)."""
+        return self.root / "usr" / "local" / "aws-cli" / "bin"
+
+    @property
     def profile_dir(self) -> Path:
         return self.root / "etc" / "profile.d"
 
@@ -150,7 +173,10 @@ class Sandbox:
 
     @property
     def base_python(self) -> str:
-        """The interpreter whose packages stand in for the instance's (torch and the runtime's)."""
+        """The interpreter whose packages stand in for the instance's (torch and the runtime's):
+        ``base_python`` when given (e.g. build/vllm-venv's, an image with vLLM), else this venv's."""
+        if self._base_python is not None:
+            return self._base_python
         return str(Path(sys.prefix) / "bin" / "python")
 
     @property
@@ -171,6 +197,8 @@ class Sandbox:
             "BasePython": self.base_python,
             "ServiceUser": self.service_user,
         }
+        if self.s5cmd_uri:
+            params["S5cmdUri"] = self.s5cmd_uri
         if document is None:
             return params
         declared = declared_parameters(document)
@@ -186,9 +214,11 @@ class Sandbox:
 
     def shim_env(self) -> dict[str, str]:
         """Environment in which the shims act on this sandbox (for calls from tests)."""
-        path = (
-            f"{SHIMS}:" + (f"{GPU_SHIMS}:" if self.gpu else "") + f"{Path(sys.prefix) / 'bin'}:{SYSTEM_PATH}"
-        )
+        # A fresh image: the system's bash, coreutils, curl and python3 (no pip modules), no AWS
+        # CLI, no s5cmd; the project's interpreter is only BasePython, named where a document needs it.
+        path = f"{SHIMS}:" + (f"{GPU_SHIMS}:" if self.gpu else "") + SYSTEM_PATH
+        if self.aws_cli:
+            path = f"{self.image_bin}:{path}"
         return {
             "PATH": path,
             "LANG": "C.UTF-8",
@@ -234,6 +264,17 @@ class Sandbox:
             }
         )
         return env
+
+    @contextlib.contextmanager
+    def acting_as_instance(self) -> Iterator[None]:
+        """The calls this thread makes meanwhile are the instance role's (local/iam.py)."""
+        if self.instance_role_arn is None:
+            yield
+            return
+        from local import iam
+
+        with iam.acting_as(self.instance_role_arn, self.instance_id):
+            yield
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 
-from local.sandbox import Sandbox, send_document, wait_invocation
+from local.sandbox import Sandbox, run_document, send_document, wait_invocation
 from local.sandbox.documents import DocumentRun
 from tests.fixtures import CREDENTIALS, REGION, Aws, launch_instance
 
@@ -171,8 +171,15 @@ def test_output_also_goes_to_cloudwatch_when_asked(
     assert run.status == "Success"
     logs = boto3.client("logs", endpoint_url=aws.endpoint_url, **CREDENTIALS)
     stream = f"{command_id}/{sandbox.instance_id}/step1/stdout"
-    events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
-    assert [event["message"] for event in events][-1] == '{"ok": true}'
+    # The agent streams output beside the command, not before its status: wait for it.
+    deadline = time.monotonic() + 20
+    messages: list[str] = []
+    while not messages and time.monotonic() < deadline:
+        with contextlib.suppress(logs.exceptions.ResourceNotFoundException):
+            events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
+            messages = [event["message"] for event in events]
+        time.sleep(0.1)
+    assert messages and messages[-1] == '{"ok": true}', messages
     invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
     assert invocation["CloudWatchOutputConfig"] == {
         "CloudWatchLogGroupName": group,
@@ -250,23 +257,32 @@ def test_list_command_invocations_with_details(
     assert by_instance[0]["CommandPlugins"] == []
 
 
-def test_several_steps_need_a_plugin_name_and_stop_at_the_first_failure(
+def test_several_steps_need_a_plugin_name_and_run_on_after_a_failure(
     aws: Aws, make_sandbox: Callable[..., Sandbox]
 ) -> None:
+    # runpluginutil.go: a failed step ends the document only when it says onFailure: exit (or
+    # exits 168/169); otherwise the next step runs and the invocation ends Failed.
     make_document(aws, "sandbox-two-steps", "#!/bin/bash\nexit '{{ Code }}'", steps=2)
     sandbox = make_sandbox()
     command_id = send_document(aws.ssm, sandbox, "sandbox-two-steps", Code="4")
     with pytest.raises(ClientError) as error:
         aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
     assert error.value.response["Error"]["Code"] == "InvalidPluginName"
-    time.sleep(1)
+    run = wait_invocation(aws.ssm, sandbox, command_id)
     first = aws.ssm.get_command_invocation(
         CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step1"
     )
     second = aws.ssm.get_command_invocation(
         CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step2"
     )
-    assert (first["Status"], first["ResponseCode"], second["Status"]) == ("Failed", 4, "Skipped")
+    assert (run.status, first["Status"], first["ResponseCode"]) == ("Failed", "Failed", 4)
+    assert (second["Status"], second["ResponseCode"]) == ("Failed", 4)  # it ran
+    command_id = send_document(aws.ssm, sandbox, "sandbox-two-steps", Code="169")
+    wait_invocation(aws.ssm, sandbox, command_id)
+    second = aws.ssm.get_command_invocation(
+        CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step2"
+    )
+    assert second["Status"] == "Skipped"  # 169: failed, and the rest of the document skipped
     with pytest.raises(ClientError) as error:
         aws.ssm.get_command_invocation(
             CommandId=command_id, InstanceId=sandbox.instance_id, PluginName="step9"
@@ -391,14 +407,92 @@ def test_the_script_sees_the_agents_environment_plus_aws_ssm_variables_only(
     assert all(env[name] == value for name, value in agent.items())
 
 
-def test_a_script_reaches_s3_with_the_instances_credentials_and_region(
+def test_a_fresh_image_has_no_aws_cli_no_s5cmd_and_a_bare_python(
     aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # What a stock GPU AMI gives a script: bash, coreutils, curl, python3 without pip modules.
+    sandbox = make_sandbox()
+    script = textwrap.dedent("""\
+        #!/bin/bash
+        for tool in aws s5cmd curl python3 sha256sum; do
+          command -v "$tool" >/dev/null 2>&1 && echo "$tool yes" || echo "$tool no"
+        done
+        python3 -c 'import boto3' 2>/dev/null && echo "boto3 yes" || echo "boto3 no"
+        """)
+    _, run = run_script(aws, sandbox, "sandbox-image", script)
+    assert run.status == "Success", run.explain()
+    found = dict(line.split() for line in run.stdout.splitlines())
+    present = {"curl": "yes", "python3": "yes", "sha256sum": "yes"}
+    assert found == {"aws": "no", "s5cmd": "no", "boto3": "no", **present}
+
+
+def _download_document(aws: Aws, name: str, destination: str, *, on_failure: str | None = None) -> None:
+    fetch: dict[str, object] = {
+        "sourceType": "S3",
+        "sourceInfo": {"path": "{{ Url }}"},
+        "destinationPath": destination,
+    }
+    if on_failure:
+        fetch["onFailure"] = on_failure
+    content = {
+        "schemaVersion": "2.2",
+        "description": "download test",
+        "parameters": {"Url": {"type": "String", "description": "object URL"}},
+        "mainSteps": [
+            {"action": "aws:downloadContent", "name": "fetch", "inputs": fetch},
+            {
+                "action": "aws:runShellScript",
+                "name": "useIt",
+                "inputs": {"runCommand": ["#!/bin/bash", "pwd", "echo ran"]},
+            },
+        ],
+    }
+    with contextlib.suppress(ClientError):
+        aws.ssm.delete_document(Name=name)
+    aws.ssm.create_document(
+        Content=yaml.safe_dump(content), Name=name, DocumentType="Command", DocumentFormat="YAML"
+    )
+
+
+def test_download_content_brings_s5cmd_which_reaches_s3_with_the_instances_credentials(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], instance_tools: str
 ) -> None:
     aws.s3.put_object(Bucket=aws.bucket, Key="probe.txt", Body=b"probe")
     sandbox = make_sandbox()
-    script = f'#!/bin/bash\nset -e\naws s3 cp --region "$AWS_SSM_REGION_NAME" s3://{aws.bucket}/probe.txt -'
-    _, run = run_script(aws, sandbox, "sandbox-s3", script)
-    assert (run.status, run.stdout) == ("Success", "probe"), run.stderr
+    tool = sandbox.runtime_root / "tools" / "s5cmd"
+    _download_document(aws, "sandbox-download", str(tool))
+    run = run_document(aws.ssm, sandbox, "sandbox-download", Url=instance_tools)
+    assert run.status == "Success", run.explain()
+    assert tool.stat().st_mode & 0o777 == 0o700  # appconfig.ReadWriteExecuteAccess
+    # The agent's environment names the region only as AWS_SSM_REGION_NAME.
+    script = f'#!/bin/bash\nset -e\nAWS_REGION="$AWS_SSM_REGION_NAME" {tool} --log error cat s3://{aws.bucket}/probe.txt'
+    _, used = run_script(aws, sandbox, "sandbox-s3", script)
+    assert (used.status, used.stdout) == ("Success", "probe"), used.explain()
+
+
+def test_download_content_relative_paths_folders_and_failures_follow_the_agent(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    for key in ("kit/a.txt", "kit/sub/b.txt"):
+        aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=key.encode())
+    sandbox = make_sandbox()
+    base = f"https://s3.{REGION}.amazonaws.com/{aws.bucket}"
+    _download_document(aws, "sandbox-download-folder", "kit")
+    run = run_document(aws.ssm, sandbox, "sandbox-download-folder", Url=f"{base}/kit/")
+    assert run.status == "Success", run.explain()
+    downloads = sandbox.orchestration_dir / run.command_id / "downloads" / "kit"
+    assert (downloads / "a.txt").read_text() == "kit/a.txt"
+    assert (downloads / "sub" / "b.txt").read_text() == "kit/sub/b.txt"
+    # A missing key fails the step; without onFailure: exit the next step still runs.
+    missing = run_document(aws.ssm, sandbox, "sandbox-download-folder", Url=f"{base}/nothing.bin")
+    assert missing.status == "Failed" and missing.stdout.splitlines()[-1] == "ran", missing.explain()
+    assert missing.other_steps[0][1] == "Failed" and "NoSuchKey" in missing.other_steps[0][2]
+    _download_document(aws, "sandbox-download-exit", "x", on_failure="exit")
+    stopped = run_document(aws.ssm, sandbox, "sandbox-download-exit", Url=f"{base}/nothing.bin")
+    assert stopped.status == "Failed" and "ran" not in stopped.stdout, stopped.explain()
+    # Not an S3 URL: the agent's own words.
+    bad = run_document(aws.ssm, sandbox, "sandbox-download-exit", Url="https://example.com/a.bin")
+    assert "invalid S3 path parameter" in bad.other_steps[0][2], bad.explain()
 
 
 def test_the_script_file_and_shell_are_the_agents(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
@@ -480,3 +574,40 @@ def test_output_keeps_the_agents_prefix_and_marker(aws: Aws, make_sandbox: Calla
         + "b" * size
         + "\n---Error truncated----"
     )
+
+
+def test_a_document_past_64_kb_with_its_parameters_is_refused(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # SSM's document quota (MaxDocumentSizeExceeded) holds for what the instance receives.
+    content = {
+        "schemaVersion": "2.2",
+        "description": "size test",
+        "parameters": {"Blob": {"type": "String", "description": "text", "allowedPattern": "^x*$"}},
+        "mainSteps": [
+            {"action": "aws:runShellScript", "name": "step1", "inputs": {"runCommand": ["echo '{{ Blob }}'"]}}
+        ],
+    }
+    with contextlib.suppress(ClientError):
+        aws.ssm.delete_document(Name="sandbox-size")
+    aws.ssm.create_document(
+        Content=yaml.safe_dump(content), Name="sandbox-size", DocumentType="Command", DocumentFormat="YAML"
+    )
+    sandbox = make_sandbox()
+    assert wait_invocation(
+        aws.ssm, sandbox, send_document(aws.ssm, sandbox, "sandbox-size", Blob="x" * 60_000)
+    )
+    with pytest.raises(ClientError) as error:
+        send_document(aws.ssm, sandbox, "sandbox-size", Blob="x" * 66_000)
+    assert error.value.response["Error"]["Code"] == "MaxDocumentSizeExceeded"
+
+
+def test_every_project_document_with_its_longest_parameters_fits_the_quota() -> None:
+    # Each document alone is under half the quota (the largest is ~19 KB): the other half is
+    # room for its parameters' values, which the Lambdas keep to paths, names and URLs.
+    from local.sandbox.agent import MAX_DOCUMENT_BYTES
+    from local.sandbox.documents import document_content, document_names
+
+    for name in document_names():
+        size = len(json.dumps(document_content(name)).encode())
+        assert size * 2 < MAX_DOCUMENT_BYTES, (name, size)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asoba_deploy.core.steps import instance_steps
+from asoba_deploy.core.steps import STEPS, instance_steps
 from local.sandbox.documents import DOCUMENTS_DIR, document_content, document_names
 from local.sandbox.validation import PLACEHOLDER, resolve_parameters, substitute
 
@@ -29,7 +29,7 @@ COMMON_END = "# --- end common ---"
 
 
 def script_of(name: str) -> str:
-    step = document_content(name)["mainSteps"][0]
+    step = document_content(name)["mainSteps"][-1]
     commands = step["inputs"]["runCommand"]
     return "\n".join(commands)
 
@@ -42,13 +42,19 @@ def test_the_nine_documents_are_there() -> None:
 def test_document_shape(name: str) -> None:
     # Given a document file
     content = document_content(name)
-    # Then it is a 2.2 Command document of one runShellScript step whose script asks for bash
+    # Then it is a 2.2 Command document whose steps are the registry's plugins: the downloads a
+    # fresh image needs (each ending the document when it fails), then one runShellScript step
+    # whose script asks for bash
     assert content["schemaVersion"] == "2.2"
     assert content["description"].strip()
     steps = content["mainSteps"]
-    assert len(steps) == 1
-    assert steps[0]["action"] == "aws:runShellScript"
-    assert steps[0]["inputs"]["timeoutSeconds"] == "{{ executionTimeout }}"
+    assert tuple(step["name"] for step in steps) == STEPS[name].plugins
+    for fetch in steps[:-1]:
+        assert fetch["action"] == "aws:downloadContent"
+        assert (fetch["inputs"]["sourceType"], fetch["inputs"]["onFailure"]) == ("S3", "exit")
+        assert fetch["inputs"]["destinationPath"].startswith("{{ RuntimeRoot }}/")
+    assert steps[-1]["action"] == "aws:runShellScript"
+    assert steps[-1]["inputs"]["timeoutSeconds"] == "{{ executionTimeout }}"
     script = script_of(name)
     assert script.splitlines()[0] == "#!/bin/bash"
     assert "set -Eeuo pipefail" in script
@@ -60,7 +66,8 @@ def test_every_parameter_is_constrained_documented_and_used(name: str) -> None:
     content = document_content(name)
     parameters = content["parameters"]
     script = script_of(name)
-    used = set(PLACEHOLDER.findall(script)) | set(PLACEHOLDER.findall(str(content["mainSteps"][0]["inputs"])))
+    inputs = [str(step["inputs"]) for step in content["mainSteps"]]
+    used = set(PLACEHOLDER.findall(script)) | {name for text in inputs for name in PLACEHOLDER.findall(text)}
     assert used == set(parameters), f"declared but unused or used but undeclared: {used ^ set(parameters)}"
     for parameter, spec in parameters.items():
         assert spec["type"] == "String", parameter

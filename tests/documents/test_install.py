@@ -8,20 +8,72 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asoba_deploy.core.snapshot import InstanceSnapshot
 from local.sandbox import Sandbox, free_port, run_document
-from local.sandbox.bundles import RUNTIME_DIR, runtime_bundle, upload
+from local.sandbox.bundles import RUNTIME_DIR, fake_runtime_bundle, runtime_bundle, upload
 from tests.fixtures import Aws
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (RUNTIME_DIR / "app.py").is_file(), reason="instance_runtime is not written yet"),
-]
+
+def env_values(sandbox: Sandbox) -> dict[str, str]:
+    lines = (sandbox.env_dir / "env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
+def test_an_adapter_install_names_its_base_in_the_env_file(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    # Given an adapter and its base already synced (sync's folders), and the runtime's asset
+    sandbox = make_sandbox(gpu=False)
+    adapter, base = sandbox.models_root / "tiny-lora", sandbox.models_root / "tiny-base"
+    for folder in (adapter, base):
+        folder.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/Tiny-Base"}')
+    bundle = upload(aws.s3, aws.bucket, fake_runtime_bundle(tmp_path / "runtime.zip"), "assets/runtime.zip")
+    common: dict[str, Any] = {"RuntimeBundleUri": bundle, "ModelName": "tiny-lora", "ModelPath": str(adapter)}
+
+    # When install runs with the plan's base path
+    installed = run_document(
+        aws.ssm,
+        sandbox,
+        "install",
+        **common,
+        BaseModelPath=str(base),
+        Port=str(free_port()),
+        Host="127.0.0.1",
+    )
+
+    # Then the env file the unit reads gives the runtime both folders
+    assert installed.status == "Success", installed.explain()
+    env = env_values(sandbox)
+    assert (env["MODEL_PATH"], env["BASE_MODEL_PATH"]) == (str(adapter), str(base))
+
+    # When a model that is no adapter is installed (no BaseModelPath: its default, empty)
+    plain = run_document(
+        aws.ssm, sandbox, "install", **{**common, "ModelName": "tiny-base", "ModelPath": str(base)}
+    )
+    # Then the variable is empty, which the runtime reads as unset
+    assert plain.status == "Success", plain.explain()
+    assert env_values(sandbox)["BASE_MODEL_PATH"] == ""
+
+    # And a base folder that sync did not write is refused before anything is installed
+    missing = run_document(
+        aws.ssm, sandbox, "install", **common, BaseModelPath=str(sandbox.models_root / "nope")
+    )
+    assert (missing.status, missing.result) == (
+        "Failed",
+        {
+            "ok": False,
+            "error": f"base model folder {sandbox.models_root / 'nope'} does not exist (run sync first)",
+        },
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (RUNTIME_DIR / "app.py").is_file(), reason="instance_runtime is not written yet")
 def test_the_real_runtime_installs_serves_and_goes_away(
     aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:

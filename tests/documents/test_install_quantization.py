@@ -102,7 +102,9 @@ def install_values(deploy: DeployRequest, result: Plan) -> dict[str, str]:
     """The Install step's parameters for this plan, as the state machine would build them."""
     config = Settings(
         deploy=DeployConfig(instance_ids=[INSTANCE_ID], model_bucket="models"),
-        stack=StackResources(runtime_bundle_uri="s3://cdk-assets-bucket/assets/runtime.zip"),
+        stack=StackResources(
+            runtime_bundle_uri="https://s3.us-west-2.amazonaws.com/cdk-assets-bucket/assets/runtime.zip"
+        ),
     )
     state = ExecutionState.model_validate(
         {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,8 +37,9 @@ def local_files(folder: Path) -> dict[str, bytes]:
 def test_sync_downloads_once_then_moves_nothing(
     tool: str, aws: Aws, make_sandbox: Callable[..., Sandbox]
 ) -> None:
-    # Given a model folder in S3 (and a neighbour prefix that must not leak in)
-    sandbox = make_sandbox()
+    # Given a model folder in S3 (and a neighbour prefix that must not leak in), on an image
+    # that has the AWS CLI when the aws path is tested (a fresh one has none)
+    sandbox = make_sandbox(aws_cli=tool == "aws")
     source = upload_model(aws, "models/tiny-model", MODEL)
     upload_model(aws, "models/tiny-model-2", {"config.json": b"{}"})
     total = sum(len(data) for data in MODEL.values())
@@ -130,3 +132,139 @@ def test_an_unreachable_bucket_is_a_clear_failure(aws: Aws, make_sandbox: Callab
     assert run.result is not None and run.result["error"].startswith(
         "cannot list s3://no-such-bucket-here/m/"
     )
+
+
+ADAPTER = {
+    "adapter_config.json": b'{"peft_type": "LORA", "base_model_name_or_path": "org/Tiny-Base"}',
+    "adapter_model.safetensors": os.urandom(40_000),
+}
+
+
+def test_an_adapters_base_is_synced_too_and_not_again_when_unchanged(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given an adapter and its base model as two folders in S3
+    sandbox = make_sandbox()
+    base_source = upload_model(aws, "models/tiny-base", MODEL)
+    source = upload_model(aws, "models/tiny-lora", ADAPTER)
+    both: dict[str, Any] = {
+        "ModelName": "tiny-lora",
+        "SourceUri": source,
+        "BaseModelName": "tiny-base",
+        "BaseSourceUri": base_source,
+    }
+    base_bytes, adapter_bytes = sum(map(len, MODEL.values())), sum(map(len, ADAPTER.values()))
+
+    # When sync runs with the base
+    first = run_document(aws.ssm, sandbox, "sync", **both)
+
+    # Then both folders are exact copies, and the result reports each
+    assert first.status == "Success", first.explain()
+    assert local_files(sandbox.models_root / "tiny-lora") == ADAPTER
+    assert local_files(sandbox.models_root / "tiny-base") == MODEL
+    assert first.result is not None
+    counts = (
+        "model",
+        "files_total",
+        "total_bytes",
+        "files_transferred",
+        "bytes_transferred",
+        "files_deleted",
+    )
+    assert [first.result[k] for k in counts] == ["tiny-lora", 2, adapter_bytes, 2, adapter_bytes, 0]
+    base = first.result["base"]
+    assert [base[k] for k in counts] == ["tiny-base", 5, base_bytes, 5, base_bytes, 0]
+    assert base["destination"] == str(sandbox.models_root / "tiny-base")
+    assert base["source"] == base_source
+
+    # When it runs again on the unchanged folders
+    second = run_document(aws.ssm, sandbox, "sync", **both)
+
+    # Then nothing moves, for either
+    assert second.status == "Success", second.explain()
+    assert second.result is not None
+    assert (second.result["files_transferred"], second.result["bytes_transferred"]) == (0, 0)
+    assert (second.result["base"]["files_transferred"], second.result["base"]["bytes_transferred"]) == (0, 0)
+    assert second.result["base"]["total_bytes"] == base_bytes
+
+    # When one of the base's shards changes in S3
+    shard = os.urandom(130_000)
+    upload_model(aws, "models/tiny-base", {"model-00002-of-00002.safetensors": shard})
+    third = run_document(aws.ssm, sandbox, "sync", **both)
+
+    # Then only that file moves
+    assert third.status == "Success", third.explain()
+    assert third.result is not None
+    assert (third.result["base"]["files_transferred"], third.result["base"]["bytes_transferred"]) == (
+        1,
+        len(shard),
+    )
+    assert third.result["files_transferred"] == 0
+    assert local_files(sandbox.models_root / "tiny-base") == {
+        **MODEL,
+        "model-00002-of-00002.safetensors": shard,
+    }
+
+
+def test_a_model_without_a_base_reports_none(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox()
+    source = upload_model(aws, "models/plain", {"config.json": b"{}"})
+    run = run_document(aws.ssm, sandbox, "sync", ModelName="plain", SourceUri=source)
+    assert run.status == "Success", run.explain()
+    assert run.result is not None and run.result["base"] is None
+    assert sorted(p.name for p in sandbox.models_root.iterdir()) == ["plain"]
+
+
+@pytest.mark.parametrize(
+    ("base", "error"),
+    [
+        ({"BaseModelName": "tiny-base"}, "BaseModelName and BaseSourceUri go together"),
+        ({"BaseSourceUri": "s3://bkt/models/tiny-base/"}, "BaseModelName and BaseSourceUri go together"),
+        (
+            {"BaseModelName": "tiny-lora", "BaseSourceUri": "s3://bkt/models/tiny-base/"},
+            "the base model folder must not be the model's own: tiny-lora",
+        ),
+        (
+            {"BaseModelName": "a..b", "BaseSourceUri": "s3://bkt/models/tiny-base/"},
+            "base model name must not contain '..': a..b",
+        ),
+    ],
+)
+def test_a_base_that_cannot_be_right_is_refused_before_anything_moves(
+    base: dict[str, Any], error: str, aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    sandbox = make_sandbox()
+    source = upload_model(aws, "models/tiny-lora", ADAPTER)
+    run = run_document(aws.ssm, sandbox, "sync", ModelName="tiny-lora", SourceUri=source, **base)
+    assert (run.status, run.result) == ("Failed", {"ok": False, "error": error})
+    assert not (sandbox.models_root / "tiny-lora").exists()
+
+
+def test_a_fresh_image_syncs_with_the_s5cmd_the_agent_brought(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # No aws CLI and no s5cmd on PATH: the document's first step fetched the stack's s5cmd.
+    sandbox = make_sandbox()
+    source = upload_model(aws, "models/fresh", MODEL)
+    run = run_document(aws.ssm, sandbox, "sync", ModelName="fresh", SourceUri=source)
+    assert run.status == "Success", run.explain()
+    assert run.result is not None and run.result["tool"] == "s5cmd", run.explain()
+    assert (sandbox.runtime_root / "tools" / "s5cmd").is_file()
+    # Told to use the aws CLI, which this image lacks: a clear failure, nothing synced.
+    refused = run_document(aws.ssm, sandbox, "sync", ModelName="fresh-aws", SourceUri=source, Tool="aws")
+    refused_error = "Tool=aws: the aws CLI is not installed and no s5cmd runs here"
+    assert refused.result == {"ok": False, "error": refused_error}, refused.explain()
+    assert not (sandbox.models_root / "fresh-aws").exists()
+
+
+def test_sync_fails_at_the_fetch_when_s5cmd_cannot_be_read(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # The agent's download failing (here: no such object) ends the document before the script.
+    sandbox = make_sandbox()
+    sandbox.s5cmd_uri = f"https://s3.us-west-2.amazonaws.com/{aws.bucket}/tools/missing"
+    source = upload_model(aws, "models/nofetch", MODEL)
+    run = run_document(aws.ssm, sandbox, "sync", ModelName="nofetch", SourceUri=source)
+    assert run.status == "Failed" and run.stdout == "", run.explain()
+    assert run.other_steps[0][:2] == ("bringS5cmd", "Failed") and "NoSuchKey" in run.other_steps[0][2]
+    assert not (sandbox.models_root / "nofetch").exists()

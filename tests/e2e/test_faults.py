@@ -15,6 +15,7 @@ import pytest
 
 from local.bucket import upload_model
 from local.executions import run_execution
+from local.sandbox.download_content import parse_s3_url
 from local.sandbox.sandbox import port_open
 from tests.conftest import Ports
 from tests.e2e.helpers import TricklingServer, finish, start, wait_healthy, wait_until_state_entered
@@ -47,8 +48,10 @@ def runtime_bundle(local_cloud: Any, deployed_stack: Any) -> Iterator[tuple[str,
     """The stack's runtime bundle object; restored after the test."""
     lam = local_cloud.client("lambda")
     config = lam.get_function_configuration(FunctionName=deployed_stack.functions["Install"])
-    uri = json.loads(config["Environment"]["Variables"]["ASOBA_STACK"])["runtime_bundle_uri"]
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    url = json.loads(config["Environment"]["Variables"]["ASOBA_STACK"])["runtime_bundle_uri"]
+    location = parse_s3_url(url)  # the https object URL the agent's download reads
+    assert location is not None, url
+    bucket, key = location.bucket, location.key
     s3 = local_cloud.client("s3")
     original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     yield bucket, key, original

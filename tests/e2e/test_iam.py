@@ -125,9 +125,56 @@ def test_each_function_acts_as_its_own_role(
     assert (validate, "s3:ListBucket") in checked
     assert (validate, "ec2:DescribeInstances") in checked
     assert (plan, "s3:GetObject") in checked
-    denied = [(p, c) for p, c, d in iam.TRACE if d is not iam.Decision.ALLOW]
-    # the only refusal of a dry run: Plan's optional catalog read (403 without ListBucket)
+    functions = set(deployed_stack.functions.values())
+    denied = [
+        (p, c) for p, c, d in iam.TRACE if d is not iam.Decision.ALLOW and p.split("/")[-1] in functions
+    ]
+    # the only refusal a function meets in a dry run: Plan's optional catalog read (403 without
+    # ListBucket); the instance's agent meets its own (a download's listing) in test_instance_iam
     assert all(c.action == "s3:ListBucket" and p.endswith(plan) for p, c in denied), denied
+
+
+def test_the_state_machine_invokes_each_function_with_its_own_role(
+    local_cloud: Any, deployed_stack: Any, tiny_in_bucket: str, instance: Any
+) -> None:
+    # Step Functions calls lambda:Invoke as the state machine's role: without its grant on the
+    # Plan function, the execution stops at Plan, refused with the role and the function named.
+    sfn = local_cloud.client("stepfunctions")
+    client = local_cloud.client("iam")
+    role = sfn.describe_state_machine(stateMachineArn=deployed_stack.state_machine_arn)["roleArn"].split("/")[
+        -1
+    ]
+    plan = deployed_stack.functions["Plan"]
+    originals = {
+        name: client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        for name in client.list_role_policies(RoleName=role)["PolicyNames"]
+    }
+    removed = 0
+    for name, document in originals.items():
+        document = json.loads(document) if isinstance(document, str) else json.loads(json.dumps(document))
+        for statement in document["Statement"]:
+            resources = (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            kept = [r for r in resources if f":function:{plan}" not in r]
+            removed += len(resources) - len(kept)
+            statement["Resource"] = kept
+        document["Statement"] = [st for st in document["Statement"] if st["Resource"]]
+        client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
+    assert removed >= 1, originals
+    try:
+        result = run_execution(
+            sfn, deployed_stack.state_machine_arn, {"model": tiny_in_bucket, "dry_run": True}
+        )
+    finally:
+        for name, document in originals.items():
+            text = document if isinstance(document, str) else json.dumps(document)
+            client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=text)
+    assert result.status == "FAILED"
+    said = f"{result.error} {result.cause}"
+    assert "/states is not authorized to perform: lambda:InvokeFunction" in said and plan in said, said
+    again = run_execution(sfn, deployed_stack.state_machine_arn, {"model": tiny_in_bucket, "dry_run": True})
+    assert again.status == "SUCCEEDED", (again.error, again.cause)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instance_runtime.engine import Engine
 from instance_runtime.generation import SamplingParams
 from instance_runtime.settings import RuntimeSettings
+from local.models import build_tiny_lora
 from tests.runtime.harness import RuntimeServer
 
 StartServer = Callable[[dict[str, str]], RuntimeServer]
@@ -148,15 +149,8 @@ def test_a_pre_quantized_checkpoint_loads_through_its_quantization_config(
 
 @pytest.fixture
 def lora_adapter(tiny_llama: Path, tmp_path: Path) -> Path:
-    """A LoRA adapter on the tiny Llama with non-zero weights, so it changes the output."""
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    config = LoraConfig(
-        r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
-    )
-    adapter = tmp_path / "tiny-llama-lora"
-    torch.manual_seed(0)  # the same adapter every run: the comparison below is then deterministic
-    get_peft_model(base, config).save_pretrained(str(adapter))
-    return adapter
+    """A LoRA adapter on the tiny Llama with non-zero (seeded) weights, so it changes the output."""
+    return build_tiny_lora(tiny_llama, tmp_path / "tiny-llama-lora")
 
 
 def test_a_lora_adapter_is_served_on_its_base(

@@ -99,3 +99,39 @@ def test_a_command_the_agent_timed_out_says_its_execution_timeout_ended_it() -> 
     )
     with pytest.raises(SyncFailed, match=r"timed out .*killed it at its executionTimeout \(exit 137\)"):
         poll(ssm, REF, now=150.0, error=SyncFailed)
+
+
+class PluginSsm(FakeSsm):
+    """GetCommandInvocation per step of a document with several (PluginName required)."""
+
+    def __init__(self, by_plugin: dict[str, dict[str, Any]]) -> None:
+        super().__init__({})
+        self.by_plugin = by_plugin
+        self.asked: list[str] = []
+
+    def get_command_invocation(self, **kwargs: Any) -> dict[str, Any]:
+        self.asked.append(kwargs["PluginName"])
+        return self.by_plugin[kwargs["PluginName"]]
+
+
+TWO_STEPS = REF.model_copy(update={"plugins": ["bringS5cmd", "sync"]})
+
+
+def test_a_failed_fetch_before_the_script_is_the_steps_failure() -> None:
+    ssm = PluginSsm(
+        {
+            "bringS5cmd": {"Status": "Failed", "StandardErrorContent": "AccessDenied: not authorized\n"},
+            "sync": {"Status": "Skipped", "StatusDetails": "Skipped"},
+        }
+    )
+    with pytest.raises(SyncFailed, match=r"failed on i-0123456789abcdef0 at step bringS5cmd: AccessDenied"):
+        poll(ssm, TWO_STEPS, now=150.0, error=SyncFailed)
+    assert ssm.asked == ["sync", "bringS5cmd"]
+
+
+def test_a_command_never_delivered_is_the_instance_not_its_first_step() -> None:
+    # Every step of an undelivered command reads TimedOut/DeliveryTimedOut: no step failed.
+    undelivered = {"Status": "TimedOut", "StatusDetails": "DeliveryTimedOut"}
+    ssm = PluginSsm({"bringS5cmd": undelivered, "sync": undelivered})
+    with pytest.raises(InstanceUnavailable, match="did not answer"):
+        poll(ssm, TWO_STEPS, now=150.0, error=SyncFailed)

@@ -28,7 +28,10 @@ def settings(interval: int) -> Settings:
             model_bucket="asoba-llm-cache",
             poll_interval_seconds=interval,
         ),
-        stack=StackResources(runtime_bundle_uri="s3://b/k.zip"),
+        stack=StackResources(
+            runtime_bundle_uri="https://s3.us-west-2.amazonaws.com/b/k.zip",
+            s5cmd_uri="https://s3.us-west-2.amazonaws.com/b/s5cmd",
+        ),
     )
 
 

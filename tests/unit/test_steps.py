@@ -27,7 +27,10 @@ CONFIG = Settings(
     deploy=DeployConfig(
         instance_ids=["i-0123456789abcdef0"], model_bucket="asoba-llm-cache", model_prefix="seed/"
     ),
-    stack=StackResources(runtime_bundle_uri="s3://cdk-hnb659fds-assets-123456789012-us-west-2/abc123.zip"),
+    stack=StackResources(
+        runtime_bundle_uri="https://s3.us-west-2.amazonaws.com/cdk-hnb659fds-assets-123456789012-us-west-2/abc123.zip",
+        s5cmd_uri="https://s3.us-west-2.amazonaws.com/cdk-hnb659fds-assets-123456789012-us-west-2/def456",
+    ),
 )
 
 

@@ -6,9 +6,11 @@ from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.errors import InvalidInput
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.decide import Decision, decide
+from asoba_deploy.core.planner.estimate import gpu_memory_utilization
 from asoba_deploy.core.planner.explain import Explanation, explain
 from asoba_deploy.core.planner.models import Endpoints, Plan
 from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.requirement_sets import install_download
 from asoba_deploy.core.snapshot import InstanceSnapshot
 
 
@@ -19,7 +21,9 @@ def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest,
     if request.model != manifest.name:
         raise InvalidInput(f"the manifest is of {manifest.name!r}, the request asks for {request.model!r}")
     decision = decide(manifest, snapshot, request, policy)
-    return _to_plan(manifest, policy, decision, explain(manifest, snapshot, request, policy, decision))
+    words = explain(manifest, snapshot, request, policy, decision)
+    download = install_download(decision.chosen.engine.engine, snapshot)
+    return _to_plan(manifest, policy, decision, words, download)
 
 
 def _endpoints(host: str, port: int) -> Endpoints:
@@ -31,7 +35,17 @@ def _endpoints(host: str, port: int) -> Endpoints:
     )
 
 
-def _to_plan(manifest: Manifest, policy: Policy, decision: Decision, words: Explanation) -> Plan:
+def _folder_files(manifest: Manifest) -> int:
+    return len(manifest.files) + len(manifest.skipped)
+
+
+def _folder_bytes(manifest: Manifest) -> int:
+    return manifest.total_bytes + sum(f.bytes for f in manifest.skipped)
+
+
+def _to_plan(
+    manifest: Manifest, policy: Policy, decision: Decision, words: Explanation, download: list[str]
+) -> Plan:
     chosen = decision.chosen
     option = chosen.option
     deploy = option.deploy
@@ -52,6 +66,11 @@ def _to_plan(manifest: Manifest, policy: Policy, decision: Decision, words: Expl
         bytes_to_transfer=chosen.disk.needed_bytes,
         skipped_files=[f.key for m in deployed for f in m.skipped],
         skipped_bytes=sum(f.bytes for m in deployed for f in m.skipped),
+        # What each sync must find in S3: the folder's files, skipped ones included (it mirrors).
+        source_files=_folder_files(deploy),
+        source_bytes=_folder_bytes(deploy),
+        base_source_files=_folder_files(base) if base else 0,
+        base_source_bytes=_folder_bytes(base) if base else 0,
         action=chosen.action,
         stop_services=list(chosen.stop_services),
         replaces_runtime=decision.replaces_runtime,
@@ -59,6 +78,14 @@ def _to_plan(manifest: Manifest, policy: Policy, decision: Decision, words: Expl
         prequantized=option.prequantized,
         dtype=decision.dtype,
         context_tokens=decision.tokens,
+        engine=chosen.engine.engine,
+        engine_reason=chosen.engine.reason,
+        gpu_memory_utilization=(
+            gpu_memory_utilization(chosen.gpu, policy) if chosen.engine.engine == "vllm" else None
+        ),
+        max_model_len=decision.tokens,
+        max_num_seqs=policy.max_num_seqs,
+        install_download=download,
         parameters=deploy.weights.parameters + (base.weights.parameters if base else 0),
         port=chosen.port,
         unit=policy.runtime_unit,

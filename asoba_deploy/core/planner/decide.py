@@ -11,6 +11,9 @@
    form fits (AWQ variant, then bnb-4bit).
 3. Fit. The first (action, option) whose GPU, RAM, disk and port checks all pass; else the
    closest one, so the plan can say what is short.
+4. Engine. Each option is estimated with the engine that would serve it (`core.engines`): vLLM
+   where the GPU, the format and the runtime's packages allow it, whose own overheads the GPU
+   and RAM needs then include; transformers otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from asoba_deploy.core.contracts import DeployRequest
+from asoba_deploy.core.engines import EngineChoice, choose_engine
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.estimate import (
     Option,
@@ -72,6 +76,7 @@ class Evaluation:
     has_gpu: bool
     ram_within_memory_max: bool
     port_holders: tuple[str, ...]  # who keeps the port after the stops; empty: it is free
+    engine: EngineChoice  # the engine that serves this option; the needs include its overheads
 
     @property
     def gpu_fits(self) -> bool:
@@ -126,14 +131,29 @@ def choose_action(
     return ActionChoice(rule, preferred, actions, flux_active)
 
 
+def engine_for(option: Option, snapshot: InstanceSnapshot, policy: Policy) -> EngineChoice:
+    """The engine that would serve `option` on the instance (core.engines.choose_engine)."""
+    return choose_engine(
+        option.quantization,
+        adapter=option.deploy.adapter is not None,
+        gpus=snapshot.gpus,
+        runtime=snapshot.runtime_python,
+    )
+
+
 def quantization_options(
-    manifest: Manifest, request: DeployRequest, policy: Policy, tokens: int
+    manifest: Manifest,
+    request: DeployRequest,
+    policy: Policy,
+    tokens: int,
+    snapshot: InstanceSnapshot | None = None,
 ) -> QuantChoice:
     plain = Option("none", False, manifest)
     bnb = Option("bnb-4bit", False, manifest)
     variant = manifest.awq_variant if policy.prefer_awq_variant else None
     awq = Option("awq", True, variant) if variant is not None else None
-    unquantized_need = sum(gpu_need(manifest, plain, tokens, policy).values())
+    plain_engine = engine_for(plain, snapshot, policy).engine if snapshot is not None else "transformers"
+    unquantized_need = sum(gpu_need(manifest, plain, tokens, policy, plain_engine).values())
     above = unquantized_need > policy.quantize_above_bytes
     rule: QuantRule
     if manifest.quantization is not None:
@@ -199,14 +219,15 @@ def evaluate(
 ) -> Evaluation:
     stops = stops_for(action, snapshot, policy)
     leaving = leaving_services(stops, snapshot, policy)
+    engine = engine_for(option, snapshot, policy)
     gpu = memory_estimate(
-        gpu_need(manifest, option, tokens, policy),
+        gpu_need(manifest, option, tokens, policy, engine.engine),
         snapshot.gpu_total_bytes,
         snapshot.gpu_used_bytes,
         sum(s.gpu_memory_bytes for s in leaving),
     )
     ram = memory_estimate(
-        ram_need(option, policy),
+        ram_need(option, policy, engine.engine),
         snapshot.ram_total_bytes,
         max(0, snapshot.ram_total_bytes - snapshot.ram_available_bytes),
         sum(s.rss_bytes for s in leaving),
@@ -228,6 +249,7 @@ def evaluate(
         has_gpu=bool(snapshot.gpus),
         ram_within_memory_max=ram.need_bytes <= policy.runtime_memory_max_bytes,
         port_holders=tuple(holders.get(port, ())),
+        engine=engine,
     )
 
 
@@ -258,7 +280,7 @@ def decide(
 ) -> Decision:
     tokens = context_tokens(manifest, request)
     action = choose_action(manifest, snapshot, request, policy)
-    quantization = quantization_options(manifest, request, policy, tokens)
+    quantization = quantization_options(manifest, request, policy, tokens, snapshot)
     evaluations = [
         evaluate(manifest, snapshot, request, policy, a, option, tokens)
         for a in action.actions

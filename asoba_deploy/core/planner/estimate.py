@@ -1,7 +1,8 @@
 """Estimating: what one way of deploying a manifest needs, as pure arithmetic.
 
-GPU need = weights + KV reserve + CUDA context + margin; RAM need = runtime + load buffer +
-margin; disk = bytes of the files not already cached. No decisions and no sentences here:
+GPU need = weights + KV reserve + CUDA context + margin (+ vLLM's own allocations with the vllm
+engine); RAM need = runtime + load buffer + margin (+ vLLM's engine process); disk = bytes of the
+files not already cached. No decisions and no sentences here:
 `decide` picks among the options, `explain` puts the numbers into words.
 """
 
@@ -11,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from asoba_deploy.core.engines import Engine
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.models import DiskEstimate, MemoryEstimate, PlanFile
 from asoba_deploy.core.policy import Policy
@@ -51,27 +53,51 @@ def kv_bytes(manifest: Manifest, tokens: int, policy: Policy) -> int:
     return 0 if per_token is None else per_token * tokens * policy.kv_cache_bytes
 
 
-def gpu_need(manifest: Manifest, option: Option, tokens: int, policy: Policy) -> dict[str, int]:
-    """The GPU breakdown: weights, kv_cache, cuda_context, margin (bytes)."""
+def gpu_need(
+    manifest: Manifest, option: Option, tokens: int, policy: Policy, engine: Engine = "transformers"
+) -> dict[str, int]:
+    """The GPU breakdown: weights, kv_cache, cuda_context, margin (bytes), and with vLLM its
+    engine_overhead (activations of its profile run, CUDA graphs)."""
     weights = weights_bytes(option, policy)
     kv = kv_bytes(option.deploy, tokens, policy)
     margin = math.ceil((weights + kv) * policy.memory_margin_fraction)
-    return {
+    need = {
         "weights": weights,
         "kv_cache": kv,
         "cuda_context": policy.cuda_context_bytes,
         "margin": margin,
     }
+    if engine == "vllm":
+        need["engine_overhead"] = policy.vllm_overhead_bytes
+    return need
 
 
-def ram_need(option: Option, policy: Policy) -> dict[str, int]:
-    """The RAM breakdown: runtime, load_buffer (largest weight file), margin (bytes)."""
+def ram_need(option: Option, policy: Policy, engine: Engine = "transformers") -> dict[str, int]:
+    """The RAM breakdown: runtime, load_buffer (largest weight file), margin (bytes), and with
+    vLLM its engine_process."""
     deploy = option.deploy
     largest = deploy.weights.largest_file_bytes
     if deploy.base is not None:
         largest = max(largest, deploy.base.weights.largest_file_bytes)
     margin = math.ceil((policy.runtime_ram_bytes + largest) * policy.memory_margin_fraction)
-    return {"runtime": policy.runtime_ram_bytes, "load_buffer": largest, "margin": margin}
+    need = {"runtime": policy.runtime_ram_bytes, "load_buffer": largest, "margin": margin}
+    if engine == "vllm":
+        need["engine_process"] = policy.vllm_ram_bytes
+    return need
+
+
+def gpu_memory_utilization(gpu: MemoryEstimate, policy: Policy) -> float | None:
+    """vLLM's gpu_memory_utilization for a GPU need: the need as a fraction of total GPU memory,
+    rounded up to `policy.utilization_step`, but never above what is available (vLLM refuses to
+    start when less than utilization x total is free, so Flux and the other services that stay
+    keep their memory). None without GPU memory."""
+    if gpu.total_bytes <= 0:
+        return None
+    steps = round(1 / policy.utilization_step)
+    wanted = -(-gpu.need_bytes * steps // gpu.total_bytes)  # ceil
+    room = gpu.available_bytes * steps // gpu.total_bytes  # floor
+    chosen = min(wanted, room) if gpu.need_bytes <= gpu.available_bytes else wanted
+    return min(max(chosen, 1), steps) / steps
 
 
 def memory_estimate(need: dict[str, int], total: int, used_before: int, freed: int) -> MemoryEstimate:

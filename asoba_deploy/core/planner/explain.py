@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.decide import Decision, Evaluation
-from asoba_deploy.core.planner.estimate import Option
+from asoba_deploy.core.planner.estimate import Option, gpu_memory_utilization
 from asoba_deploy.core.policy import GIB, Policy
+from asoba_deploy.core.requirement_sets import download_sentence, install_download
 from asoba_deploy.core.snapshot import InstanceSnapshot
 
 
@@ -175,6 +176,8 @@ def _gpu_sentence(chosen: Evaluation, tokens: int, after: str) -> tuple[bool, st
         f"weights {gib(b['weights'])}, KV cache {gib(b['kv_cache'])} for {tokens} tokens, "
         f"CUDA context {gib(b['cuda_context'])}, margin {gib(b['margin'])}"
     )
+    if "engine_overhead" in b:
+        detail += f", vLLM activations and CUDA graphs {gib(b['engine_overhead'])}"
     if not chosen.has_gpu:
         return False, (
             f"the instance reports no GPU; {chosen.option.deploy.name} needs "
@@ -205,9 +208,10 @@ def _ram_sentence(chosen: Evaluation, policy: Policy, after: str) -> tuple[bool,
             f"needs {gib(ram.need_bytes)} RAM, above the {policy.runtime_unit} MemoryMax of "
             f"{gib(policy.runtime_memory_max_bytes)}"
         )
+    engine = f", vLLM engine process {gib(b['engine_process'])}" if "engine_process" in b else ""
     return True, (
         f"needs {gib(ram.need_bytes)} RAM (runtime {gib(b['runtime'])}, load buffer "
-        f"{gib(b['load_buffer'])}, margin {gib(b['margin'])}), "
+        f"{gib(b['load_buffer'])}, margin {gib(b['margin'])}{engine}), "
         f"{gib(ram.total_bytes)} total, {others}: {gib(ram.free_after_bytes)} left"
     )
 
@@ -234,6 +238,28 @@ def _port_sentence(chosen: Evaluation, after: str) -> tuple[bool, str]:
     holder = ", ".join(chosen.port_holders)
     keeps = "not managed by this plan" if holder == "another process" else "which this plan keeps running"
     return False, f"port {chosen.port} is in use by {holder}, {keeps}"
+
+
+def _engine_reasons(policy: Policy, decision: Decision) -> list[str]:
+    """Why this engine, and with vLLM the budget it is given (what it preallocates)."""
+    chosen = decision.chosen
+    reasons = [chosen.engine.reason]
+    if chosen.engine.engine == "vllm":
+        utilization = gpu_memory_utilization(chosen.gpu, policy)
+        if utilization is not None:
+            budget = round(utilization * chosen.gpu.total_bytes)
+            reasons.append(
+                f"vLLM gets gpu_memory_utilization {utilization:g} ({gib(budget)} of "
+                f"{gib(chosen.gpu.total_bytes)}: the plan's GPU need), max_model_len {decision.tokens}, "
+                f"max_num_seqs {policy.max_num_seqs}"
+            )
+    return reasons
+
+
+def _install_reason(snapshot: InstanceSnapshot, decision: Decision) -> str:
+    """What the install of the chosen engine's venv downloads (core.requirement_sets)."""
+    engine = decision.chosen.engine.engine
+    return download_sentence(engine, install_download(engine, snapshot), snapshot)
 
 
 def _resources(snapshot: InstanceSnapshot, policy: Policy, decision: Decision) -> tuple[list[str], list[str]]:
@@ -272,7 +298,27 @@ def _deployment_warnings(
         warnings.append(f"config.json declares {declared}; loading in {decision.dtype}")
     if decision.replaces_runtime:
         warnings.append(f"the running {policy.runtime_unit} is replaced by this deployment")
+    warnings += _package_warnings(snapshot, decision)
     return warnings
+
+
+def _package_warnings(snapshot: InstanceSnapshot, decision: Decision) -> list[str]:
+    """What the transformers engine needs for the format and the runtime's Python lacks."""
+    runtime, chosen = snapshot.runtime_python, decision.chosen
+    kind = chosen.option.quantization
+    if runtime is None or chosen.engine.engine != "transformers":
+        return []
+    missing = None
+    if kind in ("awq", "gptq") and runtime.gptqmodel is None:
+        missing = "gptqmodel"
+    elif kind in ("bnb-4bit", "bnb-8bit") and runtime.bitsandbytes is None:
+        missing = "bitsandbytes"
+    if missing is None:
+        return []
+    return [
+        f"{missing} is not importable by {runtime.python}: transformers loads {kind} through it, "
+        "so the runtime's install must bring it"
+    ]
 
 
 def _summary(manifest: Manifest, decision: Decision, shortfalls: list[str]) -> str:
@@ -281,7 +327,8 @@ def _summary(manifest: Manifest, decision: Decision, shortfalls: list[str]) -> s
     return (
         f"{manifest.name}: {chosen.action}"
         + (f" (stop {', '.join(stops)})" if stops else "")
-        + f", deploy {option.deploy.name} {describe_quantization(option)} on port {chosen.port}; "
+        + f", deploy {option.deploy.name} {describe_quantization(option)} on port {chosen.port} "
+        + f"with {chosen.engine.engine}; "
         + f"GPU {gib(chosen.gpu.need_bytes)} of {gib(chosen.gpu.available_bytes)} available; "
         + ("fits" if not shortfalls else f"does not fit: {shortfalls[0]}")
     )
@@ -300,6 +347,8 @@ def explain(
         *stored.reasons,
         *fallback_reasons,
         *threshold_reasons,
+        *_engine_reasons(policy, decision),
+        _install_reason(snapshot, decision),
         *passed,
     ]
     shortfalls = stored.shortfalls + failed

@@ -17,6 +17,8 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
     cached_bytes        bytes of those already cached on the instance
     source_files        what the sync of source_uri must find there: its files plus skipped keys
     source_bytes        their bytes
+    base_source_files   adapters: what the sync of base_source_uri must find there (0 otherwise)
+    base_source_bytes   their bytes
     total_bytes         sum of files' bytes
     bytes_to_transfer   bytes of files not already cached on the instance
     skipped_files       S3 keys under the model folder(s) the runtime does not need (other weight
@@ -31,6 +33,18 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
                         false with bnb-4bit: quantize on load (BitsAndBytesConfig nf4)
     dtype               compute dtype: "bfloat16" | "float16"
     context_tokens      the KV reserve the estimate used (clamped to the model's maximum)
+    engine              the runtime's serving engine: "vllm" | "transformers" (core.engines)
+    engine_reason       why that engine, one sentence
+    gpu_memory_utilization  vllm: the share of total GPU memory vLLM may take (its whole budget:
+                        the plan's GPU need, never more than what is available beside the
+                        services that stay); null with transformers
+    max_model_len       prompt + completion tokens per sequence (= context_tokens; CONTEXT_LENGTH)
+    max_num_seqs        sequences generated together (vLLM's max_num_seqs, the transformers
+                        engine's batch; MAX_BATCH_SIZE), sharing the KV reserve
+    install_download    what the install step downloads for the engine's venv: the top-level
+                        packages of its requirement set (core.requirement_sets) when the instance
+                        has no venv of that engine and set yet (the first install builds it),
+                        empty when install reuses one
     parameters          logical parameter count (base + adapter)
     port, unit          TCP port and systemd unit of the runtime
     model_path          <models_root>/<deploy_model> (the adapter's folder for adapters)
@@ -54,6 +68,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from asoba_deploy.core.engines import Engine
 from asoba_deploy.core.quantization import Quantization
 
 __all__ = [
@@ -139,6 +154,8 @@ class Plan(BaseModel):
     skipped_count: int = 0
     source_files: int = 0
     source_bytes: int = 0
+    base_source_files: int = 0
+    base_source_bytes: int = 0
     action: Action
     stop_services: list[str]
     replaces_runtime: bool
@@ -146,6 +163,13 @@ class Plan(BaseModel):
     prequantized: bool
     dtype: Dtype
     context_tokens: int
+    # Added with the engines; the defaults read older plans (ledger records) as transformers ones.
+    engine: Engine = "transformers"
+    engine_reason: str = ""
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    max_num_seqs: int = Field(default=8, ge=1)
+    install_download: list[str] = Field(default_factory=list)
     parameters: int
     port: int
     unit: str
@@ -169,19 +193,29 @@ class Plan(BaseModel):
             return data
         files = [f if isinstance(f, PlanFile) else PlanFile.model_validate(f) for f in data.get("files", [])]
         skipped = list(data.get("skipped_files", []))
-        parts = str(data.get("source_uri", "")).split("/", 3)
-        prefix = parts[3] if len(parts) > 3 else ""
-        source = [f for f in files if f.key.startswith(prefix)]
-        skipped_here = [k for k in skipped if k.startswith(prefix)]
-        return {
-            **data,
+
+        def counted(uri: object) -> tuple[int, int]:
+            # Skipped keys carry no sizes: their bytes count for the folder that has any of them.
+            parts = str(uri or "").split("/", 3)
+            if len(parts) < 4 or not parts[3]:
+                return 0, 0
+            source = [f for f in files if f.key.startswith(parts[3])]
+            skipped_here = [k for k in skipped if k.startswith(parts[3])]
+            skipped_bytes = int(data.get("skipped_bytes", 0)) if skipped_here else 0
+            return len(source) + len(skipped_here), sum(f.bytes for f in source) + skipped_bytes
+
+        source_files, source_bytes = counted(data.get("source_uri"))
+        base_files, base_bytes = counted(data.get("base_source_uri"))
+        computed = {
             "file_count": len(files),
             "cached_bytes": sum(f.bytes for f in files if f.cached),
             "skipped_count": len(skipped),
-            "source_files": len(source) + len(skipped_here),
-            "source_bytes": sum(f.bytes for f in source)
-            + (int(data.get("skipped_bytes", 0)) if skipped_here else 0),
+            "source_files": source_files,
+            "source_bytes": source_bytes,
+            "base_source_files": base_files,
+            "base_source_bytes": base_bytes,
         }
+        return {**computed, **data}  # counts the caller gives (the planner's exact ones) win
 
     def listed(self, limit: int = PLAN_FILES_LISTED) -> Plan:
         """The plan as an execution carries it: the first `limit` files and skipped keys by name."""

@@ -17,6 +17,7 @@ GPU_FIELDS = {
     "memory.free",
     "utilization.gpu",
     "driver_version",
+    "compute_cap",
     "count",
 }
 APP_FIELDS = {"pid", "used_memory", "used_gpu_memory", "process_name", "name", "gpu_uuid"}
@@ -84,7 +85,9 @@ def main(argv: list[str]) -> int:
                 print(f"GPU {gpu['index']}: {gpu['name']} (UUID: {gpu['uuid']})")
             return 0
     if query_gpu is not None:
-        bad = [f for f in query_gpu if f not in GPU_FIELDS]
+        # gpu.json's "unsupported_fields" stand for an older driver's (compute_cap came with 510)
+        unsupported = set(config.get("unsupported_fields", []))
+        bad = [f for f in query_gpu if f not in GPU_FIELDS or f in unsupported]
         if bad:
             print(f'Field "{bad[0]}" is not a valid field to query.\n')
             return 2
@@ -101,6 +104,8 @@ def main(argv: list[str]) -> int:
                 "memory.free": max(total - gpu_used, 0),
                 "utilization.gpu": 0,
                 "driver_version": config.get("driver_version", "535.183.01"),
+                # gpu.json may name it; the default is an A10G's (Ampere, sm_86)
+                "compute_cap": gpu.get("compute_cap", "8.6"),
                 "count": len(gpus),
             }
             rows.append([(f, values[f]) for f in query_gpu])
