@@ -1,4 +1,6 @@
-"""What planning costs in S3 reads: bytes and latency for synthetic sharded models, 1 to 64 GiB.
+"""What planning costs in S3 reads: bytes and latency for synthetic sharded models, 1 to 64 GiB,
+and the seed's models (the 16-shard MoE qwen3-coder-30b among them: 2.3 MB of headers and a
+1.6 MB index, of which the planner reads a sample and neither whole).
 
 Each model is a 32-layer Llama-shaped bf16 checkpoint whose width grows with its size, saved
 as Hugging Face does (5 GB shards + model.safetensors.index.json) as sparse files, served by
@@ -27,10 +29,12 @@ from asoba_deploy.core.planner import plan
 from asoba_deploy.core.policy import Policy
 from asoba_deploy.core.s3 import BotoS3Reader, CountingReader
 from local.sparse_models import (
+    SEED_MODELS,
     decoder_tensors,
     start_rclone_s3,
     stop_rclone_s3,
     write_model,
+    write_seed_model,
 )
 from tests.unit.planner_support import seed_snapshot
 
@@ -85,6 +89,9 @@ def main() -> int:
             name = f"synthetic-{size}g"
             write_model(root / BUCKET / name, config, tensors, shards=shards)
             models[name] = shards
+        for name, seed in SEED_MODELS.items():
+            write_seed_model(root / BUCKET, name)
+            models[name] = seed.shards
         server = start_rclone_s3(root)
         try:
             client = server.client()
@@ -126,16 +133,17 @@ def main() -> int:
             stop_rclone_s3(server)
 
     print(
-        f"{'model':<15}{'size GiB':>9}{'shards':>7}{'tensors':>8}{'bytes read':>12}{'GETs':>6}"
+        f"{'model':<24}{'size GiB':>9}{'shards':>7}{'tensors':>8}{'bytes read':>12}{'GETs':>6}"
         f"{'LISTs':>6}{'read/size':>11}{'vs 1 GiB':>9}{'latency ms':>11}  plan"
     )
     first_read = rows[0][4]
     for name, size, shards, count, read, gets, lists, latency, quant in rows:
         print(
-            f"{name:<15}{size / GIB:>9.1f}{shards:>7}{count:>8}{read:>12,}{gets:>6}{lists:>6}"
+            f"{name:<24}{size / GIB:>9.1f}{shards:>7}{count:>8}{read:>12,}{gets:>6}{lists:>6}"
             f"{read / size:>11.1e}{read / first_read:>9.2f}{latency * 1000:>11.1f}  {quant}"
         )
-    largest, smallest = rows[-1], rows[0]
+    synthetic = rows[: len(SIZES_GIB)]
+    largest, smallest = synthetic[-1], synthetic[0]
     print(
         f"\nsize grew {largest[1] / smallest[1]:.0f}x, bytes read grew {largest[4] / smallest[4]:.2f}x, "
         f"latency grew {largest[7] / smallest[7]:.2f}x; "

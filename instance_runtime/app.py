@@ -179,6 +179,7 @@ def _add_service_routes(app: FastAPI) -> None:
             timestamp=_timestamp(),
             service=SERVICE_NAME,
             error=runtime.error,
+            load=runtime.load.as_dict() if runtime.load is not None else None,
         ).model_dump()
         if body["error"] is None:
             del body["error"]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import (
@@ -31,6 +31,9 @@ from instance_runtime.errors import ConfigurationError
 from instance_runtime.generation import GenerationResult, SamplingParams
 from instance_runtime.serving import TokenizerPrompts
 from instance_runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from instance_runtime.streaming import StagedModel
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,8 @@ class LoadedInfo:
     adapter: bool
     context_length: int
     load_seconds: float
+    load_from: Literal["disk", "stream"] = "disk"
+    streamed_bytes: int = 0  # bytes of tensors read by the streamer (stream only)
 
 
 class Engine(TokenizerPrompts):
@@ -196,7 +201,9 @@ class Engine(TokenizerPrompts):
     # ----- loading -----------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, settings: RuntimeSettings) -> Engine:
+    def load(cls, settings: RuntimeSettings, staged: StagedModel | None = None) -> Engine:
+        """Load MODEL_PATH; with `staged`, MODEL_PATH holds the small files of a streamed model
+        and the weights come from its S3 shards."""
         started = time.monotonic()
         hf_logging.disable_progress_bar()
         if settings.torch_threads:
@@ -239,7 +246,16 @@ class Engine(TokenizerPrompts):
             quantization,
             f", LoRA adapter {model_path}" if base_path else "",
         )
-        model = AutoModelForCausalLM.from_pretrained(weights_path, **kwargs)
+        streamed_bytes = 0
+        if staged is not None:
+            if base_path is not None or quantization != "none":
+                raise ConfigurationError(
+                    "LOAD_FROM=stream loads unquantized safetensors only (not LoRA adapters, "
+                    f"quantization {quantization}); use LOAD_FROM=disk"
+                )
+            model, streamed_bytes = _streamed_model(config, staged, dtype, device, settings.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(weights_path, **kwargs)
         if base_path is not None:
             from peft import PeftModel
 
@@ -264,6 +280,8 @@ class Engine(TokenizerPrompts):
             adapter=base_path is not None,
             context_length=int(context_length),
             load_seconds=round(time.monotonic() - started, 2),
+            load_from="stream" if staged is not None else "disk",
+            streamed_bytes=streamed_bytes,
         )
         log.info("model loaded in %.1fs: %s", info.load_seconds, info)
         return cls(settings.served_model_name, model, tokenizer, decode_tokenizer, info)
@@ -306,6 +324,66 @@ class Engine(TokenizerPrompts):
             raise
         assert sink.result is not None
         return sink.result
+
+
+def _streamed_model(
+    config: Any, staged: StagedModel, dtype: torch.dtype, device: str, trust_remote_code: bool
+) -> tuple[PreTrainedModel, int]:
+    """The model built from its config, its tensors copied in as the Run:ai streamer reads them.
+
+    The model is allocated uninitialised on its device (no random init: the streamer overwrites
+    every weight), so its non-persistent buffers (rotary frequencies) are computed as usual; each
+    streamed tensor is copied into its parameter at once (cast to the load dtype), so the
+    streamer's buffers are reused and memory stays at one model.
+    """
+    from runai_model_streamer import SafetensorsStreamer
+    from transformers import GenerationConfig
+    from transformers.initialization import no_init_weights
+
+    from instance_runtime.streaming import streamer_failure
+
+    target = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+    with no_init_weights(), target:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # from_pretrained ties lm_head to the embeddings after loading; here before
+    state = model.state_dict(keep_vars=True)
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    streamed = 0
+    try:
+        with SafetensorsStreamer() as streamer:
+            # owned=False: views into the streamer's reused buffers, each copied before the next.
+            streamer.stream_files(staged.shards, device="cpu", owned=False)
+            with torch.no_grad():
+                for name, tensor in streamer.get_tensors():
+                    slot = state.get(name)
+                    if slot is None:
+                        unexpected.append(name)
+                        continue
+                    if tuple(slot.shape) != tuple(tensor.shape):
+                        raise ConfigurationError(
+                            f"LOAD_FROM=stream: tensor {name} of {staged.uri} has shape "
+                            f"{tuple(tensor.shape)}, config.json says {tuple(slot.shape)}"
+                        )
+                    slot.copy_(tensor)
+                    loaded.add(name)
+                    streamed += tensor.numel() * tensor.element_size()
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise streamer_failure(staged.uri, exc) from exc
+    # A tied weight (lm_head = embed_tokens) is one tensor under two names: one copy is enough.
+    loaded_storage = {state[name].data_ptr() for name in loaded}
+    missing = sorted(n for n in state if n not in loaded and state[n].data_ptr() not in loaded_storage)
+    if missing or unexpected:
+        raise ConfigurationError(
+            f"LOAD_FROM=stream: the safetensors of {staged.uri} do not match config.json's model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    if (staged.folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(staged.folder, local_files_only=True)
+    return model, streamed
 
 
 def release_cached_memory() -> None:

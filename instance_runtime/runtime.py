@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from instance_runtime.metrics import ServiceMetrics
 from instance_runtime.scheduler import Admission
 from instance_runtime.serving import EngineStats, RequestHandle, ServingEngine, load_engine
 from instance_runtime.settings import RuntimeSettings
+from instance_runtime.streaming import LoadFrom, LoadSource, StagedModel, choose_source, stage
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,31 @@ class GenerationStream:
         self.handle.abort()
 
 
+@dataclass
+class LoadReport:
+    """How this start loaded the model: /status's `load` and the journal's "loaded" line."""
+
+    source: LoadFrom
+    reason: str
+    location: str  # the model folder, or its S3 folder when streamed
+    started_at: float  # time.time() when the load began
+    seconds: float | None = None  # start of the load to a healthy engine
+    stage_seconds: float | None = None  # stream: listing S3 and fetching the small files
+    streamed_bytes: int | None = None  # stream, transformers engine: tensor bytes the streamer read
+    source_bytes: int | None = None  # stream: the safetensors' size in S3
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "from": self.source,
+            "reason": self.reason,
+            "location": self.location,
+            "seconds": self.seconds,
+            "stage_seconds": self.stage_seconds,
+            "streamed_bytes": self.streamed_bytes,
+            "source_bytes": self.source_bytes,
+        }
+
+
 class ModelRuntime:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -66,6 +93,8 @@ class ModelRuntime:
         self.admission = Admission(settings.max_batch_size, settings.queue_size, settings.retry_after_s)
         self.metrics = ServiceMetrics(self.engine_stats, self.gpu)
         self._loader: threading.Thread | None = None
+        self.load: LoadReport | None = None
+        self._staged: StagedModel | None = None
 
     # ----- loading -----------------------------------------------------------------------------
 
@@ -75,18 +104,59 @@ class ModelRuntime:
         self._loader.start()
 
     def _load(self) -> None:
+        started = time.monotonic()
         try:
-            if not self.settings.model_path.is_dir():  # say so before seconds of importing torch
-                raise ConfigurationError(f"MODEL_PATH {self.settings.model_path} is not a folder")
-            # The engine's module imports torch (seconds): only here, never in the web layer.
-            engine = load_engine(self.settings)
+            source: LoadSource = choose_source(self.settings)
+            self.load = LoadReport(source.kind, source.reason, source.location, time.time())
+            log.info("loading from %s (%s): %s", source.kind, source.reason, source.location)
+            if source.kind == "stream":
+                engine = self._load_streamed(source, started)
+            else:
+                if not self.settings.model_path.is_dir():  # say so before seconds of importing torch
+                    raise ConfigurationError(f"MODEL_PATH {self.settings.model_path} is not a folder")
+                # The engine's module imports torch (seconds): only here, never in the web layer.
+                engine = load_engine(self.settings)
         except Exception as exc:
             log.error("model failed to load: %s", "".join(traceback.format_exception(exc)))
             self.error = f"{type(exc).__name__}: {exc}"
             self.status = "error"
+            if self.load is not None:
+                self.load.seconds = round(time.monotonic() - started, 3)
+            self._drop_staged()
             return
+        assert self.load is not None
+        self.load.seconds = round(time.monotonic() - started, 3)
+        info = getattr(getattr(engine, "model", None), "info", None)  # the transformers engine's LoadedInfo
+        if self.load.source == "stream" and info is not None:
+            self.load.streamed_bytes = int(info.streamed_bytes)
+        log.info(
+            "model loaded from %s in %.2fs: %s%s",
+            self.load.source,
+            self.load.seconds,
+            self.load.location,
+            f" ({self.load.source_bytes / (1 << 20):.1f} MiB of safetensors)"
+            if self.load.source_bytes
+            else "",
+        )
         self.engine = engine
         self.status = "healthy"
+
+    def _load_streamed(self, source: LoadSource, started: float) -> ServingEngine:
+        assert self.load is not None
+        staged = stage(source.location, self.settings.aws_region)
+        self._staged = staged
+        self.load.stage_seconds = round(time.monotonic() - started, 3)
+        self.load.source_bytes = staged.shard_bytes
+        # The engine reads config and tokenizer from the staged folder; the name stays MODEL_PATH's.
+        settings = self.settings.model_copy(
+            update={"model_path": staged.folder, "model_name": self.settings.served_model_name}
+        )
+        return load_engine(settings, staged)
+
+    def _drop_staged(self) -> None:
+        if self._staged is not None:
+            self._staged.close()
+            self._staged = None
 
     def wait_loaded(self, timeout: float | None = None) -> None:
         if self._loader is not None:
@@ -191,3 +261,4 @@ class ModelRuntime:
                 self.engine.abort_all()
             await self.engine.close()
             self.engine = None
+        self._drop_staged()

@@ -92,6 +92,10 @@ class StatusResponse(BaseModel):
     timestamp: str
     service: str
     error: str | None = None
+    # How this start loads the model: {"from": "disk" | "stream", "reason", "location",
+    # "seconds" (to a loaded engine; null while loading), "stage_seconds", "streamed_bytes",
+    # "source_bytes"}; null before the loader has begun.
+    load: dict[str, Any] | None = None
 
 
 # ----- OpenAI ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from instance_runtime.generation import GenerationResult, SamplingParams
 
 if TYPE_CHECKING:
     from instance_runtime.settings import RuntimeSettings
+    from instance_runtime.streaming import StagedModel
 
 EngineKind = Literal["transformers", "vllm"]
 
@@ -182,9 +183,10 @@ _ENGINES: dict[str, tuple[str, str]] = {
 }
 
 
-def load_engine(settings: RuntimeSettings) -> ServingEngine:
-    """Import and load the engine that ENGINE names (blocking: seconds to minutes)."""
+def load_engine(settings: RuntimeSettings, staged: StagedModel | None = None) -> ServingEngine:
+    """Import and load the engine that ENGINE names (blocking: seconds to minutes); with `staged`
+    its weights are streamed from S3 (MODEL_PATH then is the staged folder of small files)."""
     module_name, class_name = _ENGINES[settings.engine]
     engine_class = getattr(importlib.import_module(module_name), class_name)
-    engine: ServingEngine = engine_class.load(settings)
+    engine: ServingEngine = engine_class.load(settings, staged)
     return engine

@@ -41,6 +41,23 @@ class RuntimeSettings(BaseSettings):
         default=None,
         description="Base model folder of a LoRA adapter; default: its base_model_name_or_path.",
     )
+    load_from: Literal["disk", "stream"] = Field(
+        default="disk",
+        description=(
+            "disk: load MODEL_PATH | stream: the safetensors straight from MODEL_SOURCE_URI into memory "
+            "(the Run:ai model streamer), unless MODEL_PATH already holds the sync's completion marker."
+        ),
+    )
+    model_source_uri: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\.?[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,254}){0,33}/?$",
+        description="LOAD_FROM=stream: the model's S3 folder, s3://bucket/prefix/model/.",
+    )
+    aws_region: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$",
+        description="LOAD_FROM=stream: the region of the S3 clients (boto3, the streamer's).",
+    )
     host: str = "0.0.0.0"
     port: int = Field(default=8001, ge=1, le=65535)
     quantization: Quantization = Field(
@@ -91,6 +108,12 @@ class RuntimeSettings(BaseSettings):
     def _default_within_limit(self) -> RuntimeSettings:
         # A default above the limit would make every request without max_tokens a 422.
         self.default_max_tokens = min(self.default_max_tokens, self.max_new_tokens)
+        return self
+
+    @model_validator(mode="after")
+    def _stream_has_source(self) -> RuntimeSettings:
+        if self.load_from == "stream" and not self.model_source_uri:
+            raise ValueError("LOAD_FROM=stream needs MODEL_SOURCE_URI (s3://bucket/prefix/model/)")
         return self
 
     @property

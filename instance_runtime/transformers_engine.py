@@ -21,6 +21,7 @@ from instance_runtime.engine import Engine, release_cached_memory
 from instance_runtime.generation import GenerationResult, SamplingParams
 from instance_runtime.serving import EngineKind, EngineStats, RequestHandle
 from instance_runtime.settings import RuntimeSettings
+from instance_runtime.streaming import StagedModel
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ class TransformersEngine:
         self._worker.start()
 
     @classmethod
-    def load(cls, settings: RuntimeSettings) -> TransformersEngine:
-        return cls(Engine.load(settings), settings.max_batch_size)
+    def load(cls, settings: RuntimeSettings, staged: StagedModel | None = None) -> TransformersEngine:
+        return cls(Engine.load(settings, staged), settings.max_batch_size)
 
     # ----- prompts -------------------------------------------------------------------------------
 

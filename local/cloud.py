@@ -15,7 +15,7 @@ import boto3
 import requests
 from moto.server import ThreadedMotoServer
 
-from local import iam, iam_http, lambda_runner
+from local import events, iam, iam_http, lambda_runner
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -28,6 +28,56 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _send_task_failure_keeps_its_cause() -> None:
+    """moto's SendTaskFailure handler drops the request's `cause` (the backend takes it): pass it
+    on, as Step Functions does, so a step failed by its token reads with its message. A moto
+    internal: moto is pinned exactly."""
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    if getattr(StepFunctionResponse.send_task_failure, "_keeps_cause", False):
+        return
+
+    def send_task_failure(self: StepFunctionResponse) -> Any:
+        backend: Any = self.stepfunction_backend  # the executing (parser) backend takes the cause
+        backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    send_task_failure._keeps_cause = True  # type: ignore[attr-defined]
+    StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
+
+
+def _a_stopped_callback_task_aborts() -> None:
+    """A `.waitForTaskToken` task whose execution is stopped ends with the execution ABORTED, as
+    on AWS. moto prunes every evaluation of a stopped execution, its timeout's too, yet the task
+    pops that timeout next: stopped between its invoke and its wait, it fails (States.Runtime)
+    and the execution reads FAILED. Here such a task's failure after the stop is dropped, as a
+    regular task's result is. A moto internal: moto is pinned exactly."""
+    import importlib
+
+    callback = (
+        "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback"
+    )
+    StateTaskServiceCallback = importlib.import_module(callback).StateTaskServiceCallback
+
+    if getattr(StateTaskServiceCallback._eval_integration_pattern, "_stop_safe", False):
+        return
+    original = StateTaskServiceCallback._eval_integration_pattern
+
+    def _eval_integration_pattern(self: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            original(self, env, *args, **kwargs)
+        except Exception:
+            if env.is_running():
+                raise
+            env.stack.append(None)  # stopped: nothing after this runs; the execution ends ABORTED
+
+    _eval_integration_pattern._stop_safe = True  # type: ignore[attr-defined]
+    StateTaskServiceCallback._eval_integration_pattern = _eval_integration_pattern
 
 
 class LocalCloud:
@@ -71,6 +121,9 @@ class LocalCloud:
         )
         response.raise_for_status()
         lambda_runner.install()
+        events.install()  # EventBridge rules deliver to Lambda targets (moto's cannot)
+        _send_task_failure_keeps_its_cause()
+        _a_stopped_callback_task_aborts()
         if self.enforce_iam:
             iam.install()
             iam_http.wrap_server(self._server)  # the instance scripts' own S3 requests
@@ -78,6 +131,7 @@ class LocalCloud:
 
     def stop(self) -> None:
         lambda_runner.uninstall()
+        events.uninstall()
         if self.enforce_iam:
             iam.uninstall()
         if self._server is not None:

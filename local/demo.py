@@ -37,7 +37,13 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from asoba_deploy.core import ledger
+from asoba_deploy.core.ledger import ESTIMATE_TOLERANCE, TimeToHealthy
+
+if TYPE_CHECKING:
+    from local.environment import LocalEnvironment
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
@@ -90,6 +96,28 @@ class DemoResult:
     status: CliRun | None = None
     answer: str = ""
     deploy_seconds: float = 0.0
+    time_to_healthy: TimeToHealthy | None = None
+
+
+def time_to_healthy_report(timing: TimeToHealthy | None) -> str:
+    """The demo's verdict on the plan's estimate: both numbers, and whether it was within +-30%."""
+    if timing is None or timing.actual_s is None:
+        return "demo: time to healthy was not measured (no ledger record of a healthy service)"
+    text = f"demo: time to healthy {timing.actual_s:.1f} s (measured)"
+    if timing.estimate_s is None:
+        return text + "; the plan made no estimate"
+    text += f", estimate {timing.estimate_s:.1f} s"
+    ratio = timing.ratio
+    offset = f"{(ratio - 1) * 100:+.0f}%" if ratio is not None else "?"
+    verdict = "within" if timing.within() else "NOT within"
+    return f"{text}: {offset}, {verdict} +-{ESTIMATE_TOLERANCE:.0%} of the estimate"
+
+
+def last_time_to_healthy(env: LocalEnvironment) -> TimeToHealthy | None:
+    """The newest ledger record's time_to_healthy (the deployment just made)."""
+    table = env.stack.physical("TablesLedger")
+    records = ledger.recent(env.cloud.client("dynamodb"), table, env.instance_id, limit=1)
+    return records[0].time_to_healthy if records else None
 
 
 def cli_command() -> list[str]:
@@ -228,6 +256,8 @@ def run_demo(console: Console, *, workdir: Path, keep: bool, free_ports: bool, l
             console.say(f"demo: the deployment failed (exit {result.deploy.code}); logs: {log.name}")
             return 1
         console.say(f"demo: deploy part took {result.deploy.seconds:.1f} s wall time")
+        result.time_to_healthy = last_time_to_healthy(env)
+        console.say(time_to_healthy_report(result.time_to_healthy))
 
         console.step("5/6  A question to the deployed model")
         console.say(f"  POST http://127.0.0.1:{env.ports.coexist}/v1/chat/completions")
@@ -247,6 +277,7 @@ def run_demo(console: Console, *, workdir: Path, keep: bool, free_ports: bool, l
             f"\ndemo: done in {time.monotonic() - console.started:.1f} s "
             f"(deploy part {result.deploy_seconds:.1f} s wall time)"
         )
+        console.say(time_to_healthy_report(result.time_to_healthy))
         if keep:
             console.say("\nThe local endpoint stays up. In another terminal:\n")
             for line in paste_lines(env.endpoint, env.region, env.stack.state_machine_arn, env.ports.coexist):

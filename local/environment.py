@@ -110,6 +110,8 @@ def stack_context(instance_id: str, bucket: str, sandbox: Sandbox, ports: Ports)
         "instance_ids": [instance_id],
         "model_bucket": bucket,
         "poll_interval_seconds": 1,
+        # a step whose SSM event is lost ends within one such round (seconds here, minutes on AWS)
+        "safety_net_seconds": 5,
         "thresholds": {"coexist_port": ports.coexist, "replace_port": ports.flux},
         "instance_roots": {
             "models_root": str(sandbox.models_root),

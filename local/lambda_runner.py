@@ -16,6 +16,7 @@ import io
 import json
 import os
 import threading
+import time
 import traceback
 import types
 import uuid
@@ -50,16 +51,17 @@ class FakeLambdaContext:
 
 @contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
+    """The function's variables in os.environ while it runs. A variable this process lacked is
+    left set afterwards, not removed: other threads (the sandbox agent's and the interpreter's
+    HTTP clients, via urllib's proxy lookup) iterate os.environ at any time, and a key removed
+    under them raises KeyError there. Every function has the same keys (stacks/functions.py),
+    so each invocation still sees only its own values."""
+    saved = {key: os.environ[key] for key in values if key in os.environ}
     os.environ.update(values)
     try:
         yield
     finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+        os.environ.update(saved)
 
 
 _LOADED: dict[tuple[str, str], Callable[..., Any]] = {}
@@ -94,9 +96,52 @@ def _load_handler(function: LambdaFunction, module: str, attribute: str) -> Call
     return _LOADED[key]
 
 
+# Test hook (`hold`): invocations whose event matches wait before they start, until released.
+_holds: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], bool], float]] = []
+_holds_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def hold(
+    matches: Callable[[dict[str, Any]], bool], until: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> Iterator[list[dict[str, Any]]]:
+    """While inside, an invocation whose event `matches` starts only once `until(event)` holds (or
+    after `timeout` s): to order it after something else (a command that ends before the step
+    stored its token). Yields the held events."""
+    held: list[dict[str, Any]] = []
+
+    def _matches(event: dict[str, Any]) -> bool:
+        if matches(event):
+            held.append(event)
+            return True
+        return False
+
+    entry = (_matches, until, timeout)
+    with _holds_lock:
+        _holds.append(entry)
+    try:
+        yield held
+    finally:
+        with _holds_lock:
+            _holds.remove(entry)
+
+
+def _wait_if_held(event: Any) -> None:
+    if not isinstance(event, dict):
+        return
+    with _holds_lock:
+        holds = list(_holds)
+    for matches, until, timeout in holds:
+        if matches(event):
+            deadline = time.monotonic() + timeout
+            while not until(event) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
 def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
     if isinstance(event, str | bytes):
         event = json.loads(event or "{}")
+    _wait_if_held(event)
     module_name, _, attribute = str(function.handler).rpartition(".")
     environment = {str(k): str(v) for k, v in (function.environment_vars or {}).items()}
     environment.update(

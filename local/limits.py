@@ -5,7 +5,7 @@ execution would fail on AWS (a state over 256 KiB, a history over 25,000 events,
 answer over 6 MB) fails here too, naming the state and the size.
 
 It also holds the worst case of the history a deployment can write (`worst_case_events`),
-from the registry's budgets and the poll back-off the poll Lambdas compute.
+from the registry's budgets and the safety-net rounds of the event-driven steps.
 """
 
 from __future__ import annotations
@@ -80,17 +80,22 @@ def _index(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 # --- the worst case of a deployment's history ---------------------------------------------
 # Events each state type writes once entered (Step Functions' history; counted in a real
 # execution by tests/e2e/test_service_limits.py): a Lambda task 5 (Entered, Scheduled,
-# Started, Succeeded, Exited), a Wait, Choice or Pass 2.
+# Started, Succeeded, Exited), a Wait, Choice or Pass 2, a `.waitForTaskToken` task 6 (its
+# TaskSubmitted besides, then TaskSucceeded, TaskFailed or TaskTimedOut).
 TASK_EVENTS = 5
 FLOW_EVENTS = 2
-# One poll round of the run-on-instance fragment: Wait -> Poll -> Finished?
-POLL_ROUND_EVENTS = FLOW_EVENTS + TASK_EVENTS + FLOW_EVENTS
-# One resend round (the health check while the model loads): Again -> send -> a poll round.
-RESEND_ROUND_EVENTS = FLOW_EVENTS + TASK_EVENTS + POLL_ROUND_EVENTS
+AWAIT_EVENTS = 6
+# The round that ends the command: one event more when the Await's own read completes its
+# token while its Lambda still runs (moto writes that invocation's TaskSucceeded too).
+ENDING_ROUND_EVENTS = AWAIT_EVENTS + 1
+# One safety-net round of the run-on-instance fragment: the Await timed out, Rearm, Await again.
+SAFETY_NET_ROUND_EVENTS = AWAIT_EVENTS + FLOW_EVENTS
+# One command: send, the Await round that ends it, Finished?.
+COMMAND_EVENTS = TASK_EVENTS + ENDING_ROUND_EVENTS + FLOW_EVENTS
 
 
 def poll_rounds(budget: float, schedule: Any) -> int:
-    """How many waits `schedule(elapsed) -> seconds` fits into `budget` seconds (plus the one
+    """How many rounds `schedule(elapsed) -> seconds` fits into `budget` seconds (plus the one
     that crosses the deadline)."""
     elapsed, rounds = 0.0, 0
     while elapsed <= budget:
@@ -99,15 +104,31 @@ def poll_rounds(budget: float, schedule: Any) -> int:
     return rounds
 
 
+def step_events(budget: float, round_seconds: Any) -> int:
+    """Events of one instance step whose command runs `budget` seconds and whose every status
+    event is lost: a safety-net round each `round_seconds(elapsed)`, then the command's end."""
+    rounds = poll_rounds(budget, round_seconds)
+    return COMMAND_EVENTS + FLOW_EVENTS + SAFETY_NET_ROUND_EVENTS * max(0, rounds - 1)
+
+
 def worst_case_events(
-    budgets: dict[str, int], schedule: Any, *, resend: Iterable[str] = (), fixed_states: int = 0
+    budgets: dict[str, int],
+    schedule: Any,
+    *,
+    resend: Iterable[str] = (),
+    resend_every: float | None = None,
+    fixed_states: int = 0,
 ) -> int:
     """Events of a deployment whose every instance step runs its whole budget (step key ->
-    seconds), polled on `schedule`; resend steps are rerun every round (each run answering at
-    once), the worst a health check can do. `fixed_states`: every other state, entered once."""
+    seconds) and loses every status event, its Await rounds on `schedule`; resend steps send a
+    new command every `resend_every` seconds (one command's run), each with its own rounds.
+    `fixed_states`: every other state, entered once."""
     resending = set(resend)
     total = fixed_states * TASK_EVENTS
     for key, budget in budgets.items():
-        per_round = RESEND_ROUND_EVENTS if key in resending else POLL_ROUND_EVENTS
-        total += TASK_EVENTS + FLOW_EVENTS + per_round * poll_rounds(budget, schedule)
+        if key in resending and resend_every:
+            commands = max(1, -(-int(budget) // int(resend_every)))
+            total += commands * step_events(resend_every, schedule) + (commands - 1) * FLOW_EVENTS
+        else:
+            total += step_events(budget, schedule)
     return total

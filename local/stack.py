@@ -21,6 +21,7 @@ import aws_cdk as cdk
 
 from app import build_app
 from asoba_deploy.core.steps import STEPS
+from stacks.command_events import COMPLETER_HANDLER, COMPLETER_ID
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STACK_NAME = "AsobaModelDeploy"
@@ -157,6 +158,7 @@ def deploy(synth: Synthesized, session: Any, region: str) -> DeployedStack:
     }
     machine_arn = _register_state_machine(synth, resources, session, region)
     by_handler = {step.handler: step.function_id for step in STEPS.values() if step.has_function}
+    by_handler[COMPLETER_HANDLER] = COMPLETER_ID  # the status-change event completer (no step)
     functions = {}
     for logical_id, resource in synth.template["Resources"].items():
         if resource["Type"] == "AWS::Lambda::Function":

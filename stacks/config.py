@@ -21,9 +21,11 @@ class ConfigError(Exception):
 def _coerce_numbers(raw: dict[str, Any]) -> dict[str, Any]:
     # -c poll_interval_seconds=2 arrives as a string
     out = dict(raw)
-    for key in ("poll_interval_seconds", "validation_rate_minutes"):
+    for key in ("poll_interval_seconds", "safety_net_seconds", "validation_rate_minutes"):
         if isinstance(out.get(key), str) and re.fullmatch(r"[0-9]+", out[key]):
             out[key] = int(out[key])
+    if isinstance(out.get("link_gbps"), str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", out["link_gbps"]):
+        out["link_gbps"] = float(out["link_gbps"])
     return out
 
 

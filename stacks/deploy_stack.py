@@ -31,6 +31,7 @@ from constructs import Construct
 from asoba_deploy.core.config import DeployConfig
 from asoba_deploy.core.settings import Settings, StackResources
 from asoba_deploy.core.steps import STEPS, Grant
+from stacks.command_events import CommandEvents, grant_task_response
 from stacks.documents import InstanceDocuments
 from stacks.functions import DeployFunctions
 from stacks.instance_tools import s5cmd_binary
@@ -75,6 +76,7 @@ class ModelDeployStack(Stack):
                 documents=documents.names,
                 lock_table=tables.lock.table_name,
                 ledger_table=tables.ledger.table_name,
+                token_table=tables.tokens.table_name,
                 # https object URLs: what the documents' aws:downloadContent steps read
                 runtime_bundle_uri=runtime_bundle.http_url,
                 s5cmd_uri=s5cmd.http_url,
@@ -107,11 +109,24 @@ class ModelDeployStack(Stack):
                 self._read_instances(role)
             if step.document is not None:
                 self._send_document(role, [*instance_arns, doc_arn[step.document]])
+                # its Await keeps the task token and completes it when the command already ended
+                grant_task_response(role, tables, ["dynamodb:PutItem", "dynamodb:DeleteItem"])
             if Grant.LOCK_TABLE in step.grants:
                 tables.lock.grant_read_write_data(function)
             if Grant.LEDGER_TABLE in step.grants:
                 tables.ledger.grant_read_write_data(function)
 
+        # SSM's status-change events complete the waiting steps (stacks/command_events.py).
+        self.command_events = CommandEvents(
+            self,
+            "CommandEvents",
+            functions=functions,
+            tables=tables,
+            document_names=[
+                documents.names[str(s.document)] for s in STEPS.values() if s.document and s.has_function
+            ],
+            instance_ids=list(config.instance_ids),
+        )
         machine = DeployStateMachine(
             self,
             "Deployment",
@@ -149,6 +164,7 @@ class ModelDeployStack(Stack):
             ("InstanceType", config.instance_type, "for the ledger's cost per hour"),
             ("InstancePolicyArn", instance_policy.managed_policy_arn, "attach to the instance role"),
             ("AlarmTopicArn", self.schedule.topic.topic_arn, "validation alarms"),
+            ("CommandLogGroup", command_logs.log_group_name, "SSM command output: long steps' progress"),
         ):
             CfnOutput(self, name, value=value, description=description)
         self.functions = fn

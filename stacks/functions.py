@@ -75,46 +75,54 @@ class DeployFunctions(Construct):
             compatible_runtimes=[RUNTIME],
             description="Powertools, pydantic and X-Ray SDK for the deployment functions",
         )
+        self._code, self._layer, self._environment, self._logs_key = code, layer, environment, logs_key
         self.functions: dict[str, lambda_.Function] = {}
         for step in STEPS.values():
             if step.has_function:
-                self.functions[step.name] = self._function(step, code, layer, environment, logs_key)
+                self.functions[step.name] = self._function(step)
 
-    def _function(
-        self,
-        step: Step,
-        code: lambda_.Code,
-        layer: lambda_.ILayerVersion,
-        environment: dict[str, str],
-        logs_key: kms.IKey,
+    def _function(self, step: Step) -> lambda_.Function:
+        return self.function(
+            step.function_id,
+            handler=step.handler,
+            description=step.description,
+            timeout_seconds=step.timeout_seconds,
+            memory_mb=step.memory_mb,
+        )
+
+    def function(
+        self, function_id: str, *, handler: str, description: str, timeout_seconds: int, memory_mb: int
     ) -> lambda_.Function:
+        """A function with the shared code, layer and environment, its own role and log group
+        (the registry steps' and the ones that serve no step, e.g. the command-event completer)."""
+        code, layer, environment, logs_key = self._code, self._layer, self._environment, self._logs_key
         log_group = logs.LogGroup(
             self,
-            f"{step.function_id}Logs",
+            f"{function_id}Logs",
             retention=logs.RetentionDays.ONE_MONTH,
             encryption_key=logs_key,
             removal_policy=RemovalPolicy.DESTROY,
         )
         role = iam.Role(
             self,
-            f"{step.function_id}Role",
+            f"{function_id}Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"{step.description} (deployment function)",
+            description=f"{description} (deployment function)",
         )
         function = lambda_.Function(
             self,
-            step.function_id,
+            function_id,
             runtime=RUNTIME,
-            handler=step.handler,
+            handler=handler,
             code=code,
             layers=[layer],
             role=role,
             log_group=log_group,
-            description=step.description,
-            timeout=Duration.seconds(step.timeout_seconds),
-            memory_size=step.memory_mb,
+            description=description,
+            timeout=Duration.seconds(timeout_seconds),
+            memory_size=memory_mb,
             tracing=lambda_.Tracing.ACTIVE,
-            environment={**environment, "POWERTOOLS_SERVICE_NAME": step.function_id},
+            environment={**environment, "POWERTOOLS_SERVICE_NAME": function_id},
         )
         log_group.grant_write(role)
         skip_checks(function, FUNCTION_CHECKOV_SKIPS)

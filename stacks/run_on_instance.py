@@ -1,14 +1,19 @@
-"""The reusable "run an SSM document on the instance" fragment.
+"""The reusable "run an SSM document on the instance" fragment, event-driven.
 
-    <Step> (send) -> <Step>.Wait -> <Step>.Poll -> <Step>.Finished?   (each Wait: $.command.wait_seconds)
-        InProgress -> <Step>.Wait            (the command still runs)
-        Resend     -> <Step>.Again -> <Step> (the document ran but asks to be run again,
-                                             e.g. the health check while the model loads)
-        otherwise  -> <Step>.Result          (copies the outcome to $.steps.<key>)
+    <Step> (send) -> <Step>.Await -> <Step>.Finished?
+        Resend     -> <Step>.Again -> <Step>  (the document ran but asks to be run again: the
+                                              health check whose budget outlasts one command)
+        otherwise  -> <Step>.Result           (copies the outcome to $.steps.<key>)
+    <Step>.Await: States.Timeout -> <Step>.Rearm -> <Step>.Await   (the safety net)
 
-The step's Lambda answers both actions: `send` starts the command and returns a command
-reference with its deadline; `poll` reads the invocation and returns it with `status`,
-or raises the step's typed error. Nothing sleeps in a Lambda: waiting is Wait states.
+The step's Lambda answers `send` (starts the command, returns its reference with its deadline)
+and `await`: a `lambda:invoke.waitForTaskToken` task that keeps its token under the command's
+invocation (core/completion.py) and reads the invocation once. SSM's status-change event
+reaches the completer (stacks/command_events.py), which reads the invocation with the step's
+own poll logic and completes the token: the command object on success, the typed error's
+name and message on failure, so Retry/Catch on error names work as with polling. A lost event
+ends the round at its timeout ($.command.await_seconds, the safety net); the next round reads
+again. Nothing sleeps in a Lambda and nothing polls on a fixed interval.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ TRANSIENT_ERRORS = [
     "Lambda.AWSLambdaException",
     "Lambda.ClientExecutionTimeoutException",
 ]
-# Each Wait reads its seconds from the command: the poll Lambda backs off (core.commands.next_wait),
-# so a step at its full budget stays a few hundred events, not budget / interval rounds.
+# The Again wait before a resend (core.commands.next_wait) and each Await round's timeout.
 WAIT_SECONDS_PATH = "$.command.wait_seconds"
+AWAIT_SECONDS_PATH = "$.command.await_seconds"
 
 
 def invoke(
@@ -49,18 +54,33 @@ def invoke(
     result_path: str | None,
     *,
     comment: str | None = None,
+    wait_for_token: bool = False,
 ) -> tasks.LambdaInvoke:
-    """A Lambda task whose result is the function's raw payload, with transient retries."""
-    task = tasks.LambdaInvoke(
-        scope,
-        name,
-        lambda_function=function,
-        payload=sfn.TaskInput.from_object(payload),
-        payload_response_only=True,
-        retry_on_service_exceptions=False,
-        result_path=result_path,
-        comment=comment,
-    )
+    """A Lambda task whose result is the function's raw payload (or, `wait_for_token`, what its
+    task token is completed with, waiting $.command.await_seconds), with transient retries."""
+    if wait_for_token:
+        task = tasks.LambdaInvoke(
+            scope,
+            name,
+            lambda_function=function,
+            payload=sfn.TaskInput.from_object(payload),
+            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+            comment=comment,
+            task_timeout=sfn.Timeout.at(AWAIT_SECONDS_PATH),
+        )
+    else:
+        task = tasks.LambdaInvoke(
+            scope,
+            name,
+            lambda_function=function,
+            payload=sfn.TaskInput.from_object(payload),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+            comment=comment,
+        )
     task.add_retry(
         errors=TRANSIENT_ERRORS,
         interval=Duration.seconds(1),
@@ -90,28 +110,36 @@ class RunOnInstance(sfn.StateMachineFragment):
             "$.command",
             comment=comment,
         )
-        # poll_seconds reaches the Lambdas through the settings: the back-off's floor
-        wait = sfn.Wait(self, f"{label}.Wait", time=sfn.WaitTime.seconds_path(WAIT_SECONDS_PATH))
-        again = sfn.Wait(self, f"{label}.Again", time=sfn.WaitTime.seconds_path(WAIT_SECONDS_PATH))
-        poll = invoke(
+        # poll_seconds reaches the Lambdas through the settings: the floor of the Again wait
+        wait_for_end = invoke(
             self,
-            f"{label}.Poll",
+            f"{label}.Await",
             function,
-            {"action": "poll", "command": sfn.JsonPath.object_at("$.command")},
+            {
+                "action": "await",
+                "command": sfn.JsonPath.object_at("$.command"),
+                "token": sfn.JsonPath.task_token,
+            },
             "$.command",
+            wait_for_token=True,
         )
+        # A round without an event (lost, or the command still runs): enter Await again, which
+        # reads the invocation once more. $.command stays as it was (the Catch discards the error).
+        # Through a Pass: moto's interpreter does not follow a Catch back to its own state.
+        rearm = sfn.Pass(self, f"{label}.Rearm")
+        wait_for_end.add_catch(rearm, errors=["States.Timeout"], result_path=sfn.JsonPath.DISCARD)
+        rearm.next(wait_for_end)
+        again = sfn.Wait(self, f"{label}.Again", time=sfn.WaitTime.seconds_path(WAIT_SECONDS_PATH))
         result = sfn.Pass(
             self, f"{label}.Result", input_path="$.command", result_path=f"$.steps.{result_key}"
         )
         finished = (
             sfn.Choice(self, f"{label}.Finished?")
-            .when(sfn.Condition.string_equals("$.command.status", "InProgress"), wait)
             .when(sfn.Condition.string_equals("$.command.status", "Resend"), again)
             .otherwise(result)
         )
-        send.next(wait)
-        wait.next(poll)
-        poll.next(finished)
+        send.next(wait_for_end)
+        wait_for_end.next(finished)
         again.next(send)
         self._start = send
         self._ends = [result]

@@ -5,7 +5,10 @@ ValidateInput -> Mode?
   validate: CheckInstance (document) -> ReportCheck -> CheckPassed
   deploy:   AcquireLock -> Deploy [ <inspect steps> -> Plan -> DryRun? -> Fits?
               -> <backup steps> -> ChangeInstance [ <change steps, each behind "<Label>?" when
-              it has run_if> ]  (failure -> Rollback -> ExplainFailure -> Fail) ]
+              it has run_if; consecutive steps of one `parallel` group as the branches of one
+              Parallel state, e.g. Prepare [ Sync | Install ] -> Prepare.Sync -> Prepare.Install
+              -> Prepare.Done (the branches' results to $.steps.<key>)> ]
+              (failure, in any branch too -> Rollback -> ExplainFailure -> Fail) ]
             -> RecordDeployment -> ReleaseLock -> Done (the record; a dry run: the plan)
             (failure anywhere in Deploy -> ReleaseLockAfterFailure -> RecordFailure -> Fail)
 """
@@ -35,10 +38,22 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-from asoba_deploy.core.steps import Phase, Step, phase, the
+from asoba_deploy.core.steps import Phase, Step, label_of, phase, the
 from stacks.run_on_instance import RunOnInstance, invoke
 
 DEPLOY_TIMEOUT = Duration.hours(4)
+
+
+def units(steps: list[Step]) -> list[list[Step]]:
+    """The steps in order, consecutive steps of one `parallel` group together: each unit is one
+    step, or the branches of one Parallel state."""
+    grouped: list[list[Step]] = []
+    for step in steps:
+        if grouped and step.parallel is not None and grouped[-1][-1].parallel == step.parallel:
+            grouped[-1].append(step)
+        else:
+            grouped.append([step])
+    return grouped
 
 
 class DeployStateMachine(Construct):
@@ -67,35 +82,85 @@ class DeployStateMachine(Construct):
                 comment=step.description,
             )
 
+        def guarded(step: Step, fragment: sfn.IChainable, skip: sfn.State) -> sfn.State:
+            """A step with run_if sits behind "<Label>?" and is skipped when its path is absent."""
+            assert step.run_if is not None
+            return (
+                sfn.Choice(self, f"{step.label}?")
+                .when(sfn.Condition.is_present(step.run_if), fragment)
+                .otherwise(skip)
+            )
+
+        def together(group: str, steps: list[Step]) -> sfn.Chain:
+            """The group's steps at once, one branch each (the console graph shows them side by
+            side); then their results at $.steps.<key> as if they had run one after the other.
+            A failure in any branch stops the others and fails the Parallel (-> its Catch)."""
+            label = label_of(group)
+            scratch = f"$.{group.replace('-', '_')}"
+            for step in steps:
+                if step.run_if is not None:
+                    # a skipped branch would leave no result for the selector to pick
+                    raise ValueError(f"step {step.name}: a step of a parallel group cannot have run_if")
+            # Each branch returns the whole state with its own result added: pick each result.
+            # (States.JsonMerge would merge the branches' $.steps in one go, but moto's evaluates
+            # $[1].steps to a list: a Pass per step instead, which both run alike.)
+            parallel = sfn.Parallel(
+                self,
+                label,
+                result_selector={f"{step.key}.$": f"$[{i}].steps.{step.key}" for i, step in enumerate(steps)},
+                result_path=scratch,
+                comment="At once: " + ", ".join(step.name for step in steps),
+            )
+            for step in steps:
+                parallel.branch(run(step))
+            chained = sfn.Chain.start(parallel)
+            for step in steps:
+                chained = chained.next(
+                    sfn.Pass(
+                        self,
+                        f"{label}.{step.label}",
+                        input_path=f"{scratch}.{step.key}",
+                        result_path=step.result_path,
+                    )
+                )
+            # the picked copies go: the state keeps one copy of each result (256 KiB limit)
+            done = sfn.Pass(self, f"{label}.Done", result=sfn.Result.from_object({}), result_path=scratch)
+            return chained.next(done)
+
         def chain(which: Phase) -> sfn.Chain:
-            """The phase's steps in registry order; a step with run_if sits behind "<Label>?"
-            and is skipped when its path is absent."""
+            """The phase's steps in registry order (see `units`)."""
             steps = phase(which)
             if not steps:
                 raise ValueError(f"the registry has no {which} step")
             start: sfn.State | None = None  # the first state of the steps after this one
             ends: list[sfn.INextable] = []
-            last = None
-            for step in reversed(steps):
-                fragment = run(step)
-                last = last or fragment
-                if start is None:
-                    ends = list(fragment.end_states)
+            last: sfn.IChainable | None = None
+            for unit in reversed(units(steps)):
+                step = unit[0]
+                piece: sfn.Chain | RunOnInstance
+                if len(unit) > 1:
+                    assert step.parallel is not None
+                    piece = together(step.parallel, unit)
+                    piece_ends = list(piece.end_states)
+                    piece_start = piece.start_state
                 else:
-                    fragment.next(start)
-                head: sfn.State = fragment.start_state
-                if step.run_if is not None:
+                    piece = run(step)
+                    piece_ends = list(piece.end_states)
+                    piece_start = piece.start_state
+                last = last or piece
+                if start is None:
+                    ends = piece_ends
+                else:
+                    piece.next(start)
+                head: sfn.State = piece_start
+                if len(unit) == 1 and step.run_if is not None:
                     skip: sfn.State
                     if start is None:
                         skip = sfn.Pass(self, f"{step.label}.Skipped")
                         ends.append(skip)
                     else:
                         skip = start
-                    head = (
-                        sfn.Choice(self, f"{step.label}?")
-                        .when(sfn.Condition.is_present(step.run_if), fragment)
-                        .otherwise(skip)
-                    )
+                    head = guarded(step, piece, skip)
                 start = head
             assert start is not None and last is not None
             return sfn.Chain.custom(start, ends, last)

@@ -1,4 +1,4 @@
-"""DynamoDB tables: the per-instance deployment lock and the deployment ledger."""
+"""DynamoDB tables: the per-instance deployment lock, the deployment ledger, the step tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from stacks.checkov_skips import skip_checks
 
 TABLE_CHECKOV_SKIPS = {
     "CKV_AWS_119": (
-        "Lock items and deployment records (model names, plans, timings) hold no secrets; "
+        "Lock items, deployment records (model names, plans, timings) and step tokens hold no secrets; "
         "encrypted at rest with the AWS owned key"
     ),
 }
@@ -44,5 +44,18 @@ class DeploymentTables(Construct):
             ),
             removal_policy=RemovalPolicy.RETAIN,
         )
-        for table in (self.lock, self.ledger):
+        # One item per instance step waiting for its command's end (core/completion.py): the
+        # Await's task token under "<command id>/<instance id>"; `expires_at` removes leftovers.
+        self.tokens = dynamodb.Table(
+            self,
+            "StepTokens",
+            partition_key=dynamodb.Attribute(name="invocation", type=dynamodb.AttributeType.STRING),
+            time_to_live_attribute="expires_at",
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        for table in (self.lock, self.ledger, self.tokens):
             skip_checks(table, TABLE_CHECKOV_SKIPS)

@@ -45,6 +45,15 @@ def instance_id(local_cloud: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def second_instance_id(local_cloud: Any) -> str:
+    """A second instance of the stack (sandboxed only by the tests that use it: two instances'
+    SSM events must never cross, tests/e2e/test_command_events.py)."""
+    from local.environment import launch_instance
+
+    return launch_instance(local_cloud)
+
+
+@pytest.fixture(scope="session")
 def model_bucket(local_cloud: Any) -> str:
     from local.environment import model_bucket as ensure_model_bucket
 
@@ -71,12 +80,15 @@ def sandbox(
 
 
 @pytest.fixture(scope="session")
-def stack_context(instance_id: str, model_bucket: str, sandbox: Any, ports: Ports) -> dict[str, Any]:
+def stack_context(
+    instance_id: str, second_instance_id: str, model_bucket: str, sandbox: Any, ports: Ports
+) -> dict[str, Any]:
     from local.environment import stack_context as context_for
 
     # Budgets short enough for the timeout faults, long enough for a tiny model on 2 busy cores.
     return context_for(instance_id, model_bucket, sandbox, ports) | {
-        "step_budgets": {"install": 90, "health_check": 120}
+        "step_budgets": {"install": 90, "health_check": 120},
+        "instance_ids": [instance_id, second_instance_id],  # the first is the default
     }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from asoba_deploy.cli.follow import Finished, Progress, follow
+from asoba_deploy.cli.follow import CommandOutput, Finished, Progress, follow
 from asoba_deploy.cli.render import (
     InstanceStatus,
     Term,
@@ -141,6 +141,9 @@ def run_and_follow(
             ctx.out.write(json.dumps({"executionArn": arn}) + "\n")
         return None
     progress = ctx.progress()
+    # the sync's (and the load's) progress lines, from the command-output log group
+    group = ctx.stack.command_log_group
+    output = CommandOutput(ctx.aws.client("logs"), group) if group else None
     try:
         return follow(
             ctx.aws.client("stepfunctions"),
@@ -149,6 +152,7 @@ def run_and_follow(
             poll_seconds=ctx.poll_seconds,
             timeout=ctx.timeout,
             sleep=ctx.sleep,
+            output=output,
         )
     except KeyboardInterrupt:
         ctx.err.write(

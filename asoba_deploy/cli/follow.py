@@ -25,15 +25,18 @@ from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from pydantic import ValidationError
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
+from rich.table import Table
 from rich.text import Text
 
 from asoba_deploy.cli.render import (
     PLAIN,
     Term,
     human_bytes,
+    human_rate,
     human_seconds,
     plan_of,
     sync_summary,
@@ -157,10 +160,26 @@ def _stop_flux(outcome: Outcome) -> str:
 
 def _install(outcome: Outcome) -> str:
     result = outcome.result
-    text = f"{result.get('unit', '?')} {result.get('state', '?')} on port {result.get('port', '?')}"
+    text = f"{result.get('unit', '?')} installed for port {result.get('port', '?')}"
     flags = (("venv_created", "venv created"), ("pip_ran", "pip ran"))
     extras = [label for flag, label in flags if result.get(flag)]
     return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _start_service(outcome: Outcome) -> str:
+    result = outcome.result
+    text = f"{result.get('unit', '?')} {result.get('state', '?')}"
+    if result.get("main_pid"):
+        text += f" (pid {result['main_pid']})"
+    sync = result.get("sync")
+    if sync == "complete":
+        waited = result.get("wait_seconds")
+        text += "; this execution's sync was complete"
+        if result.get("waited") and isinstance(waited, int | float):
+            text += f" after {human_seconds(waited)}"
+    elif sync:
+        text += f"; sync {sync}"
+    return text
 
 
 def _health_check(outcome: Outcome) -> str:
@@ -204,6 +223,7 @@ SUMMARIES: dict[str, Callable[[Outcome], str]] = {
     "stop-flux": _stop_flux,
     "sync": lambda outcome: sync_summary(outcome.result),
     "install": _install,
+    "start-service": _start_service,
     "health-check": _health_check,
     "check-instance": _check_instance,
     "rollback": _rollback,
@@ -236,45 +256,102 @@ class Step:
     error: str | None = None
     cause: str | None = None
     last_heartbeat: float = 0.0
+    finished: bool = False  # an instance step's `<Label>.Result` exited: it is done
+    command: CommandRef | None = None  # the command in flight (for its progress lines)
+    progress: Mapping[str, Any] | None = None  # the command's last {"progress": {...}} line
+
+
+def progress_text(progress: Mapping[str, Any] | None) -> str:
+    """'412.3 MiB of 1.2 GiB (33%), 98.2 MiB/s, ETA 8 s' from a command's progress line; a line
+    without sizes (the runtime loading) says what it has: its status and time so far."""
+    if not isinstance(progress, Mapping):
+        return ""
+    done, total = progress.get("bytes"), progress.get("total_bytes")
+    parts: list[str] = []
+    if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+        parts.append(f"{human_bytes(done)} of {human_bytes(total)} ({min(100.0, 100.0 * done / total):.0f}%)")
+    elif isinstance(done, int | float):
+        parts.append(human_bytes(done))
+    if progress.get("status"):
+        parts.append(str(progress["status"]))
+    rate = progress.get("rate")
+    if isinstance(rate, int | float) and rate > 0:
+        parts.append(human_rate(rate))
+    eta = progress.get("eta_s")
+    if isinstance(eta, int | float):
+        parts.append(f"ETA {human_seconds(eta)}")
+    elif isinstance(progress.get("elapsed_s"), int | float) and not parts:
+        parts.append(f"{human_seconds(progress['elapsed_s'])} so far")
+    return ", ".join(parts)
+
+
+def progress_fraction(progress: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """(completed, total) for a bar, when the progress line has sizes."""
+    if not isinstance(progress, Mapping):
+        return None
+    done, total = progress.get("bytes"), progress.get("total_bytes")
+    if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+        return float(min(done, total)), float(total)
+    return None
 
 
 class _Running:
-    """The live line of the step that runs: spinner, name, time so far, what SSM says."""
+    """The live lines of the steps that run (several at once in a parallel group): spinner, name,
+    time so far, what SSM says; a progress bar with bytes, rate and ETA under a step whose
+    command streams progress lines (the sync; the runtime's load)."""
+
+    BAR_WIDTH = 30
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.spinner = Spinner("dots", style="cyan")
+        self.spinners: dict[str, Spinner] = {}
 
     def __rich__(self) -> RenderableType:
-        step = self.progress.current
-        if step is None or step.exited_at is not None:
-            return Text("")
-        waited = (self.progress.history_now() - step.entered_at).total_seconds()
-        self.spinner.update(
-            text=Text.assemble(
-                (step.name.ljust(NAME_WIDTH), "bold"),
-                " ",
-                (f"{human_seconds(max(0.0, waited)):>9}  {self.progress.note(step)}", "dim"),
+        rows: list[RenderableType] = []
+        now = self.progress.history_now()
+        for step in self.progress.running.values():
+            if step.finished or (step.exited_at is not None and not step.instance_step):
+                continue
+            spinner = self.spinners.setdefault(step.state, Spinner("dots", style="cyan"))
+            waited = (now - step.entered_at).total_seconds()
+            spinner.update(
+                text=Text.assemble(
+                    (step.name.ljust(NAME_WIDTH), "bold"),
+                    " ",
+                    (f"{human_seconds(max(0.0, waited)):>9}  {self.progress.note(step)}", "dim"),
+                )
             )
-        )
-        return self.spinner
+            rows.append(spinner)
+            fraction = progress_fraction(step.progress)
+            if fraction is not None:
+                bar = Table.grid(padding=(0, 1))
+                bar.add_row(
+                    Text("  " + " " * NAME_WIDTH),
+                    ProgressBar(total=fraction[1], completed=fraction[0], width=self.BAR_WIDTH),
+                    Text(progress_text(step.progress), style="dim"),
+                )
+                rows.append(bar)
+        return Group(*rows) if rows else Text("")
 
 
 @dataclass
 class Progress:
-    """Consumes history events in order and writes a line per step start and end."""
+    """Consumes history events in order and writes a line per step start and end. Steps of a
+    parallel group run at once: each is followed by its own state label, and ends when its
+    fragment's `<Label>.Result` exits (a plain task: when the next step starts after it exited)."""
 
     out: TextIO
     term: Term = PLAIN
     clock: Callable[[], float] = time.monotonic
     started_at: datetime | None = None
-    current: Step | None = None
+    running: dict[str, Step] = field(default_factory=dict)  # by state label, in start order
     steps: list[Step] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
     labels: dict[str, registry.Step] = field(init=False, repr=False)
     _console: Console | None = field(init=False, default=None, repr=False)
     _live: Live | None = field(init=False, default=None, repr=False)
     _last_event: tuple[datetime, float] | None = field(init=False, default=None, repr=False)
+    _owners: dict[int, str] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # read when following starts: a step added to the registry shows up without a CLI edit
@@ -282,10 +359,15 @@ class Progress:
         if self.term.color:
             self._console = self.term.console(self.out)
 
+    @property
+    def current(self) -> Step | None:
+        """The step started last among those that run."""
+        return next(reversed(self.running.values()), None)
+
     # -------------------------------------------------------------- output
 
     def start(self) -> None:
-        """On a terminal: show the running step as a live line until `stop`."""
+        """On a terminal: show the running steps as live lines until `stop`."""
         if self.term.live and self._console is not None and self._live is None:
             self._live = Live(
                 _Running(self),
@@ -342,18 +424,49 @@ class Progress:
             self.started_at = moment
         entered = event.get("stateEnteredEventDetails")
         exited = event.get("stateExitedEventDetails")
+        owner = self._owner_of(event, entered)
         if entered:
             self._entered(kind, str(entered.get("name", "")), moment)
         elif exited:
             self._exited(str(exited.get("name", "")), exited.get("output"), moment)
         elif kind in ("LambdaFunctionFailed", "TaskFailed", "LambdaFunctionTimedOut", "TaskTimedOut"):
             details = _details(event)
-            if self.current is not None:
-                self.current.error = details.get("error") or kind
-                self.current.cause = details.get("cause")
+            step = self._failing(str(details.get("error") or ""), owner)
+            if step is not None:
+                step.error = details.get("error") or kind
+                step.cause = details.get("cause")
+        elif kind in ("ParallelStateFailed", "ParallelStateAborted"):
+            # a branch failed: the others were stopped; each running step ends here
+            self._close_all(moment)
         elif kind in TERMINAL_EVENTS:
             details = _details(event)
-            self._close(moment, details.get("error"), details.get("cause"))
+            self._close_all(moment, details.get("error"), details.get("cause"))
+
+    def _owner_of(self, event: Mapping[str, Any], entered: Any) -> str | None:
+        """The state label an event belongs to, by its previousEventId chain (AWS links each
+        event to the one that caused it), for a failure in one of several running branches."""
+        event_id = event.get("id")
+        if not isinstance(event_id, int):
+            return None
+        if entered:
+            owner: str | None = str(entered.get("name", "")).partition(".")[0]
+        else:
+            previous = event.get("previousEventId")
+            owner = self._owners.get(previous) if isinstance(previous, int) else None
+        if owner is not None:
+            self._owners[event_id] = owner
+        return owner
+
+    def _failing(self, error: str, owner: str | None) -> Step | None:
+        """The running step an error belongs to: the one its typed error names
+        (`SyncFailed` -> Sync), else the one its events descend from, else the last started."""
+        for step in self.running.values():
+            known = self.labels.get(step.state)
+            if known is not None and error == known.error.__name__:
+                return step
+        if owner is not None and owner in self.running:
+            return self.running[owner]
+        return self.current
 
     def _step(self, state: str, moment: datetime) -> Step:
         known = self.labels.get(state)
@@ -370,49 +483,87 @@ class Progress:
 
     def _entered(self, kind: str, name: str, moment: datetime) -> None:
         group, _, sub = name.partition(".")
-        current = self.current
-        if current is not None and group == current.state:
+        step = self.running.get(group)
+        if step is not None:
+            # the step goes on in its fragment: an error before (a safety-net round's timeout)
+            # was handled there
+            step.error = step.cause = None
             if sub:
-                current.instance_step = True
-                current.exited_at = None  # X exited, but X.Wait follows: the step goes on
+                step.instance_step = True
+                step.exited_at = None  # X exited, but X.Wait follows: the step goes on
             elif kind in STEP_TYPES:
-                current.runs += 1  # sent again (the health check while the model loads)
+                step.runs += 1  # sent again (the health check while the model loads)
             return
-        self._close(moment)
         if kind in STEP_TYPES:
-            self.current = self._step(name, moment)
-            self._line(moment, "start", "cyan", self.current.name)
+            # steps that ended (or failed) before this one started end now; a step of the same
+            # parallel group still running goes on beside it
+            self._close_ended(moment)
+            self.running[name] = self._step(name, moment)
+            self._line(moment, "start", "cyan", self.running[name].name)
         elif kind == "SucceedStateEntered":
+            self._close_all(moment)
             self._line(moment, "end  ", "bold green", name)
         elif kind == "FailStateEntered":
+            self._close_all(moment)
             self._line(moment, "FAIL ", "bold red", name)
 
     def _exited(self, name: str, output: Any, moment: datetime) -> None:
-        current = self.current
-        if current is None:
-            return
         group, _, sub = name.partition(".")
-        if group != current.state:
-            return
-        if not sub:
-            current.exited_at, current.output = moment, output
-            current.error = current.cause = None  # a retry succeeded
-        elif sub == "Result":
-            current.exited_at, current.output = moment, output
-        elif sub == "Poll":
-            current.last_poll = output
-
-    def _close(self, moment: datetime, error: str | None = None, cause: str | None = None) -> None:
-        step, self.current = self.current, None
+        step = self.running.get(group)
         if step is None:
             return
+        state = _json(output)
+        if isinstance(state, Mapping):
+            command = _command(state.get("command"))
+            if command is not None and (step.key is None or command.step == step.key):
+                step.command = command
+        if not sub:
+            step.exited_at, step.output = moment, output
+            step.error = step.cause = None  # a retry succeeded
+        elif sub == "Result":
+            step.exited_at, step.output = moment, output
+            step.error = step.cause = None
+            step.finished = True
+            self._close(step, moment)
+        elif sub in ("Poll", "Await"):
+            step.last_poll = output
+
+    def _ended(self, step: Step) -> bool:
+        return (
+            step.finished or step.error is not None or (step.exited_at is not None and not step.instance_step)
+        )
+
+    def _close_ended(self, moment: datetime) -> None:
+        for step in [s for s in self.running.values() if self._ended(s)]:
+            self._close(step, moment)
+
+    def _close_all(self, moment: datetime, error: str | None = None, cause: str | None = None) -> None:
+        # the failed first: the steps stopped beside them are their consequence
+        for step in sorted(self.running.values(), key=lambda s: s.error is None):
+            self._close(step, moment, error, cause)
+
+    def _close(
+        self, step: Step, moment: datetime, error: str | None = None, cause: str | None = None
+    ) -> None:
+        if self.running.pop(step.state, None) is None:
+            return
         self.steps.append(step)
-        if step.exited_at is not None:
+        if step.exited_at is not None and step.error is None:
             took = (step.exited_at - step.entered_at).total_seconds()
             detail = self._detail(step)
             self._line(step.exited_at, "done ", "green", step.name, f"{human_seconds(took):>9}  {detail}")
             return
         took = (moment - step.entered_at).total_seconds()
+        if step.error is None and error is None:
+            # a branch beside one that failed: Step Functions stopped it
+            self._line(
+                moment,
+                "stop ",
+                "yellow",
+                step.name,
+                f"{human_seconds(took):>9}  stopped: another step failed",
+            )
+            return
         name = step.error or error or "failed"
         message = unwrap_cause(step.cause if step.error else cause)
         self.failed_steps.append(step.name)
@@ -436,29 +587,89 @@ class Progress:
         return summarize(step.name, Outcome(state=state, command=command))
 
     def note(self, step: Step) -> str:
-        """What is known about a running step: its command's SSM status, the runtime's, the run."""
+        """What is known about a running step: its progress (bytes, rate, ETA), its command's SSM
+        status, the runtime's, the run."""
+        shown = progress_text(step.progress)
         poll = _json(step.last_poll) or {}
         command = _command(poll.get("command")) if isinstance(poll, Mapping) else None
         if command is None:
-            return "still running"
+            return shown or "still running"
         status = (command.result or {}).get("status")
         note = f"still running (command {command.ssm_status}"
         note += f", runtime {status}" if status else ""
         note += f", run {command.attempt}" if command.attempt > 1 else ""
-        return note + ")"
+        return note + ")" + (f": {shown}" if shown else "")
+
+    def streaming(self) -> list[Step]:
+        """The running instance steps whose command is known: their output streams can be read."""
+        return [
+            s for s in self.running.values() if s.instance_step and s.command is not None and not s.finished
+        ]
 
     def heartbeat(self) -> None:
-        """Every HEARTBEAT_SECONDS while a step runs (not live): a line saying it still runs."""
-        step = self.current
-        if self._live is not None or step is None or step.exited_at is not None:
+        """Every HEARTBEAT_SECONDS while steps run (not live): a line per step saying it still runs."""
+        if self._live is not None:
             return
         tick = self.clock()
-        if tick - step.last_heartbeat < HEARTBEAT_SECONDS:
-            return
-        step.last_heartbeat = tick
-        now = self.history_now()
-        waited = (now - step.entered_at).total_seconds()
-        self._line(now, "..   ", "dim", step.name, f"{human_seconds(waited):>9}  {self.note(step)}")
+        for step in self.running.values():
+            if step.finished or (step.exited_at is not None and not step.instance_step):
+                continue
+            if tick - step.last_heartbeat < HEARTBEAT_SECONDS:
+                continue
+            step.last_heartbeat = tick
+            now = self.history_now()
+            waited = (now - step.entered_at).total_seconds()
+            self._line(now, "..   ", "dim", step.name, f"{human_seconds(waited):>9}  {self.note(step)}")
+
+
+class CommandOutput:
+    """Reads the progress lines the running steps' commands stream to the command-output log
+    group (the SSM agent's CloudWatchOutputConfig: stream <command-id>/<instance-id>/<plugin>/
+    stderr), from where it left off; a stream not there yet or a refused read is no progress."""
+
+    def __init__(self, logs: Any, log_group: str) -> None:
+        self.logs = logs
+        self.log_group = log_group
+        self._tokens: dict[str, str] = {}
+
+    def stream_of(self, command: CommandRef) -> str:
+        plugin = command.plugins[-1] if command.plugins else registry.by_key(command.step).plugin
+        return f"{command.command_id}/{command.instance_id}/{plugin}/stderr"
+
+    def latest(self, command: CommandRef) -> Mapping[str, Any] | None:
+        """The last progress line written since the previous read, if any."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        stream = self.stream_of(command)
+        found: Mapping[str, Any] | None = None
+        request: dict[str, Any] = {
+            "logGroupName": self.log_group,
+            "logStreamName": stream,
+            "startFromHead": True,
+        }
+        for _ in range(10):  # pages of new events; the rest next time
+            if stream in self._tokens:
+                request["nextToken"] = self._tokens[stream]
+            try:
+                page = self.logs.get_log_events(**request)
+            except (ClientError, BotoCoreError):
+                return found
+            for event in page.get("events", []):
+                line = _json(event.get("message"))
+                if isinstance(line, Mapping) and isinstance(line.get("progress"), Mapping):
+                    found = line["progress"]
+            token = page.get("nextForwardToken")
+            if not token or token == self._tokens.get(stream):
+                break
+            self._tokens[stream] = token
+        return found
+
+    def update(self, progress: Progress) -> None:
+        for step in progress.streaming():
+            assert step.command is not None
+            latest = self.latest(step.command)
+            if latest is not None:
+                step.progress = latest
 
 
 # ------------------------------------------------------------------------------- following
@@ -528,8 +739,10 @@ def follow(
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    output: CommandOutput | None = None,
 ) -> Finished:
-    """Poll until the execution ends, feeding every new history event to ``progress``."""
+    """Poll until the execution ends, feeding every new history event to ``progress``, and the
+    running steps' progress lines from ``output`` (the command-output log group) when given."""
     started = clock()
     reader = HistoryReader(sfn, arn)
     if progress is not None:
@@ -546,21 +759,22 @@ def follow(
             if timeout is not None and clock() - started > timeout:
                 raise TimeoutError(f"execution {arn.rsplit(':', 1)[-1]} still RUNNING after {timeout:.0f} s")
             if progress is not None:
+                if output is not None:
+                    output.update(progress)
                 progress.heartbeat()
             sleep(poll_seconds)
-        if progress is not None and progress.current is not None:
-            progress._close(_timestamp(described.get("stopDate") or progress.history_now()))
+        if progress is not None and progress.running:
+            progress._close_all(_timestamp(described.get("stopDate") or progress.history_now()))
     finally:
         if progress is not None:
             progress.stop()
     error, cause = described.get("error"), described.get("cause")
     if status != "SUCCEEDED" and not error:
         error, cause = _failure_from(reversed(reader.events))
-    output = _json(described.get("output"))
     return Finished(
         arn=arn,
         status=status,
-        output=output,
+        output=_json(described.get("output")),
         error=error,
         cause=cause,
         seconds=clock() - started,

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from asoba_deploy.core import steps as registry
-from asoba_deploy.core.ledger import LedgerRecord
+from asoba_deploy.core.ledger import ESTIMATE_TOLERANCE, LedgerRecord, TimeToHealthy
 from asoba_deploy.core.planner import DiskEstimate, MemoryEstimate, Plan
 
 KIB = 1024
@@ -288,6 +288,31 @@ def _breakdown(estimate: MemoryEstimate) -> str:
     return " + ".join(f"{name} {human_bytes(value)}" for name, value in estimate.breakdown.items()) or "-"
 
 
+def _models_root(plan: Plan) -> str:
+    """The chosen root and why (planner.roots): each candidate's device, free space, rate."""
+    return f"{plan.models_root}\n{plan.models_root_reason}" if plan.models_root_reason else plan.models_root
+
+
+def _time_to_healthy(plan: Plan) -> str:
+    """The estimate and its parts (planner.timing), with the rates they came from."""
+    estimate = plan.time_to_healthy
+    if estimate is None:
+        return "- (not estimated by this plan)"
+    basis = estimate.basis
+    waits = "install, then" if basis.get("load_from") == "stream" else "sync | install side by side, then"
+    lines = [
+        f"~{human_seconds(estimate.estimate_s)} ({waits} load and warm-up)",
+        f"transfer {human_seconds(estimate.transfer_s)}: {human_bytes(basis.get('transfer_bytes', 0))} at "
+        f"{human_rate(basis.get('transfer_bytes_per_s'))} (link {human_rate(basis.get('link_bytes_per_s'))}, "
+        f"disk writes {human_rate(basis.get('write_bytes_per_s'))} {basis.get('write_rate_from', '')})",
+        f"install {human_seconds(estimate.install_s)}: {basis.get('install', '')}",
+        f"load {human_seconds(estimate.load_s)}: {human_bytes(basis.get('load_bytes', 0))} from "
+        f"{basis.get('load_from', 'disk')} at {human_rate(basis.get('load_bytes_per_s'))}",
+        f"warm-up {human_seconds(estimate.warmup_s)}: the {basis.get('engine', plan.engine)} engine's start",
+    ]
+    return "\n".join(lines)
+
+
 def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
     """Every decision of the plan (asoba_deploy.core.planner), as the planner made it."""
     catalog = f"catalog tier {plan.tier}" if plan.in_catalog else "not in the catalog: generic deploy"
@@ -331,6 +356,8 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
         ("context", f"{plan.context_tokens} tokens reserved for the KV cache"),
         ("parameters", human_count(plan.parameters)),
         ("model path", plan.model_path),
+        ("models root", _models_root(plan)),
+        ("time to healthy", _time_to_healthy(plan)),
         (
             "endpoints",
             "\n".join(
@@ -415,6 +442,39 @@ def sync_summary(result: Mapping[str, Any] | None) -> str:
     return text
 
 
+def time_to_healthy_line(timing: TimeToHealthy | None) -> str:
+    """'36.2 s, estimate 40.0 s (-9%, within +-30%); sync 18.5 s (est. 20.0 s), install 6.0 s
+    (est. 8.0 s), load 13.2 s (est. 12.0 s)': the measured time beside the plan's."""
+    if timing is None or (timing.actual_s is None and timing.estimate_s is None):
+        return ""
+    text = human_seconds(timing.actual_s) if timing.actual_s is not None else "not healthy"
+    if timing.estimate_s is None:
+        text += ", no estimate"
+    else:
+        text += f", estimate {human_seconds(timing.estimate_s)}"
+        ratio = timing.ratio
+        if ratio is not None:
+            verdict = "within" if timing.within() else "outside"
+            text += f" ({(ratio - 1) * 100:+.0f}%, {verdict} +-{ESTIMATE_TOLERANCE:.0%})"
+    estimated = timing.estimated_parts
+    load_estimate = None
+    if "load_s" in estimated:
+        load_estimate = estimated["load_s"] + estimated.get("warmup_s", 0.0)
+    parts = []
+    for name, measured, planned in (
+        ("sync", timing.transfer_s, estimated.get("transfer_s")),
+        ("install", timing.install_s, estimated.get("install_s")),
+        ("load", timing.load_s, load_estimate),
+    ):
+        if measured is None:
+            continue
+        part = f"{name} {human_seconds(measured)}"
+        if planned is not None:
+            part += f" (est. {human_seconds(planned)})"
+        parts.append(part)
+    return text + ("; " + ", ".join(parts) if parts else "")
+
+
 def record_view(record: LedgerRecord) -> RenderableType:
     """What a finished deployment did, from its ledger record (the execution's output)."""
     model = record.model or "?"
@@ -452,6 +512,9 @@ def record_view(record: LedgerRecord) -> RenderableType:
     if sync:
         rows.append(("sync", sync))
     rows.append(("steps", step_timings(record)))
+    healthy = time_to_healthy_line(record.time_to_healthy)
+    if healthy:
+        rows.append(("to healthy", healthy))
     took = seconds_between(record.started_at, record.finished_at)
     rows.append(("took", f"{human_seconds(took)} (from {human_time(record.started_at)} UTC)"))
     if record.cost_per_hour_usd is not None:

@@ -94,6 +94,7 @@ class StackInfo:
     instance_roots: dict[str, str] = field(default_factory=dict)
     flux_service: str = DEFAULT_FLUX_SERVICE
     instance_type: str = ""
+    command_log_group: str = ""  # where the long steps' progress lines stream (optional)
 
     @classmethod
     def from_outputs(cls, name: str, outputs: dict[str, str]) -> StackInfo:
@@ -119,6 +120,7 @@ class StackInfo:
             instance_roots=roots,
             flux_service=outputs.get("FluxService") or DEFAULT_FLUX_SERVICE,
             instance_type=outputs.get("InstanceType", ""),
+            command_log_group=outputs.get("CommandLogGroup", ""),
         )
 
     @classmethod

@@ -66,6 +66,8 @@ class CommandRef(BaseModel):
     ssm_status: str = "Pending"
     result: dict[str, Any] | None = None
     wait_seconds: int = 1  # the next Wait (SecondsPath): see next_wait
+    # The Await's TimeoutSecondsPath: one safety-net round (see await_timeout); the SSM event ends it sooner
+    await_seconds: int = 600
     expect: dict[str, Any] | None = None  # what a successful result must show (see core/steps.py)
     execution_name: str | None = None  # the log correlation id
     finished_at: float | None = None  # when the command itself ended (SSM's clock)
@@ -82,6 +84,39 @@ def _raise_transient(error: ClientError) -> None:
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+IN_FLIGHT = ("Pending", "InProgress", "Delayed")
+
+
+def cancel_in_flight(ssm: Any, *, instance_id: str, execution_name: str, since: float) -> list[str]:
+    """Cancel this execution's commands still running on the instance (sent since `since`, the
+    comment naming the execution): when one branch of a parallel group fails, Step Functions
+    stops the other branch's state, not its command. The ids cancelled."""
+    cancelled: list[str] = []
+    for status in ("Pending", "InProgress"):  # ListCommands' Status filter takes no "Delayed"
+        kwargs: dict[str, Any] = {
+            "InstanceId": instance_id,
+            "Filters": [{"key": "Status", "value": status}, {"key": "InvokedAfter", "value": _iso(since)}],
+        }
+        while True:
+            try:
+                page = ssm.list_commands(**kwargs)
+            except ClientError as error:
+                _raise_transient(error)
+                raise
+            for command in page.get("Commands", []):
+                # SSM filters on its side; moto ignores Filters, so both are checked here again
+                mine = str(command.get("Comment", "")).endswith(f" {execution_name}")
+                if command.get("Status") in IN_FLIGHT and mine and command["CommandId"] not in cancelled:
+                    with contextlib.suppress(ClientError):  # it ended meanwhile
+                        ssm.cancel_command(CommandId=command["CommandId"], InstanceIds=[instance_id])
+                    cancelled.append(str(command["CommandId"]))
+            token = page.get("NextToken")
+            if not token:
+                break
+            kwargs["NextToken"] = token
+    return cancelled
 
 
 def find_sent(
@@ -198,6 +233,23 @@ def next_wait(ref: CommandRef, *, now: float, interval: int) -> int:
     return max(1, min(seconds, max(interval, remaining)))
 
 
+# An Await round that would end at the deadline ends this much after it: the agent's own
+# executionTimeout (and its event) comes first; the round's read then sees it ended.
+AWAIT_GRACE_SECONDS = 5
+# A command's safety net runs at most this many rounds: a long budget gets longer rounds, so a
+# step's history stays bounded whatever the configured interval (local/limits.py).
+MAX_AWAIT_ROUNDS = 60
+
+
+def await_timeout(ref: CommandRef, *, now: float, safety_net: int) -> int:
+    """Seconds one Await round waits for the command's status-change event before it reads the
+    invocation itself: the safety net (longer for a budget of more than MAX_AWAIT_ROUNDS of
+    them), or until just past the deadline when that comes first."""
+    round_seconds = max(safety_net, math.ceil((ref.deadline - ref.first_sent_at) / MAX_AWAIT_ROUNDS))
+    remaining = math.ceil(ref.deadline - now) + AWAIT_GRACE_SECONDS
+    return max(1, min(round_seconds, remaining))
+
+
 def last_json_line(stdout: str) -> dict[str, Any] | None:
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
@@ -218,6 +270,9 @@ def _timestamp(value: Any) -> float | None:
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(value).timestamp()
     return None
+
+
+timestamp_of = _timestamp  # an ISO 8601 time (e.g. the execution's start) as epoch seconds
 
 
 TERMINAL_FAILURES = ("Failed", "TimedOut", "Cancelled", "Cancelling", "Undeliverable", "Terminated")
@@ -305,8 +360,13 @@ def output_truncated(stdout: str) -> bool:
     return stdout.endswith(TRUNCATED_SUFFIX) or stdout.endswith(TRUNCATED_MARKER)
 
 
+PROGRESS_PREFIX = '{"progress"'  # a long step's progress lines on stderr (the sync's)
+
+
 def _tails(stdout: str, stderr: str) -> str:
-    """The end of a failed command's output, for the failure's cause (never kept in the state)."""
+    """The end of a failed command's output, for the failure's cause (never kept in the state);
+    progress lines say nothing about the failure and are left out."""
+    stderr = "\n".join(line for line in stderr.splitlines() if not line.startswith(PROGRESS_PREFIX))
     parts = [
         f"\n--- {name} (last {FAILURE_TAIL} characters) ---\n{text.strip()[-FAILURE_TAIL:]}"
         for name, text in (("stderr", stderr), ("stdout", stdout))

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,6 +46,8 @@ class StepBudgets(BaseModel):
     stop_flux: int = Field(default=180, ge=10)
     sync: int = Field(default=3600, ge=30)
     install: int = Field(default=1800, ge=30)
+    # start-service: waiting for this execution's sync marker (normally there already) + restart
+    start_service: int = Field(default=300, ge=30)
     health_check: int = Field(default=300, ge=10)
     health_check_per_gb: int = Field(default=20, ge=0)
     rollback: int = Field(default=600, ge=30)
@@ -96,6 +98,10 @@ class DeployConfig(BaseModel):
     flux_service: Annotated[str, Field(pattern=UNIT)] = "flux-api.service"
     thresholds: Thresholds = Field(default_factory=Thresholds)
     poll_interval_seconds: int = Field(default=5, ge=1, le=300)
+    # The event-driven steps' safety net: an instance step that heard no SSM status-change event
+    # reads its invocation once every this many seconds (a lost event costs at most one round);
+    # 15 min keeps a step that runs an hour under 50 history events (bench/orchestration_lag.py).
+    safety_net_seconds: int = Field(default=900, ge=1, le=3600)
     step_budgets: StepBudgets = Field(default_factory=StepBudgets)
     validation_rate_minutes: int = Field(default=60, ge=1, le=1440)
     alarm_email: Annotated[str, Field(pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")] = ""
@@ -103,11 +109,29 @@ class DeployConfig(BaseModel):
     base_python: Annotated[str, Field(pattern=ABS_PATH)] = "/usr/bin/python3"
     service_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "ubuntu"
     serving: Serving = Field(default_factory=Serving)
+    # Candidate models roots, in order of preference when their measured rates tie (e.g. the
+    # NVMe instance store's mount first, then the EBS root): collect-resources measures each and
+    # the plan picks the fastest with room. Empty: instance_roots.models_root alone.
+    models_roots: Annotated[list[Annotated[str, Field(pattern=ABS_PATH)]], Field(max_length=8)] = Field(
+        default_factory=list
+    )
+    # The instance's sustained network rate to S3, for the plan's time_to_healthy: a g5.4xlarge
+    # sustains 10 Gbps ("up to 25" is its burst; about 5 Gbps through an internet gateway rather
+    # than an S3 gateway endpoint).
+    link_gbps: float = Field(default=10.0, gt=0, le=400)
+    # Where the runtime loads the weights from (core.loading): auto lets the plan choose stream
+    # (from S3 into memory) or disk (sync, then load); stream or disk forces that one.
+    load_from: Literal["auto", "stream", "disk"] = "auto"
 
-    @field_validator("instance_ids", mode="before")
+    @property
+    def candidate_models_roots(self) -> list[str]:
+        """The roots collect-resources measures: models_roots, else the models root alone."""
+        return list(self.models_roots) or [self.instance_roots.models_root]
+
+    @field_validator("instance_ids", "models_roots", mode="before")
     @classmethod
     def _split_ids(cls, value: Any) -> Any:
-        # `-c instance_ids=i-1,i-2` arrives as one string
+        # `-c instance_ids=i-1,i-2` (or models_roots=/a,/b) arrives as one string
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):

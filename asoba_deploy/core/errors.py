@@ -57,7 +57,11 @@ class SyncFailed(CommandFailed):
 
 
 class InstallFailed(CommandFailed):
-    """The runtime could not be installed or started."""
+    """The runtime could not be installed."""
+
+
+class StartServiceFailed(CommandFailed):
+    """The service could not be started, or the model's sync never completed for it."""
 
 
 class HealthCheckFailed(CommandFailed):

@@ -33,6 +33,38 @@ class StepTiming(BaseModel):
     attempts: int = 1
 
 
+# The plan's estimate is good when the measured time is within this share of it (make demo says).
+ESTIMATE_TOLERANCE = 0.3
+
+
+class TimeToHealthy(BaseModel):
+    """The plan's prediction beside what this execution measured. The parts come from the
+    commands' own timings (SSM's end of each command): transfer_s the sync command, install_s
+    the install command, load_s from start-service's end (the unit restarted) to the health
+    check's (it saw healthy); actual_s from the execution's start to the health check's end."""
+
+    estimate_s: float | None = None  # $.plan.time_to_healthy.estimate_s (null: no estimate)
+    actual_s: float | None = None
+    transfer_s: float | None = None
+    install_s: float | None = None
+    load_s: float | None = None
+    # the plan's own parts, for the comparison (transfer_s, install_s, load_s, warmup_s)
+    estimated_parts: dict[str, float] = {}
+
+    @property
+    def ratio(self) -> float | None:
+        """actual / estimate, when both are known."""
+        if self.estimate_s is None or self.actual_s is None or self.estimate_s <= 0:
+            return None
+        return self.actual_s / self.estimate_s
+
+    def within(self, tolerance: float = ESTIMATE_TOLERANCE) -> bool | None:
+        """Whether the actual time is within +-tolerance of the estimate (None: not both known)."""
+        if self.ratio is None or self.estimate_s is None or self.actual_s is None:
+            return None
+        return abs(self.actual_s - self.estimate_s) <= tolerance * self.estimate_s
+
+
 class LedgerRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -55,6 +87,7 @@ class LedgerRecord(BaseModel):
     steps: dict[str, StepTiming] = {}
     results: dict[str, Any] = {}
     plan: dict[str, Any] | None = None
+    time_to_healthy: TimeToHealthy | None = None
     error: str | None = None
     cause: str | None = None
 
@@ -67,6 +100,51 @@ def _timing(command: CommandRef) -> StepTiming:
         command_seconds=round(finished - sent, 3) if finished is not None else None,
         lag_seconds=round(seen - finished, 3) if seen is not None and finished is not None else None,
         attempts=command.attempt,
+    )
+
+
+def _iso_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _ended(command: CommandRef | None) -> float | None:
+    """When the command ended on SSM's clock (else when the state machine saw it end)."""
+    if command is None:
+        return None
+    return command.finished_at if command.finished_at is not None else command.seen_at
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return round(end - start, 3) if start is not None and end is not None and end >= start else None
+
+
+def measure_time_to_healthy(state: ExecutionState) -> TimeToHealthy:
+    """What `TimeToHealthy` says, from the state's finished steps and the plan's estimate."""
+    steps = state.steps
+    sync, install = steps.get("sync"), steps.get("install")
+    started, health = steps.get("start_service"), steps.get("health_check")
+    estimate = state.plan.time_to_healthy if state.plan is not None else None
+    parts: dict[str, float] = {}
+    if estimate is not None:
+        parts = {
+            "transfer_s": estimate.transfer_s,
+            "install_s": estimate.install_s,
+            "load_s": estimate.load_s,
+            "warmup_s": estimate.warmup_s,
+        }
+    healthy_at = _ended(health) if health is not None and health.status == "Success" else None
+    return TimeToHealthy(
+        estimate_s=estimate.estimate_s if estimate is not None else None,
+        actual_s=_span(_iso_seconds(state.started_at), healthy_at),
+        transfer_s=_timing(sync).command_seconds if sync is not None else None,
+        install_s=_timing(install).command_seconds if install is not None else None,
+        load_s=_span(_ended(started), healthy_at),
+        estimated_parts=parts,
     )
 
 
@@ -97,6 +175,7 @@ def build_record(
         steps={key: _timing(command) for key, command in state.steps.items()},
         results={key: command.result for key, command in state.steps.items()},
         plan=plan.model_dump(mode="json") if plan else None,
+        time_to_healthy=None if dry_run else measure_time_to_healthy(state),
         error=state.failure.Error if state.failure else None,
         cause=state.failure.Cause if state.failure else None,
     )

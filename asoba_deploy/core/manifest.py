@@ -3,9 +3,14 @@
 `read_manifest(reader, prefix, model, catalog)`:
 - lists `s3://bucket/<prefix><model>/` (sizes of every file);
 - reads config.json (and quantize_config.json / adapter_config.json when present);
-- follows model.safetensors.index.json to the shards, else takes the top-level
-  *.safetensors files, and reads each file's header with two ranged GETs (8-byte length,
-  then exactly the JSON header): exact parameter counts, dtypes and byte sizes;
+- takes the shards from the listing (`<stem>-00001-of-00016.safetensors` beside
+  `<stem>.safetensors.index.json`: the index, 1.6 MB for a 128-expert MoE, is not read unless
+  the shards are named otherwise), else the top-level *.safetensors files, and reads each
+  file's header length (8 bytes: its tensor bytes are then exact, the format leaves no holes)
+  and, within HEADER_BUDGET_BYTES per folder, the JSON headers: exact parameter counts, dtypes
+  and byte sizes. Headers over the budget (a MoE's 16 shards carry 2.3 MB of them) are read for
+  a sample of shards, the first and last (embeddings, lm_head) among them, and the other shards'
+  exact tensor bytes are split in the sample's proportions (`source: safetensors-sampled`);
 - .bin/.pt-only models fall back to file sizes (parameters = bytes / dtype size), with a warning;
 - detects pre-quantized checkpoints (config.json `quantization_config`: awq, gptq,
   bitsandbytes) and adapters (adapter_config.json): the base model is resolved to a bucket
@@ -33,10 +38,18 @@ from asoba_deploy.core.contracts import check_model_name
 from asoba_deploy.core.errors import InvalidInput, ModelNotFound
 from asoba_deploy.core.quantization import Prequantized
 from asoba_deploy.core.s3 import ObjectInfo, S3Reader
-from asoba_deploy.core.safetensors_header import SafetensorsHeader, TensorInfo, read_header
+from asoba_deploy.core.safetensors_header import (
+    SafetensorsHeader,
+    TensorInfo,
+    read_header_json,
+    read_header_length,
+)
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 DEFAULT_WORKERS = 8
+# JSON headers read per model folder: a model and its AWQ variant (or an adapter and its base),
+# with their config files, stay under the planner's 1 MB of reads.
+HEADER_BUDGET_BYTES = 480_000
 
 FileRole = Literal["config", "index", "weights", "adapter_weights", "tokenizer", "other"]
 QuantKind = Prequantized  # the kinds a stored checkpoint can carry (asoba_deploy.core.quantization)
@@ -114,7 +127,10 @@ class WeightStats(BaseModel):
     quantized: storage of a pre-quantized checkpoint (packed ints, scales, zeros): as stored
     """
 
-    source: Literal["safetensors-header", "file-size"]
+    source: Literal["safetensors-header", "safetensors-sampled", "file-size"]
+    # safetensors: the weight files whose JSON header was read, of how many (sampled: fewer).
+    headers_read: int = 0
+    headers_total: int = 0
     tensors: int = 0
     parameters: int = 0
     linear: TensorGroup = Field(default_factory=TensorGroup)
@@ -378,11 +394,109 @@ def _read_json(reader: S3Reader, key: str, size: int) -> dict[str, Any]:
     return document
 
 
-def _read_headers(reader: S3Reader, files: list[ObjectInfo], workers: int) -> list[SafetensorsHeader]:
-    if len(files) <= 1 or workers <= 1:
-        return [read_header(reader, f.key, f.size) for f in files]
-    with ThreadPoolExecutor(max_workers=min(workers, len(files))) as pool:
-        return list(pool.map(lambda f: read_header(reader, f.key, f.size), files))
+def _parallel(items: list[Any], work: Any, workers: int) -> list[Any]:
+    if len(items) <= 1 or workers <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
+def _sample_order(count: int) -> list[int]:
+    """Shards in the order a sample takes them: the first (embed_tokens) and the last (lm_head,
+    the final norm), then the rest from the front."""
+    if count <= 2:
+        return list(range(count))
+    return [0, count - 1, *range(1, count - 1)]
+
+
+def _embeddings(headers: Iterable[SafetensorsHeader]) -> int:
+    return sum(1 for h in headers for t in h.tensors if t.name.endswith(_EMBEDDING_SUFFIXES))
+
+
+def read_weight_stats(
+    reader: S3Reader,
+    files: list[ObjectInfo],
+    shape: ModelShape,
+    bits: int | None,
+    warnings: list[str],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    budget: int = HEADER_BUDGET_BYTES,
+) -> tuple[WeightStats, list[SafetensorsHeader]]:
+    """The weights' statistics from their headers: every header when they fit `budget`, else a
+    sample (first, last, then in order while the budget lasts, and on until the embeddings the
+    config implies are found) and the exact tensor bytes of the rest, split in its proportions."""
+    lengths: list[int] = _parallel(files, lambda f: read_header_length(reader, f.key, f.size), workers)
+    chosen: list[int] = []
+    if sum(lengths) <= budget:
+        chosen = list(range(len(files)))
+    else:
+        used = 0
+        for index in _sample_order(len(files)):
+            if chosen and used + lengths[index] > budget:
+                continue
+            chosen.append(index)
+            used += lengths[index]
+    headers: list[SafetensorsHeader] = _parallel(
+        chosen, lambda i: read_header_json(reader, files[i].key, lengths[i], files[i].size), workers
+    )
+    expected = 1 if shape.tie_word_embeddings or shape.vocab_size is None else 2
+    rest = [i for i in _sample_order(len(files)) if i not in chosen]
+    while rest and _embeddings(headers) < expected:
+        # The sample must hold the embeddings (kept 16-bit, sized apart): read on until it does.
+        index = rest.pop(0)
+        chosen.append(index)
+        headers.append(read_header_json(reader, files[index].key, lengths[index], files[index].size))
+    stats = stats_from_headers(headers, bits)
+    stats.headers_read, stats.headers_total = len(chosen), len(files)
+    stats.largest_file_bytes = max((f.size for f in files), default=0)
+    unread = [i for i in range(len(files)) if i not in chosen]
+    if unread:
+        data = [files[i].size - 8 - lengths[i] for i in unread]
+        _extrapolate(
+            stats, headers, sum(data), sum(lengths[i] for i in unread), sum(lengths[i] for i in chosen)
+        )
+        warnings.append(
+            f"read the headers of {len(chosen)} of {len(files)} weight files "
+            f"({sum(lengths[i] for i in chosen):,} of {sum(lengths):,} header bytes); the other "
+            f"{len(unread)} files' {sum(data) / (1 << 30):.1f} GiB of tensors (exact, from their "
+            "sizes and header lengths) are split as in the files read"
+        )
+    return stats, headers
+
+
+def _extrapolate(
+    stats: WeightStats, headers: list[SafetensorsHeader], data_bytes: int, header_bytes: int, read_bytes: int
+) -> None:
+    """Add `data_bytes` of tensors of unread files to `stats`, in the proportions of the read
+    files' non-embedding tensors (the embeddings are all among those read)."""
+    groups = {"linear": stats.linear, "other": stats.other, "quantized": stats.quantized}
+    sampled = sum(g.stored_bytes for g in groups.values())
+    embedding_params = stats.embedding.elements
+    dtype_sample: dict[str, int] = {}
+    for header in headers:
+        for tensor in header.tensors:
+            if not tensor.name.endswith(_EMBEDDING_SUFFIXES) or _is_quant_storage(tensor):
+                dtype_sample[tensor.dtype] = dtype_sample.get(tensor.dtype, 0) + tensor.nbytes
+    if sampled == 0:  # the sample held embeddings only: count the rest as bf16 matrices
+        stats.linear.add(data_bytes // 2, data_bytes)
+        stats.parameters += data_bytes // 2
+        stats.dtype_bytes["BF16"] = stats.dtype_bytes.get("BF16", 0) + data_bytes
+        stats.source = "safetensors-sampled"
+        return
+    params_per_byte = (stats.parameters - embedding_params) / sampled
+    extras = {name: data_bytes * g.stored_bytes // sampled for name, g in groups.items()}
+    largest = max(groups, key=lambda name: groups[name].stored_bytes)
+    extras[largest] += data_bytes - sum(extras.values())  # the rounding: the byte total stays exact
+    for name, group in groups.items():
+        if extras[name] and group.stored_bytes:
+            group.add(round(extras[name] * group.elements / group.stored_bytes), extras[name])
+    stats.parameters += round(data_bytes * params_per_byte)
+    total_sample = sum(dtype_sample.values())
+    for dtype, nbytes in dtype_sample.items():
+        stats.dtype_bytes[dtype] = stats.dtype_bytes.get(dtype, 0) + round(data_bytes * nbytes / total_sample)
+    stats.tensors += round(header_bytes * stats.tensors / read_bytes) if read_bytes else 0
+    stats.source = "safetensors-sampled"
 
 
 def _select_weights(
@@ -396,6 +510,9 @@ def _select_weights(
     for index_name, fmt in _WEIGHT_INDEXES.items():
         if index_name not in objects:
             continue
+        listed = _shards_from_listing(index_name, top, model_prefix)
+        if listed:
+            return listed, fmt, None  # the index is not read: the listing names the shards
         index = _read_json(reader, objects[index_name].key, objects[index_name].size)
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -425,6 +542,40 @@ def _select_weights(
         )
         return sorted(torch_files), "torch", None
     return [], "safetensors", None
+
+
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<number>[0-9]{5,6})-of-(?P<count>[0-9]{5,6})(?P<ext>\.[a-z]+)$")
+
+
+def _shards_from_listing(index_name: str, top: list[str], model_prefix: str) -> list[str]:
+    """The shards an index `<stem><ext>.index.json` names, from the listing: `<stem>-NNNNN-of-MMMMM<ext>`
+    (transformers' save_pretrained names). Every number 1..M must be there; [] when the folder
+    names no shards that way (the index is then read)."""
+    stem_ext = index_name.removesuffix(".index.json")
+    stem, ext = posixpath.splitext(stem_ext)
+    shards: dict[int, list[str]] = {}
+    counts: set[int] = set()
+    for path in top:
+        match = _SHARD_NAME.match(path)
+        if match is None or match["stem"] != stem or match["ext"] != ext:
+            continue
+        shards.setdefault(int(match["number"]), []).append(path)
+        counts.add(int(match["count"]))
+    if not shards:
+        return []
+    if len(counts) != 1:
+        raise ModelNotFound(f"{model_prefix}: shards of {len(counts)} different counts beside {index_name}")
+    (count,) = counts
+    sample = _SHARD_NAME.match(next(iter(shards.values()))[0])
+    assert sample is not None
+    digits, total = len(sample["number"]), sample["count"]
+    missing = [f"{stem}-{n:0{digits}d}-of-{total}{ext}" for n in range(1, count + 1) if n not in shards]
+    if missing:
+        raise ModelNotFound(
+            f"{model_prefix}{index_name}: {len(missing)} shard(s) missing from the bucket: "
+            + ", ".join(missing[:5])
+        )
+    return sorted(p for paths in shards.values() for p in paths)
 
 
 def _list_model(reader: S3Reader, model_prefix: str) -> dict[str, ObjectInfo]:
@@ -503,9 +654,9 @@ def _read_one(
 
     weight_objects = [objects[p] for p in weight_paths]
     if fmt == "safetensors":
-        headers = _read_headers(reader, weight_objects, workers)
-        stats = stats_from_headers(headers, quantization.bits if quantization else None)
-        if index is not None:
+        bits = quantization.bits if quantization else None
+        stats, headers = read_weight_stats(reader, weight_objects, shape, bits, warnings, workers=workers)
+        if index is not None and stats.source == "safetensors-header":
             _check_index(index, headers, model_prefix, warnings)
     else:
         stats = stats_from_file_sizes([f for f in files if f.path in roles], shape)

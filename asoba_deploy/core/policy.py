@@ -64,6 +64,10 @@ class Policy(BaseModel):
     vllm_ram_bytes: Bytes = 2 * GIB
     # gpu_memory_utilization is rounded up to this step (vLLM reads it as a float fraction).
     utilization_step: Annotated[float, Field(gt=0, le=0.1)] = 0.001
+    # The instance's sustained rate to S3 (config.link_gbps), for the plan's time_to_healthy.
+    link_bytes_per_s: Annotated[float, Field(gt=0)] = _CONFIG_DEFAULTS["link_gbps"] * 1e9 / 8
+    # The load_from context key (core.loading): auto, or stream / disk forced.
+    load_from: Literal["auto", "stream", "disk"] = _CONFIG_DEFAULTS["load_from"]
 
     @classmethod
     def from_config(cls, config: DeployConfig) -> Policy:
@@ -77,4 +81,6 @@ class Policy(BaseModel):
             flux_unit=config.flux_service,
             models_root=config.instance_roots.models_root,
             max_num_seqs=config.serving.max_num_seqs,
+            link_bytes_per_s=config.link_gbps * 1e9 / 8,
+            load_from=config.load_from,
         )

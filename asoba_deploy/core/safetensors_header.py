@@ -117,12 +117,22 @@ def parse_header(key: str, raw: bytes, file_bytes: int) -> SafetensorsHeader:
     )
 
 
-def read_header(reader: S3Reader, key: str, file_bytes: int) -> SafetensorsHeader:
-    """Read one file's header: bytes 0-7 (length), then exactly the JSON header."""
+def read_header_length(reader: S3Reader, key: str, file_bytes: int) -> int:
+    """The JSON header's length N, from bytes 0-7. The format leaves no holes and nothing after
+    the last tensor, so the file's tensor data is exactly file_bytes - 8 - N."""
     if file_bytes < 8:
         raise ModelNotFound(f"{key}: {file_bytes} bytes is too small for a safetensors file")
     (length,) = struct.unpack("<Q", reader.read_range(key, 0, 8))
     if length > MAX_HEADER_BYTES or 8 + length > file_bytes:
         raise ModelNotFound(f"{key}: header length {length} is not plausible for a {file_bytes} byte file")
-    raw = reader.read_range(key, 8, length)
-    return parse_header(key, raw, file_bytes)
+    return int(length)
+
+
+def read_header_json(reader: S3Reader, key: str, length: int, file_bytes: int) -> SafetensorsHeader:
+    """The header of `key` whose length `read_header_length` gave: exactly bytes 8..8+N-1."""
+    return parse_header(key, reader.read_range(key, 8, length), file_bytes)
+
+
+def read_header(reader: S3Reader, key: str, file_bytes: int) -> SafetensorsHeader:
+    """Read one file's header: bytes 0-7 (length), then exactly the JSON header."""
+    return read_header_json(reader, key, read_header_length(reader, key, file_bytes), file_bytes)

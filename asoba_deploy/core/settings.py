@@ -26,6 +26,7 @@ class StackResources(BaseModel):
     documents: dict[str, str] = Field(default_factory=dict)  # document stem -> SSM document name
     lock_table: str = ""
     ledger_table: str = ""
+    token_table: str = ""  # task tokens of the instance steps waiting for their command's end
     runtime_bundle_uri: str = ""  # https S3 object URL: what aws:downloadContent reads
     s5cmd_uri: str = ""  # the s5cmd binary the documents bring (stacks/instance_tools.py)
     command_log_group: str = ""
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def poll_seconds(self) -> int:
         return self.deploy.poll_interval_seconds
+
+    @property
+    def safety_net_seconds(self) -> int:
+        return self.deploy.safety_net_seconds
 
     def document(self, stem: str) -> str:
         """The SSM document name the stack gave `ssm_documents/<stem>.yaml`."""

@@ -57,10 +57,63 @@ class CachedModel(BaseModel):
     name: str
     bytes: int = NonNegative
     files: int = NonNegative
+    # The models root holding the copy; None: the snapshot's models_root.
+    root: str | None = None
     # Optional (added for the planner): path relative to the model folder -> size in bytes.
     # With it the plan counts exactly what a sync will fetch; without it only a copy whose
     # total bytes and file count both match the bucket counts as cached.
     file_sizes: dict[str, int] = Field(default_factory=dict)
+
+
+# sysfs's model of the block devices an EC2 instance sees (/sys/block/<dev>/device/model).
+NVME_INSTANCE_STORE_MODEL = "Amazon EC2 NVMe Instance Storage"
+EBS_MODEL = "Amazon Elastic Block Store"
+DiskKind = Literal["nvme-instance-store", "ebs", "unknown"]
+
+
+def disk_kind(device_model: str | None) -> DiskKind:
+    """What a device is, from its sysfs model string (anything else, tmpfs/overlay included: unknown)."""
+    model = (device_model or "").strip()
+    if model == NVME_INSTANCE_STORE_MODEL:
+        return "nvme-instance-store"
+    if model == EBS_MODEL:
+        return "ebs"
+    return "unknown"
+
+
+class ModelsRootInfo(BaseModel):
+    """One candidate models root (the context's models_roots), as collect-resources measured it.
+
+    EBS volume type and provisioned throughput are not readable from inside the instance (only
+    ec2:DescribeVolumes knows them): the measured write rate is what the planner goes by.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    path: str
+    exists: bool = False  # False: measured at `probed_at`, the nearest existing parent
+    probed_at: str = ""
+    device: str = ""  # the mount's source (/dev/nvme1n1, overlay, tmpfs)
+    fstype: str = ""
+    device_model: str = ""  # sysfs device/model, "" when not a block device or not readable
+    device_serial: str = ""  # sysfs device/serial: an EBS volume's id without its dash
+    free_bytes: int = NonNegative
+    probe_bytes: int = Field(default=0, ge=0)  # what the write probe wrote
+    write_bytes_per_s: int | None = Field(default=None, ge=0)  # None: not measured
+    read_bytes_per_s: int | None = Field(default=None, ge=0)
+    probe_error: str | None = None  # why there is no rate
+
+    @property
+    def kind(self) -> DiskKind:
+        return disk_kind(self.device_model)
+
+    @property
+    def volume_id(self) -> str | None:
+        """The EBS volume id ("vol-0abc..."), from the NVMe serial "vol0abc..."."""
+        serial = self.device_serial.strip()
+        if self.kind == "ebs" and serial.startswith("vol") and not serial.startswith("vol-"):
+            return f"vol-{serial[3:]}"
+        return serial if self.kind == "ebs" and serial else None
 
 
 class RuntimePython(BaseModel):
@@ -80,6 +133,12 @@ class RuntimePython(BaseModel):
     vllm: str | None = None
     bitsandbytes: str | None = None
     gptqmodel: str | None = None
+    # The requirement sets' distributions it has (name -> version; collect-resources' Packages);
+    # None: not reported.
+    packages: dict[str, str] | None = None
+    # The Run:ai model streamer and its S3 backend: what LOAD_FROM=stream imports (core.loading).
+    runai_model_streamer: str | None = None
+    runai_model_streamer_s3: str | None = None
 
 
 class RuntimeVenv(BaseModel):
@@ -111,6 +170,9 @@ class InstanceSnapshot(BaseModel):
     listening_ports: list[int] = Field(default_factory=list)
     models_root: str
     disk_free_bytes: int = NonNegative
+    # Each candidate models root, in the context's order (None: an older collect-resources; the
+    # planner then knows models_root and disk_free_bytes only).
+    models_roots: list[ModelsRootInfo] | None = None
     # The most recently changed copies only (stdout is cut at 24,000 characters); the planner
     # reads the copy of the model it deploys. The totals count every folder (None: not reported).
     cached_models: list[CachedModel] = Field(default_factory=list)
@@ -132,9 +194,11 @@ class InstanceSnapshot(BaseModel):
                 return service
         return None
 
-    def cached(self, model: str) -> CachedModel | None:
+    def cached(self, model: str, root: str | None = None) -> CachedModel | None:
+        """The copy of `model` under `root` (default: models_root)."""
+        where = (root or self.models_root).rstrip("/")
         for cached in self.cached_models:
-            if cached.name == model:
+            if cached.name == model and (cached.root or self.models_root).rstrip("/") == where:
                 return cached
         return None
 

@@ -63,6 +63,14 @@ class PollEvent(BaseModel):
     command: CommandRef
 
 
+class AwaitEvent(BaseModel):
+    """Wait for the command's end: keep the task token, then read the invocation once."""
+
+    action: Literal["await"]
+    command: CommandRef
+    token: str = Field(min_length=1, max_length=4096)
+
+
 class ExplainEvent(BaseModel):
     """Rollback: compose the failure's cause after the rollback ran (or failed)."""
 
@@ -120,10 +128,10 @@ class PlanEvent(BaseModel):
     execution_name: str | None = None
 
 
-InstanceStepEvent = Annotated[SendEvent | PollEvent, Field(discriminator="action")]
-RollbackEvent = Annotated[SendEvent | PollEvent | ExplainEvent, Field(discriminator="action")]
+InstanceStepEvent = Annotated[SendEvent | PollEvent | AwaitEvent, Field(discriminator="action")]
+RollbackEvent = Annotated[SendEvent | PollEvent | AwaitEvent | ExplainEvent, Field(discriminator="action")]
 CheckInstanceEvent = Annotated[
-    SendEvent | PollEvent | ReportEvent | ReportFailureEvent, Field(discriminator="action")
+    SendEvent | PollEvent | AwaitEvent | ReportEvent | ReportFailureEvent, Field(discriminator="action")
 ]
 LockEvent = Annotated[AcquireEvent | ReleaseEvent, Field(discriminator="action")]
 

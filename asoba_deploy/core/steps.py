@@ -24,6 +24,8 @@ allowedPattern checks it again on the SSM side.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +35,7 @@ from asoba_deploy.core import errors
 from asoba_deploy.core.config import RUNTIME_UNIT
 from asoba_deploy.core.errors import CommandFailed, DeployError, SyncFailed
 from asoba_deploy.core.planner import Plan
+from asoba_deploy.core.requirement_sets import requirement_packages
 from asoba_deploy.core.settings import Settings
 from asoba_deploy.core.state import ExecutionState
 
@@ -72,6 +75,10 @@ def _units(config: Settings) -> dict[str, str]:
 def collect_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {
         **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
+        # the candidate roots the plan chooses among, each measured (device, free, write rate)
+        "ModelsRoots": ":".join(config.deploy.candidate_models_roots),
+        # the requirement sets' packages: which of them the runtime's Python has already
+        "Packages": " ".join(requirement_packages()),
         # probed for the engines it can import while the runtime venv does not exist yet
         "BasePython": config.deploy.base_python,
         **_units(config),
@@ -100,9 +107,17 @@ def sync_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
         "ModelName": plan.deploy_model,
         "SourceUri": plan.source_uri,
         **base,
-        **_roots(config, "ModelsRoot", "RuntimeRoot"),
+        **_roots(config, "RuntimeRoot"),
+        "ModelsRoot": _models_root(config, plan),
         "S5cmdUri": config.stack.s5cmd_uri,
+        # written last into the model folder's completion marker (start-service waits for it)
+        "ExecutionName": sync_marker_token(state),
     }
+
+
+def _models_root(config: Settings, plan: Plan) -> str:
+    """The root the plan chose among the candidates (plan.models_root; model_path lies in it)."""
+    return plan.models_root or str(config.instance_roots.models_root)
 
 
 def install_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
@@ -117,11 +132,19 @@ def install_parameters(config: Settings, state: ExecutionState) -> dict[str, str
         "ContextTokens": str(plan.max_model_len or plan.context_tokens or 4096),
         **_engine_parameters(config, plan),
         **({"BaseModelPath": plan.base_model_path} if plan.base_model_path else {}),
+        **_load_parameters(plan),
         "BasePython": config.deploy.base_python,
         **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
         "ServiceUnit": RUNTIME_UNIT,
         "ServiceUser": config.deploy.service_user,
     }
+
+
+def _load_parameters(plan: Plan) -> dict[str, str]:
+    """Where the runtime loads the weights from (core.loading): LOAD_FROM, and MODEL_SOURCE_URI
+    (the model's S3 folder) when it streams them."""
+    streams = str(getattr(plan, "load_from", None) or "disk") == "stream"
+    return {"LoadFrom": "stream" if streams else "disk", "ModelSourceUri": plan.source_uri if streams else ""}
 
 
 def _engine_parameters(config: Settings, plan: Plan) -> dict[str, str]:
@@ -135,6 +158,45 @@ def _engine_parameters(config: Settings, plan: Plan) -> dict[str, str]:
     if plan.gpu_memory_utilization is not None:
         parameters["GpuMemoryUtilization"] = f"{plan.gpu_memory_utilization:.3f}"
     return parameters
+
+
+# The sync's completion marker, <model folder>/SYNC_MARKER, holds the execution's name (or, for a
+# name outside the documents' pattern, a digest of it): a marker of another execution is stale.
+SYNC_MARKER = ".asoba-synced"
+_SAFE_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,79}$")
+# start-service's wait for the marker ends this long before its step budget: restart and report
+START_MARGIN_SECONDS = 30
+
+
+def sync_marker_token(state: ExecutionState) -> str:
+    """What this execution's sync writes into the marker: its name when the documents' pattern
+    takes it (Step Functions allows more characters than a shell-safe parameter), else a digest."""
+    name = state.execution_name or ""
+    if not name or _SAFE_EXECUTION_NAME.fullmatch(name):
+        return name
+    return "sha256-" + hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
+def waits_for_sync(plan: Plan) -> bool:
+    """A runtime that streams the weights from S3 starts at once (the disk copy completes beside
+    it); one that loads from the disk waits for the sync's marker."""
+    return plan.load_from != "stream"
+
+
+def start_service_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+    plan = _plan(state)
+    wait = waits_for_sync(plan)
+    token = sync_marker_token(state)
+    if wait and not token:
+        raise CommandFailed("start-service needs the execution's name to find this sync's marker")
+    budget = int(config.step_budgets.start_service)
+    return {
+        "ServiceUnit": RUNTIME_UNIT,
+        "ModelPath": plan.model_path,
+        "WaitForSync": "true" if wait else "false",
+        "ExecutionName": token,
+        "WaitSeconds": str(max(1, budget - START_MARGIN_SECONDS)),
+    }
 
 
 def health_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
@@ -246,6 +308,9 @@ class InstanceStep:
     # The document's aws:downloadContent steps before its script, in order: what a fresh image
     # lacks (s5cmd, the runtime bundle), fetched by the agent with the instance's own role.
     fetches: tuple[str, ...] = ()
+    # Cancel this execution's commands still running on the instance before sending (the
+    # rollback: a parallel branch beside the one that failed would go on writing after it).
+    stops_in_flight: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,12 +323,15 @@ class Step:
     grants: frozenset[Grant] = frozenset()
     # Run only when this JSONPath is present in the state (a Choice "<Label>?" before it).
     run_if: str | None = None
+    # Consecutive steps naming the same group run at once, one branch each of a Parallel state
+    # labelled for the group ("prepare" -> Prepare); the next step starts when all have ended.
+    parallel: str | None = None
     timeout_seconds: int = 30
     memory_mb: int = 256
 
     @property
     def label(self) -> str:
-        return "".join(part.capitalize() for part in self.name.split("-"))
+        return label_of(self.name)
 
     @property
     def key(self) -> str:
@@ -301,6 +369,11 @@ class Step:
         return f"$.steps.{self.key}"
 
 
+def label_of(name: str) -> str:
+    """A kebab-case name's PascalCase state label (a step's, or a parallel group's)."""
+    return "".join(part.capitalize() for part in name.split("-"))
+
+
 def _budget(name: str) -> Callable[[Settings, ExecutionState], int]:
     return lambda config, state: int(getattr(config.step_budgets, name))
 
@@ -317,6 +390,7 @@ def _registry(*steps: Step) -> dict[str, Step]:
 
 
 _SEE_INSTANCES = frozenset({Grant.SEE_INSTANCES})
+PREPARE = "prepare"  # the change phase's parallel group: sync | install
 
 STEPS: dict[str, Step] = _registry(
     Step(
@@ -380,6 +454,8 @@ STEPS: dict[str, Step] = _registry(
         grants=_SEE_INSTANCES,
         run_if="$.plan.stop_services[0]",
     ),
+    # The install (venv, packages, env, unit) needs none of the model's bytes: it runs while the
+    # model syncs, and start-service starts the unit once both have ended.
     Step(
         "sync",
         Phase.CHANGE,
@@ -393,13 +469,23 @@ STEPS: dict[str, Step] = _registry(
             fetches=(BRING_S5CMD,),
         ),
         grants=_SEE_INSTANCES,
+        parallel=PREPARE,
     ),
     Step(
         "install",
         Phase.CHANGE,
-        "Install the runtime, write env and unit, start it",
+        "Install the runtime, write env and unit (not started)",
         errors.InstallFailed,
         InstanceStep(install_parameters, _budget("install"), fetches=(FETCH_RUNTIME_BUNDLE,)),
+        grants=_SEE_INSTANCES,
+        parallel=PREPARE,
+    ),
+    Step(
+        "start-service",
+        Phase.CHANGE,
+        "Start the unit once this execution's sync is complete (at once when streaming)",
+        errors.StartServiceFailed,
+        InstanceStep(start_service_parameters, _budget("start_service")),
         grants=_SEE_INSTANCES,
     ),
     Step(
@@ -415,7 +501,7 @@ STEPS: dict[str, Step] = _registry(
         Phase.UNDO,
         "Restore the previous service and restart Flux",
         errors.RollbackFailed,
-        InstanceStep(rollback_parameters, _budget("rollback")),
+        InstanceStep(rollback_parameters, _budget("rollback"), stops_in_flight=True),
         grants=_SEE_INSTANCES,
     ),
     Step(

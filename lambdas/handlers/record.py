@@ -22,5 +22,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         parsed.state, parsed.outcome, instance_type=config.deploy.instance_type, now=ledger.utcnow()
     )
     ledger.put(aws.client("dynamodb"), config.stack.ledger_table, record)
-    logger.info("recorded", extra={"outcome": record.outcome, "model": record.model})
+    timing = record.time_to_healthy
+    logger.info(
+        "recorded",
+        extra={
+            "outcome": record.outcome,
+            "model": record.model,
+            "time_to_healthy_s": timing.actual_s if timing else None,
+            "estimate_s": timing.estimate_s if timing else None,
+        },
+    )
     return record.model_dump(mode="json")

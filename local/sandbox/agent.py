@@ -28,7 +28,8 @@ behaves as on a real instance:
   (or exit 168/169), as runpluginutil.go decides, and the steps it ends read Skipped;
 * with CloudWatchOutputConfig, each step's stdout and stderr also go to CloudWatch Logs as the
   instance role (streams <command-id>/<instance-id>/<step>/stdout|stderr; CreateLogGroup and
-  DescribeLogGroups first; a refused call turns streaming off for the command);
+  DescribeLogGroups first; a refused call turns streaming off for the command), a script's while
+  it runs (its complete lines every second), as the real agent tails its output files;
 * ListCommandInvocations, DescribeInstanceInformation and CancelCommand, absent from moto, are added.
 
 Works with ``mock_aws()`` and with ``moto.server.ThreadedMotoServer`` in the same process (both
@@ -41,12 +42,14 @@ import contextlib
 import datetime as dt
 import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -74,12 +77,16 @@ DEFAULT_STEP_TIMEOUT_S = 3600
 MIN_STEP_TIMEOUT_S, MAX_STEP_TIMEOUT_S = 5, 172_800
 STOPPED_PREEMPTIVELY_EXIT_CODE = 137  # appconfig.CommandStoppedPreemptivelyExitCode: 128 + SIGKILL
 TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled")
+# The agent streams a running script's output to CloudWatch as it is written (its
+# cloudwatchlogspublisher tails the output files), not only at the end: every this many seconds.
+STREAM_INTERVAL_S = 1.0
 EXIT_WITH_SUCCESS, EXIT_WITH_FAILURE = 168, 169  # contracts.ExitWithSuccess / ExitWithFailure
 
 _lock = threading.RLock()
 _sandboxes: dict[str, Sandbox] = {}
 _runs: dict[tuple[str, str], InvocationRun] = {}
 _installed = False
+_log = logging.getLogger(__name__)
 _request = threading.local()  # CloudWatchOutputConfig of the SendCommand being handled
 
 
@@ -162,6 +169,8 @@ class InvocationRun:
     cancelled: bool = False
     log_group: str = ""  # CloudWatchOutputConfig: stdout/stderr also go to this log group
     cloudwatch_error: str = ""  # why the agent stopped streaming (a refused call), if it did
+    streamed: dict[str, int] = field(default_factory=dict)  # log stream -> bytes already sent
+    log_group_ready: bool = False  # the group was created (or found) and looked up
 
     def step(self, plugin_name: str | None) -> StepRun:
         if plugin_name is None:
@@ -286,8 +295,43 @@ def _online(sandbox: Sandbox, account_id: str, region: str) -> bool:
 # --------------------------------------------------------------------------- running
 
 
+# SSM publishes this event to EventBridge on every invocation status change (best effort).
+STATUS_EVENT = "EC2 Command Invocation Status-change Notification"
+
+
+def _iso_ms(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _emit_status_event(run: InvocationRun, status: str) -> None:
+    """The invocation's status-change event, as SSM sends it, to the region's default bus (the
+    local cloud delivers it to the rules' targets: local/events.py)."""
+    from moto.events.models import events_backends
+
+    account = run.command.account_id
+    detail = {
+        "command-id": run.command.command_id,
+        "document-name": run.document_name,
+        "instance-id": run.instance_id,
+        "requested-date-time": _iso_ms(run.requested),
+        "status": status,
+    }
+    entry = {
+        "Source": "aws.ssm",
+        "DetailType": STATUS_EVENT,
+        "Detail": json.dumps(detail),
+        "Resources": [f"arn:aws:ec2:{run.region}:{account}:instance/{run.instance_id}"],
+        "Time": _iso_ms(_now()).replace(".000Z", "Z"),
+    }
+    try:
+        events_backends[account][run.region].put_events([entry])
+    except Exception as error:  # best effort, as SSM's: a step's safety net covers a lost event
+        _log.warning("status-change event of %s not published: %s", run.command.command_id, error)
+
+
 def _set_status(run: InvocationRun, status: str, details: str) -> None:
     with _lock:
+        changed = run.status != status
         run.status = status
         run.status_details = details
         command = run.command
@@ -301,6 +345,8 @@ def _set_status(run: InvocationRun, status: str, details: str) -> None:
             command.status = command.status_details = "InProgress"
         command.completed_count = sum(1 for s in statuses if s in TERMINAL)
         command.error_count = sum(1 for s in statuses if s in ("Failed", "TimedOut"))
+    if changed:
+        _emit_status_event(run, status)
 
 
 def _run_invocation(run: InvocationRun, sandbox: Sandbox) -> None:
@@ -333,7 +379,7 @@ def _run_invocation(run: InvocationRun, sandbox: Sandbox) -> None:
         if outcome == "Success":
             outcome = status
         exit_document = _ends_document(step, status)
-        if run.log_group:
+        if run.log_group and step.action != "aws:runShellScript":  # a script streamed as it ran
             _to_cloudwatch(run, sandbox, step)
     details = {"Success": "Success", "Failed": "Failed", "TimedOut": "ExecutionTimedOut"}.get(
         outcome, outcome
@@ -423,7 +469,7 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
             run.process = process
         timed_out = False
         try:
-            code = process.wait(timeout=timeout)
+            code = _wait_streaming(run, sandbox, step, process, timeout, stdout_path, stderr_path)
         except subprocess.TimeoutExpired:
             # executers_unix.go killProcess: SIGKILL to the group at once, no SIGTERM: no trap runs
             timed_out = True
@@ -431,6 +477,8 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             code = STOPPED_PREEMPTIVELY_EXIT_CODE
+    if run.log_group:
+        _stream_files(run, sandbox, step, stdout_path, stderr_path, final=True)
     stdout = stdout_path.read_bytes()
     stderr = stderr_path.read_bytes()
     if run.cancelled:
@@ -456,10 +504,60 @@ def _end_step(step: StepRun, status: str, code: int, stdout: bytes | str, stderr
     return status
 
 
-def _to_cloudwatch(run: InvocationRun, sandbox: Sandbox, step: StepRun) -> None:
-    """What the agent uploads with CloudWatchOutputConfig: <command>/<instance>/<step>/stdout|stderr,
-    with the instance's own role: it creates the group (an existing one is fine), looks it up,
-    and on any refusal stops streaming this command's output (the command itself goes on)."""
+def _wait_streaming(
+    run: InvocationRun,
+    sandbox: Sandbox,
+    step: StepRun,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    stdout_path: Path,
+    stderr_path: Path,
+) -> int:
+    """process.wait(timeout), streaming the complete lines written so far every
+    STREAM_INTERVAL_S while it runs (with CloudWatchOutputConfig)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return process.wait(timeout=max(0.0, min(STREAM_INTERVAL_S, left)))
+        except subprocess.TimeoutExpired:
+            if left <= STREAM_INTERVAL_S:
+                raise
+        if run.log_group:
+            _stream_files(run, sandbox, step, stdout_path, stderr_path, final=False)
+
+
+def _stream_files(
+    run: InvocationRun, sandbox: Sandbox, step: StepRun, stdout_path: Path, stderr_path: Path, *, final: bool
+) -> None:
+    """What the script wrote since the last upload, whole lines only until it ended (the
+    stream keeps everything: the 24,000-character cut is GetCommandInvocation's)."""
+    texts: dict[str, str] = {}
+    for stream, path in (("stdout", stdout_path), ("stderr", stderr_path)):
+        name = _stream_name(run, step, stream)
+        data = path.read_bytes()[run.streamed.get(name, 0) :]
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]
+        if data:
+            texts[stream] = data.decode(errors="replace")
+            run.streamed[name] = run.streamed.get(name, 0) + len(data)
+    if texts:
+        _to_cloudwatch(run, sandbox, step, texts)
+
+
+def _stream_name(run: InvocationRun, step: StepRun, stream: str) -> str:
+    return f"{run.command.command_id}/{run.instance_id}/{step.name}/{stream}"
+
+
+def _to_cloudwatch(
+    run: InvocationRun, sandbox: Sandbox, step: StepRun, texts: dict[str, str] | None = None
+) -> None:
+    """What the agent uploads with CloudWatchOutputConfig: <command>/<instance>/<step>/stdout|stderr
+    (`texts`, else the step's whole output), with the instance's own role: it creates the group
+    (an existing one is fine), looks it up, and on any refusal stops streaming this command's
+    output (the command itself goes on)."""
+    if not run.log_group:
+        return
     logs = boto3.client(
         "logs",
         region_name=run.region,
@@ -469,17 +567,20 @@ def _to_cloudwatch(run: InvocationRun, sandbox: Sandbox, step: StepRun) -> None:
     )
     try:
         with sandbox.acting_as_instance():
-            try:
-                logs.create_log_group(logGroupName=run.log_group)
-            except ClientError as error:
-                if error.response["Error"]["Code"] != "ResourceAlreadyExistsException":
-                    raise
-            logs.describe_log_groups(logGroupNamePrefix=run.log_group)
+            if not run.log_group_ready:
+                try:
+                    logs.create_log_group(logGroupName=run.log_group)
+                except ClientError as error:
+                    if error.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+                        raise
+                logs.describe_log_groups(logGroupNamePrefix=run.log_group)
+                run.log_group_ready = True
             stamp = int(time.time() * 1000)
-            for stream, text in (("stdout", step.stdout), ("stderr", step.stderr)):
+            outputs = texts if texts is not None else {"stdout": step.stdout, "stderr": step.stderr}
+            for stream, text in outputs.items():
                 if not text:
                     continue
-                name = f"{run.command.command_id}/{run.instance_id}/{step.name}/{stream}"
+                name = _stream_name(run, step, stream)
                 with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
                     logs.create_log_stream(logGroupName=run.log_group, logStreamName=name)
                 events = [{"timestamp": stamp, "message": line} for line in text.splitlines() or [text]]
@@ -574,6 +675,7 @@ def _send_command(self: SimpleSystemManagerBackend, *args: Any, **kwargs: Any) -
         )
         with _lock:
             _runs[(command.command_id, instance_id)] = run
+        _emit_status_event(run, "Pending")
     for instance_id in instance_ids:
         run = _runs[(command.command_id, instance_id)]
         threading.Thread(

@@ -105,6 +105,8 @@ class Sandbox:
         (self.aws_config_dir / "credentials").write_text(
             f"[default]\naws_access_key_id = {self.access_key_id}\naws_secret_access_key = testing\n"
         )
+        # The endpoint the units' environment gets beside those files (shims/lib/systemd.py).
+        (self.aws_config_dir / "endpoint").write_text((self.endpoint_url or UNREACHABLE_ENDPOINT) + "\n")
         gpus = []
         if gpu:
             gpus = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from local.sandbox import DocumentRun, Sandbox, run_document
+from local.sandbox import DocumentRun, Sandbox, run_document, send_document, wait_invocation
 from tests.fixtures import Aws
 
 
@@ -24,7 +24,9 @@ def ok(run: DocumentRun) -> dict[str, object]:
 
 
 def install(aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int) -> dict[str, object]:
-    return ok(
+    """install, then start-service (install writes the unit, start-service starts it); the
+    install's result. The sync's marker is start-service's own test (test_start_service.py)."""
+    installed = ok(
         run_document(
             aws.ssm,
             sandbox,
@@ -36,6 +38,15 @@ def install(aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int) -> d
             Host="127.0.0.1",
         )
     )
+    start_service(aws, sandbox, model)
+    return installed
+
+
+def start_service(aws: Aws, sandbox: Sandbox, model: str, **values: str) -> dict[str, object]:
+    """start-service on the model's folder; without WaitForSync it does not wait for a marker."""
+    parameters: dict[str, str | int] = {"ModelPath": str(sandbox.models_root / model), "WaitForSync": "false"}
+    command_id = send_document(aws.ssm, sandbox, "start-service", **(parameters | values))
+    return ok(wait_invocation(aws.ssm, sandbox, command_id))
 
 
 def wait_health(

@@ -187,6 +187,58 @@ def test_output_also_goes_to_cloudwatch_when_asked(
     }
 
 
+WAITER = textwrap.dedent("""\
+    #!/bin/bash
+    set -euo pipefail
+    echo '{"progress": {"bytes": 1}}' >&2
+    printf 'half a line'
+    for _ in $(seq 600); do [[ -e go ]] && break; sleep 0.1; done
+    echo ' done' >&2
+    echo '{"ok": true}'
+    """)
+
+
+def test_output_streams_to_cloudwatch_while_the_command_runs(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given a script that writes a line, then waits for a file before it ends
+    make_document(aws, "sandbox-waiter", WAITER)
+    sandbox = make_sandbox()
+    group = f"/ssm/sandbox-{sandbox.instance_id}"
+    command_id = aws.ssm.send_command(
+        InstanceIds=[sandbox.instance_id],
+        DocumentName="sandbox-waiter",
+        CloudWatchOutputConfig={"CloudWatchLogGroupName": group, "CloudWatchOutputEnabled": True},
+    )["Command"]["CommandId"]
+    logs = boto3.client("logs", endpoint_url=aws.endpoint_url, **CREDENTIALS)
+
+    def messages(stream: str) -> list[str]:
+        name = f"{command_id}/{sandbox.instance_id}/step1/{stream}"
+        with contextlib.suppress(logs.exceptions.ResourceNotFoundException):
+            return [
+                e["message"] for e in logs.get_log_events(logGroupName=group, logStreamName=name)["events"]
+            ]
+        return []
+
+    # When its first line is written: the stream has it while the command still runs, and a
+    # line not ended yet is not sent
+    deadline = time.monotonic() + 20
+    while not messages("stderr") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert messages("stderr") == ['{"progress": {"bytes": 1}}']
+    status = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)["Status"]
+    assert status == "InProgress"
+    assert messages("stdout") == []
+    # Then once it ends, the rest follows, each line once
+    (sandbox.root / "go").touch()
+    assert wait_invocation(aws.ssm, sandbox, command_id).status == "Success"
+    deadline = time.monotonic() + 20
+    while len(messages("stderr")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert messages("stderr") == ['{"progress": {"bytes": 1}}', " done"]
+    assert messages("stdout") == ['half a line{"ok": true}']
+
+
 def test_an_offline_instance_never_gets_the_command(
     aws: Aws, make_sandbox: Callable[..., Sandbox], sleeper: str
 ) -> None:

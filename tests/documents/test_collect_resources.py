@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
+
+import pytest
 
 from asoba_deploy.core.snapshot import InstanceSnapshot
 from local.sandbox import Sandbox, free_port, run_document, wait_for_port
+from local.sandbox.documents import document_content
 from tests.fixtures import Aws
 
 MIB = 1024 * 1024
@@ -202,3 +208,117 @@ def test_the_runtime_port_is_its_own_not_a_workers_lower_one(
     inference = snapshot.service("asoba-inference.service")
     assert inference is not None and inference.port == service_port, run.explain()
     assert {worker_port, service_port} <= set(snapshot.listening_ports)
+
+
+def test_each_candidate_root_is_measured_by_a_real_write_probe(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given the models root and a second candidate that does not exist yet, holding nothing, and
+    # a model cached in a third candidate
+    sandbox = make_sandbox(gpu=False)
+    absent = sandbox.root / "mnt" / "nvme" / "models"
+    absent.parent.parent.mkdir(parents=True)  # /mnt is there, nvme/models not yet
+    third = sandbox.root / "srv" / "models"
+    (third / "tiny-model").mkdir(parents=True)
+    (third / "tiny-model" / "config.json").write_text("{}")
+    before = sandbox.tree_digest()
+    roots = [str(sandbox.models_root), str(absent), str(third)]
+
+    # When collect-resources runs with them as ModelsRoots
+    run = run_document(aws.ssm, sandbox, "collect-resources", ModelsRoots=":".join(roots), ProbeMiB=16)
+
+    # Then each root is reported in order, measured where it would land
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    assert snapshot.models_roots is not None
+    assert [r.path for r in snapshot.models_roots] == roots
+    here, missing, _ = snapshot.models_roots
+    assert (here.exists, here.probed_at) == (True, str(sandbox.models_root))
+    assert (missing.exists, missing.probed_at) == (False, str(sandbox.root / "mnt"))
+    for root in snapshot.models_roots:
+        # a real dd wrote 16 MiB and read it back, timed: rates, not guesses
+        assert root.probe_bytes == 16 * MIB, root
+        assert root.write_bytes_per_s is not None and root.write_bytes_per_s > 0
+        assert root.read_bytes_per_s is not None and root.read_bytes_per_s > 0
+        assert root.free_bytes > 0 and root.probe_error is None
+        assert root.device  # the mount's source: /dev/..., overlay or tmpfs
+        # this machine's disks are virtio/overlay: sysfs has no EC2 model for them
+        assert root.kind == "unknown"
+    # And the copy in the third root is listed with its root; the primary's copies without one
+    assert [(m.name, m.root) for m in snapshot.cached_models] == [("tiny-model", str(third))]
+    assert snapshot.cached("tiny-model", str(third)) is not None
+    assert snapshot.cached("tiny-model") is None
+    # And the probe files are gone: nothing changed
+    assert sandbox.tree_digest() == before
+    assert not list(sandbox.root.rglob(".asoba-write-probe.*"))
+
+
+def test_without_models_roots_the_models_root_alone_is_reported(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    sandbox = make_sandbox(gpu=False)
+    run = run_document(aws.ssm, sandbox, "collect-resources", ProbeMiB=0)
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    assert snapshot.models_roots is not None
+    (only,) = snapshot.models_roots
+    assert only.path == str(sandbox.models_root) and only.free_bytes > 0
+    assert (only.write_bytes_per_s, only.probe_error) == (None, "not probed (ProbeMiB 0)")
+
+
+def test_the_device_kind_is_read_from_sysfs(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    # Given a sysfs (SysfsRoot) in which the models root's block device is a partition of an EC2
+    # NVMe instance store: class/block/<part> links into devices/<disk>/<part>, as the kernel's does
+    sandbox = make_sandbox(gpu=False)
+    source = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE", "--target", str(sandbox.models_root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if not source.startswith("/dev/"):
+        pytest.skip(f"the sandbox's filesystem is not on a block device here ({source!r})")
+    block = Path(os.path.realpath(source)).name
+    sysfs = sandbox.root / "fake-sys"
+    (sysfs / "devices" / "disk7" / block).mkdir(parents=True)
+    (sysfs / "devices" / "disk7" / block / "partition").write_text("1\n")
+    (sysfs / "class" / "block").mkdir(parents=True)
+    (sysfs / "class" / "block" / block).symlink_to(sysfs / "devices" / "disk7" / block)
+    (sysfs / "block" / "disk7" / "device").mkdir(parents=True)
+    (sysfs / "block" / "disk7" / "device" / "model").write_text("Amazon EC2 NVMe Instance Storage        \n")
+    (sysfs / "block" / "disk7" / "device" / "serial").write_text("AWS2D5B0C3A1E7F9\n")
+
+    run = run_document(aws.ssm, sandbox, "collect-resources", SysfsRoot=str(sysfs), ProbeMiB=0)
+
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    assert snapshot.models_roots is not None
+    (root,) = snapshot.models_roots
+    assert (root.device_model, root.device_serial) == ("Amazon EC2 NVMe Instance Storage", "AWS2D5B0C3A1E7F9")
+    assert root.kind == "nvme-instance-store"
+
+
+def test_models_roots_are_refused_unless_absolute_paths() -> None:
+    pattern = document_content("collect-resources")["parameters"]["ModelsRoots"]["allowedPattern"]
+    assert re.fullmatch(pattern, "/opt/models:/mnt/nvme/models")
+    assert re.fullmatch(pattern, "")
+    for bad in ("relative/path", "/opt/models:", "/a;rm -rf /", "/a:b", "/a'$(id)'"):
+        assert not re.fullmatch(pattern, bad), bad
+
+
+def test_the_runtime_python_reports_which_pinned_packages_it_has(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given the requirement sets' distributions as Packages (what the step sends), one unknown
+    sandbox = make_sandbox(gpu=False)
+    run = run_document(
+        aws.ssm, sandbox, "collect-resources", Packages="fastapi transformers no-such-dist-here", ProbeMiB=0
+    )
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    # Then the probed Python names its version of each it has, and leaves out the rest
+    assert snapshot.runtime_python is not None
+    assert snapshot.runtime_python.packages == {
+        "fastapi": metadata.version("fastapi"),
+        "transformers": metadata.version("transformers"),
+    }

@@ -19,7 +19,7 @@ from asoba_deploy.core.requirement_sets import requirement_lines, requirements_s
 from asoba_deploy.core.snapshot import InstanceSnapshot
 from local.sandbox import Sandbox, free_port, run_document
 from local.sandbox.bundles import fake_runtime_bundle, upload
-from tests.documents.steps_support import ok, upload_model, wait_health
+from tests.documents.steps_support import ok, start_service, upload_model, wait_health
 from tests.fixtures import Aws
 
 TRANSFORMERS_SET = "PyYAML\n"
@@ -27,7 +27,7 @@ VLLM_SET = "# the vllm set\npackaging  # checked, not downloaded\n"
 
 
 def venv_install(aws: Aws, sandbox: Sandbox, bundle: str, port: int, **values: Any) -> dict[str, Any]:
-    return ok(
+    installed = ok(
         run_document(
             aws.ssm,
             sandbox,
@@ -40,6 +40,8 @@ def venv_install(aws: Aws, sandbox: Sandbox, bundle: str, port: int, **values: A
             **values,
         )
     )
+    start_service(aws, sandbox, "model-a")  # install writes the unit, start-service starts it
+    return installed
 
 
 def marker(sandbox: Sandbox, venv_hash: str) -> dict[str, str]:

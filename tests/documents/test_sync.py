@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from asoba_deploy.core.steps import SYNC_MARKER
 from local.sandbox import Sandbox, run_document
 from tests.fixtures import Aws
 
@@ -28,9 +30,58 @@ def upload_model(aws: Aws, prefix: str, files: dict[str, bytes]) -> str:
 
 
 def local_files(folder: Path) -> dict[str, bytes]:
+    """The model's files, the sync's completion marker aside (test_the_marker_... checks it)."""
     return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != SYNC_MARKER
     }
+
+
+def progress_lines(stderr: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith('{"progress"')]
+    return [line["progress"] for line in lines]
+
+
+def test_the_marker_names_the_execution_and_goes_first_and_progress_is_reported(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given a model of a few shards in S3, synced once by exec-a
+    sandbox = make_sandbox()
+    files = {**MODEL, **{f"big-{n}.safetensors": os.urandom(8_000_000) for n in range(3)}}
+    source = upload_model(aws, "models/big", files)
+    total = sum(map(len, files.values()))
+    marker = sandbox.models_root / "big" / SYNC_MARKER
+    first = run_document(aws.ssm, sandbox, "sync", ModelName="big", SourceUri=source, ExecutionName="exec-a")
+    assert first.status == "Success", first.explain()
+    assert marker.read_text() == "exec-a\n"
+
+    # Then while it downloaded it said how far it was, on stderr (the command-output log group
+    # gets it too): bytes on disk of the folder's total, never more, with rate and ETA
+    progress = progress_lines(first.stderr)
+    assert progress, first.stderr
+    for line in progress:
+        assert (line["step"], line["model"], line["total_bytes"]) == ("sync", "big", total)
+        assert 0 <= line["bytes"] <= total and line["rate"] >= 0
+        assert line["eta_s"] is None or line["eta_s"] >= 0
+    assert [line["bytes"] for line in progress] == sorted(line["bytes"] for line in progress)
+    # and the result line stays the last stdout line, alone
+    assert first.stdout.strip().count("\n") == 0
+
+    # When exec-b syncs the same folder and fails (a key it refuses appeared under the prefix)
+    aws.s3.put_object(Bucket=aws.bucket, Key="models/big/extra/../../escape", Body=b"x")
+    failed = run_document(aws.ssm, sandbox, "sync", ModelName="big", SourceUri=source, ExecutionName="exec-b")
+
+    # Then the folder has no marker: exec-a's went first, and exec-b's is written only on success
+    assert failed.status == "Failed", failed.explain()
+    assert not marker.exists()
+    aws.s3.delete_object(Bucket=aws.bucket, Key="models/big/extra/../../escape")
+
+    # And a re-sync that moves nothing still counts the marker as no file of the model's
+    again = run_document(aws.ssm, sandbox, "sync", ModelName="big", SourceUri=source, ExecutionName="exec-c")
+    assert again.status == "Success", again.explain()
+    assert again.result is not None and again.result["files_total"] == len(files)
+    assert marker.read_text() == "exec-c\n"
 
 
 @pytest.mark.parametrize("tool", ["s5cmd", "aws"])

@@ -56,7 +56,7 @@ def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
     return {
         p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_ctime_ns)
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".asoba-synced"  # the sync's marker, rewritten by each sync
     }
 
 
@@ -81,7 +81,11 @@ def test_an_adapter_deploys_on_its_base_and_answers_as_the_adapter(
     assert (plan["base_model"], plan["base_model_path"]) == (BASE, str(base_folder))
     assert plan["model_path"] == str(instance.models_root / ADAPTER)
     # the base was already on the instance: only the adapter's bytes were to move
-    adapter_bytes = sum(p.stat().st_size for p in (instance.models_root / ADAPTER).rglob("*") if p.is_file())
+    adapter_bytes = sum(
+        p.stat().st_size
+        for p in (instance.models_root / ADAPTER).rglob("*")
+        if p.is_file() and p.name != ".asoba-synced"  # the sync's own completion marker
+    )
     assert plan["bytes_to_transfer"] == adapter_bytes
 
     # And both folders are under the models root, the base's files untouched by the second sync

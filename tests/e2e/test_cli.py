@@ -117,7 +117,7 @@ def test_deploy_status_history_and_undeploy(
     assert re.search(rf"{tiny_in_bucket}\s+succeeded\s+coexist", history.out)
 
     # When it is undeployed, with Flux restored
-    undeploy = cli("undeploy", "--restore-flux")
+    undeploy = cli("undeploy", "--restore-flux", "--instance-id", instance.instance_id)
     # Then the service is gone and Flux runs
     assert undeploy.code == 0, undeploy.err
     assert "undeployed from" in undeploy.out
@@ -171,7 +171,7 @@ def test_undeploy_is_refused_while_a_deployment_holds_the_lock(
     try:
         before = instance.tree_digest()
         # When undeploy is asked
-        run = cli("undeploy")
+        run = cli("undeploy", "--instance-id", instance.instance_id)
         # Then it refuses in one line and changes nothing
         assert run.code == 1
         assert run.err.splitlines() == [

@@ -103,6 +103,18 @@ def test_demo_end_to_end_then_the_kept_endpoint(tmp_path_factory: pytest.TempPat
         assert re.search(r"done\s+sync\s+.*MiB in .* \(.*iB/s\), \d+ of \d+ files", deploy)
         assert f"Deployed {SMOLLM2} on i-" in deploy
         assert re.search(r"deploy part took \d+\.\d s wall time", deploy)
+        # sync and install ran at once, then the service started
+        assert re.search(r"done\s+start-service\s+\d+\.\d s", deploy)
+        # the time to healthy: measured beside the plan's estimate, and the +-30% verdict
+        assert re.search(r"^  to healthy\s+\d+\.\d s, estimate \d+\.\d s \([+-]\d+%", deploy, re.M)
+        verdict = re.search(
+            r"^demo: time to healthy (\d+\.\d) s \(measured\), estimate (\d+\.\d) s: "
+            r"[+-]\d+%, (within|NOT within) \+-30% of the estimate$",
+            deploy,
+            re.M,
+        )
+        assert verdict, deploy[-3000:]
+        print("time to healthy (measured, estimate, verdict):", verdict.groups())
 
         # The question: a real, non-empty answer
         answer = re.search(r"^  A: (.*)$", section(text, "5/6", "6/6"), re.M)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+from asoba_deploy.core.steps import SYNC_MARKER
+from local.bucket import upload_model
 from local.executions import run_execution
 from local.sandbox.sandbox import port_open
 from tests.conftest import Ports
-from tests.e2e.helpers import finish, get_json, start
+from tests.e2e.helpers import TricklingServer, finish, get_json, start, wait_until_state_entered
+from tests.e2e.test_faults import (  # noqa: F401  (flux_holds_the_gpu, runtime_bundle: fixtures)
+    assert_flux_restored,
+    flux_holds_the_gpu,
+    runtime_bundle,
+    with_requirements,
+)
 
 
 def test_dry_run_outputs_the_plan_and_changes_nothing(
@@ -49,6 +59,33 @@ def test_small_model_deploys_beside_flux(
     assert set(generated) >= {"choices", "usage", "model", "created", "id"}
     assert generated["choices"][0]["finish_reason"] in ("stop", "length")
 
+    # Sync and install ran at once (each began before the other ended), then the service started
+    entered = result.states_entered
+    assert entered.index("Prepare") < min(entered.index("Sync"), entered.index("Install"))
+    assert entered.index("Install") < entered.index("Sync.Result")
+    assert entered.index("Sync") < entered.index("Install.Result")
+    assert max(entered.index("Sync.Result"), entered.index("Install.Result")) < entered.index("StartService")
+    assert entered.index("StartService.Result") < entered.index("HealthCheck")
+    steps = record["results"]
+    # it waited for this execution's sync marker unless the runtime streams the weights
+    streams = record["plan"]["load_from"] == "stream"
+    assert steps["start_service"]["sync"] == ("not awaited (streaming)" if streams else "complete")
+    assert steps["start_service"]["state"] == "active"
+    assert (
+        instance.models_root.joinpath(tiny_in_bucket, SYNC_MARKER).read_text().strip()
+        == result.arn.rsplit(":", 1)[-1]
+    )
+
+    # And the ledger record carries the measured time to healthy beside the plan's estimate
+    timing = record["time_to_healthy"]
+    assert set(timing) >= {"estimate_s", "actual_s", "transfer_s", "install_s", "load_s"}
+    assert all(timing[part] > 0 for part in ("actual_s", "transfer_s", "install_s", "load_s")), timing
+    # the parts are the commands' own timings; the whole runs from the execution's start
+    assert timing["actual_s"] >= timing["load_s"] + max(timing["transfer_s"], timing["install_s"]) * 0.99
+    estimate = (record["plan"].get("time_to_healthy") or {}).get("estimate_s")
+    assert timing["estimate_s"] == estimate
+    print("time to healthy:", timing)
+
 
 def test_large_model_replaces_flux(
     sfn: Any, machine_arn: str, instance: Any, tiny_in_bucket: str, ports: Ports
@@ -82,3 +119,45 @@ def test_two_executions_at_once_only_one_deploys(
     assert refused.error == "DeploymentInProgress"
     assert "nothing was changed" in (refused.cause or "")
     assert "CollectResources" not in refused.states_entered
+
+
+def test_a_failed_sync_stops_the_install_beside_it_before_the_rollback(
+    sfn: Any,
+    machine_arn: str,
+    flux_holds_the_gpu: Any,  # noqa: F811  (the fixture)
+    tiny_model: Path,
+    ports: Ports,
+    local_cloud: Any,
+    model_bucket: str,
+    runtime_bundle: tuple[str, str, bytes],  # noqa: F811  (the fixture)
+) -> None:
+    # Given an install that hangs in pip (a requirement whose download never ends) while the
+    # model's weights vanish from S3 after the plan read their headers
+    server = TricklingServer()
+    s3 = local_cloud.client("s3")
+    try:
+        bucket, key, original = runtime_bundle
+        hanging = with_requirements(
+            original, f"hangpkg @ http://127.0.0.1:{server.port}/hangpkg-1.0-py3-none-any.whl"
+        )
+        s3.put_object(Bucket=bucket, Key=key, Body=hanging)
+        upload_model(s3, model_bucket, "tiny-parallel-fault", tiny_model)
+        arn = start(sfn, machine_arn, {"model": "tiny-parallel-fault"}, "parallel-fault")
+        wait_until_state_entered(sfn, arn, "SnapshotPrevious")
+        s3.delete_object(Bucket=model_bucket, Key="tiny-parallel-fault/model.safetensors")
+
+        # When the sync fails beside the install that still runs
+        result = finish(sfn, arn)
+    finally:
+        server.close()
+
+    # Then the execution fails with the sync's error and is rolled back; the install's command,
+    # which Step Functions' Parallel does not stop, was cancelled before the rollback ran
+    assert (result.status, result.error) == ("FAILED", "SyncFailed"), result.cause
+    listed = local_cloud.client("ssm").list_commands(InstanceId=flux_holds_the_gpu.instance_id)["Commands"]
+    installs = [c for c in listed if re.fullmatch(r"install#\d+ parallel-fault", c.get("Comment", ""))]
+    assert [c["Status"] for c in installs] == ["Cancelled"]
+    rollbacks = [c for c in listed if re.fullmatch(r"rollback#\d+ parallel-fault", c.get("Comment", ""))]
+    assert [c["Status"] for c in rollbacks] == ["Success"]
+    assert installs[0]["RequestedDateTime"] < rollbacks[0]["RequestedDateTime"]
+    assert_flux_restored(flux_holds_the_gpu, ports)

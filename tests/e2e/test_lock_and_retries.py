@@ -33,9 +33,11 @@ def test_invocation_not_yet_registered_is_retried(
         instance.invocation_delay_s = 0.0
 
     assert result.status == "SUCCEEDED", (result.error, result.cause)
+    # the Await's read is a `.waitForTaskToken` task: its Lambda's error is the task's (TaskFailed)
     retried = [
         e
         for e in result.history
-        if e.get("lambdaFunctionFailedEventDetails", {}).get("error") == "InvocationDoesNotExist"
+        if (e.get("lambdaFunctionFailedEventDetails") or e.get("taskFailedEventDetails") or {}).get("error")
+        == "InvocationDoesNotExist"
     ]
-    assert retried, "the poll must have met InvocationDoesNotExist and been retried"
+    assert retried, "the Await's read must have met InvocationDoesNotExist and been retried"

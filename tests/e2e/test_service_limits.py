@@ -1,13 +1,15 @@
 """A real execution's history against what the limits' worst case assumes (local/limits.py):
-the events a poll round costs, and how many states the machine has outside its poll loops."""
+the events a safety-net round and a command's end cost, and how many states the machine has
+outside its loops."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from local import events
 from local.executions import run_execution
-from local.limits import POLL_ROUND_EVENTS
+from local.limits import AWAIT_EVENTS, ENDING_ROUND_EVENTS, FLOW_EVENTS, SAFETY_NET_ROUND_EVENTS
 from tests.unit.test_history_worst_case import FIXED_STATES
 
 
@@ -20,24 +22,39 @@ def _states(definition: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def test_a_poll_round_costs_what_the_worst_case_counts(
+def _is_collect_event(event: dict[str, Any]) -> bool:
+    return str(event.get("detail", {}).get("document-name", "")).endswith("-collect-resources")
+
+
+def test_a_safety_net_round_costs_what_the_worst_case_counts(
     sfn: Any, machine_arn: str, tiny_in_bucket: str, instance: Any
 ) -> None:
-    # run_execution checks every state's size and the history's length (local/limits.py)
-    result = run_execution(sfn, machine_arn, {"model": tiny_in_bucket, "dry_run": True})
+    # Given collect-resources loses its status events, so its Await ends by its safety net
+    # (run_execution checks every state's size and the history's length, local/limits.py)
+    with events.drop(_is_collect_event):
+        result = run_execution(sfn, machine_arn, {"model": tiny_in_bucket, "dry_run": True})
     assert result.status == "SUCCEEDED", (result.error, result.cause)
 
     names = [
         (e.get("stateEnteredEventDetails") or e.get("stateExitedEventDetails") or {}).get("name")
         for e in result.history
     ]
-    start = names.index("CollectResources.Wait")  # WaitStateEntered of the first round
-    end = names.index("CollectResources.Finished?", start) + 1  # its ChoiceStateEntered ...
-    assert names[end] == "CollectResources.Finished?"  # ... and ChoiceStateExited
-    assert end + 1 - start == POLL_ROUND_EVENTS, [e["type"] for e in result.history[start : end + 1]]
+    types = [e["type"] for e in result.history]
+    awaits = [
+        i
+        for i, (n, t) in enumerate(zip(names, types, strict=True))
+        if n == "CollectResources.Await" and t == "TaskStateEntered"
+    ]
+    assert len(awaits) >= 2, types
+    # a timed-out round: the Await's events, then Rearm, up to the next Await
+    first, second = awaits[0], awaits[1]
+    assert second - first == SAFETY_NET_ROUND_EVENTS, types[first:second]
+    assert "TaskTimedOut" in types[first:second]
+    # the round that ends the command: the Await's events up to Finished?
+    last = awaits[-1]
+    finished = names.index("CollectResources.Finished?", last)
+    assert AWAIT_EVENTS <= finished - last <= ENDING_ROUND_EVENTS, types[last:finished]
+    assert types[finished : finished + FLOW_EVENTS] == ["ChoiceStateEntered", "ChoiceStateExited"]
 
     definition = json.loads(sfn.describe_state_machine(stateMachineArn=machine_arn)["definition"])
     assert len(_states(definition)) <= FIXED_STATES
-    # the Waits back off: the first ones wait the configured interval
-    sent = result.state_output("CollectResources")
-    assert sent["command"]["wait_seconds"] == 1

@@ -67,10 +67,13 @@ def test_status_is_healthy_with_exactly_the_seed_fields(
 ) -> None:
     # Given the model has loaded / When /status is asked
     response = client.get("/status")
-    # Then it is 200 with the seed's fields and values from this machine
+    # Then it is 200 with the seed's fields and values from this machine, and how it loaded
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == SEED_STATUS_FIELDS
+    assert set(body) == SEED_STATUS_FIELDS | {"load"}
+    load = body["load"]
+    assert (load["from"], load["reason"]) == ("disk", "LOAD_FROM=disk")
+    assert load["seconds"] > 0 and load["stage_seconds"] is None
     assert body["status"] == "healthy"
     assert body["model"] == "tiny-llama"
     assert body["service"] == "asoba-inference"

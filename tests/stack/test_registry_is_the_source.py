@@ -24,7 +24,8 @@ class WarmCacheFailed(errors.CommandFailed):
 
 @pytest.fixture
 def registry_with_a_new_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Step]:
-    # Given a new change step between install and health-check, its document and its handler
+    # Given a new change step after install (after its parallel group), before start-service,
+    # its document and its handler
     template = STEPS["install"]
     assert template.instance is not None
     step = replace(
@@ -32,6 +33,7 @@ def registry_with_a_new_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         name="warm-cache",
         description="Read the weights once into the page cache",
         error=WarmCacheFailed,
+        parallel=None,  # after the parallel group, not a third branch of it
     )
     documents = tmp_path / "ssm_documents"
     shutil.copytree(PROJECT_ROOT / "ssm_documents", documents)
@@ -76,8 +78,8 @@ def test_a_registered_step_reaches_stack_and_machine(registry_with_a_new_step: S
     # Then the machine runs it in its phase, between the steps around it in the registry
     assert step.phase is Phase.CHANGE
     states = _states(synth.state_machine_definition)
-    assert states["Install.Result"]["Next"] == "WarmCache"
-    assert states["WarmCache.Result"]["Next"] == "HealthCheck"
+    assert states["Prepare.Done"]["Next"] == "WarmCache"
+    assert states["WarmCache.Result"]["Next"] == "StartService"
     # its function runs its handler, its document is registered, and it may send only that document
     resources = synth.template["Resources"].values()
     handlers = {r["Properties"]["Handler"] for r in resources if r["Type"] == "AWS::Lambda::Function"}

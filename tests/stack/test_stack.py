@@ -14,6 +14,7 @@ import yaml
 
 from asoba_deploy.core.steps import STEPS, Grant, Phase, phase
 from local.stack import PROJECT_ROOT, Synthesized, synthesize
+from stacks.command_events import COMPLETER_HANDLER
 
 BIN = Path(sys.executable).parent
 
@@ -100,8 +101,60 @@ def test_rollback_catches_every_change_step(synth: Synthesized) -> None:
     catch = change["Catch"][0]
     assert catch["ErrorEquals"] == ["States.ALL"]
     assert catch["Next"] == "RollbackInstance"
-    change_states = {n for b in change["Branches"] for n in b["States"]}
+    # every change step is inside it, those of a parallel group in the branches of its Parallel
+    change_states = set(_all_named_states({"States": {"ChangeInstance": change}}))
     assert {step.label for step in phase(Phase.CHANGE)} <= change_states
+    assert "Prepare" in change_states
+
+
+def test_sync_and_install_run_at_once_and_start_service_follows(synth: Synthesized) -> None:
+    # Given the change phase as synthesized
+    states: dict[str, dict[str, Any]] = {}
+    for named in _all_states_named(synth.state_machine_definition):
+        states.update(named)
+    prepare = states["Prepare"]
+    # Then Prepare is one Parallel state, one branch per step of the registry's group, each
+    # branch that step's whole fragment (its send first, its result copied last)
+    group = [step for step in phase(Phase.CHANGE) if step.parallel == "prepare"]
+    assert [step.name for step in group] == ["sync", "install"]
+    assert prepare["Type"] == "Parallel"
+    assert [branch["StartAt"] for branch in prepare["Branches"]] == [step.label for step in group]
+    for step, branch in zip(group, prepare["Branches"], strict=True):
+        assert branch["States"][f"{step.label}.Result"]["ResultPath"] == step.result_path
+        assert branch["States"][f"{step.label}.Result"].get("End") is True
+    # both branches' results land at $.steps.<key>, as if they had run in turn, and the scratch
+    # copy is emptied again
+    assert prepare["ResultSelector"] == {"sync.$": "$[0].steps.sync", "install.$": "$[1].steps.install"}
+    copy = states[prepare["Next"]]
+    for step in group:
+        assert (copy["Type"], copy["InputPath"], copy["ResultPath"]) == (
+            "Pass",
+            f"$.prepare.{step.key}",
+            step.result_path,
+        )
+        copy = states[copy["Next"]]
+    done = copy
+    assert (done["Result"], done["ResultPath"]) == ({}, "$.prepare")
+    # and the service starts only after both, then the health check
+    assert done["Next"] == "StartService"
+    assert states["StartService.Result"]["Next"] == "HealthCheck"
+    # install no longer starts the unit: only start-service's document does
+    for name in ("install", "start-service"):
+        script = "\n".join(
+            "\n".join(step["inputs"].get("runCommand", []))
+            for step in yaml.safe_load((PROJECT_ROOT / "ssm_documents" / f"{name}.yaml").read_text())[
+                "mainSteps"
+            ]
+        )
+        assert ("systemctl restart" in script) == (name == "start-service"), name
+
+
+def _all_states_named(definition: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    found = [dict(definition["States"])]
+    for state in definition["States"].values():
+        for branch in state.get("Branches", []):
+            found.extend(_all_states_named(branch))
+    return found
 
 
 def test_documents_are_registered_from_the_files(synth: Synthesized) -> None:
@@ -132,7 +185,11 @@ def test_send_command_is_scoped_to_instances_and_documents(synth: Synthesized) -
 
 
 def test_schedule_runs_validate_mode_and_alarm_notifies(synth: Synthesized) -> None:
-    rules = resources(synth, "AWS::Events::Rule")
+    rules = {
+        k: r
+        for k, r in resources(synth, "AWS::Events::Rule").items()
+        if "ScheduleExpression" in r["Properties"]
+    }
     assert len(rules) == 1
     rule = next(iter(rules.values()))["Properties"]
     assert rule["ScheduleExpression"] == "rate(1 hour)"
@@ -156,7 +213,9 @@ def test_functions_are_the_registrys_and_share_one_code_asset(synth: Synthesized
     functions = resources(synth, "AWS::Lambda::Function")
     keys = {json.dumps(f["Properties"]["Code"]) for f in functions.values()}
     handlers = sorted(f["Properties"]["Handler"] for f in functions.values())
-    assert handlers == sorted(step.handler for step in STEPS.values() if step.has_function)
+    # one per registry step, and the status-change event completer (stacks/command_events.py)
+    expected = [step.handler for step in STEPS.values() if step.has_function] + [COMPLETER_HANDLER]
+    assert handlers == sorted(expected)
     assert len(keys) == 1
     assert all(f["Properties"]["TracingConfig"]["Mode"] == "Active" for f in functions.values())
 
@@ -225,6 +284,7 @@ def test_several_instances_each_get_send_rights_a_schedule_and_an_alarm(tmp_path
     inputs = [
         json.loads(r["Properties"]["Targets"][0]["Input"])
         for r in resources(synth, "AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
     ]
     assert sorted(i["instance_id"] for i in inputs) == ids
     assert len(resources(synth, "AWS::CloudWatch::Alarm")) == 2

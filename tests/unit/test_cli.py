@@ -380,12 +380,19 @@ def test_a_deploy_prints_each_step_as_it_starts_and_ends() -> None:
         "snapshot-previous",
         "sync",
         "install",
+        "start-service",
         "health-check",
         "record-deployment",
         "release-lock",
     ]
     started = [re.split(r"\s+", line.strip())[2] for line in lines if re.search(r"\bstart\s", line)]
-    assert started == names
+    # sync and install start together (Prepare), in whichever order the branches began
+    together = slice(names.index("sync"), names.index("install") + 1)
+    assert sorted(started[together]) == sorted(names[together])
+    assert (
+        started[: together.start] + started[together.stop :]
+        == names[: together.start] + names[together.stop :]
+    )
     for name in names:
         assert len(lines_matching(lines, "done", name)) == 1, name
     assert lines_matching(lines, "end", "Deployed")
@@ -476,8 +483,9 @@ def test_the_sync_line_has_bytes_and_rate() -> None:
 def test_durations_come_from_the_history() -> None:
     line = lines_matching(progress_lines("deploy"), "done", "health-check")[0]
     seconds = float(re.search(r"(\d+\.\d) s", line).group(1))  # type: ignore[union-attr]
-    assert seconds > 1.0  # the health check polls while the model loads
+    assert seconds > 1.0  # the health check waits while the model loads
     assert "check(s)" in line
+    assert "healthy" in line
 
 
 def test_a_failed_step_shows_its_error() -> None:
@@ -645,7 +653,9 @@ def test_the_deploy_summary_names_endpoints_sync_and_timings() -> None:
     assert "sync" in text and "/s)" in text
     # step timings under the registry's names
     assert re.search(r"collect-resources \d+\.\d s, snapshot-previous", text)
-    assert re.search(r"health-check \d+\.\d s \(\d+ runs\)", text)
+    assert re.search(r"start-service \d+\.\d s, health-check \d+\.\d s", text)
+    # the time to healthy, measured beside the plan's estimate
+    assert re.search(r"to healthy\s+\d+\.\d s, estimate \d+\.\d s \([+-]\d+%", text)
     assert "$1.624/h" in text
 
 

@@ -1,5 +1,6 @@
-"""The history of a whole deployment with every instance step at its full budget, polled at the
-smallest interval the configuration allows, stays under Step Functions' 25,000 events."""
+"""The history of a whole deployment with every instance step at its full budget and every SSM
+status event lost (each step ended by its safety net), at the smallest safety-net interval the
+configuration allows, stays under Step Functions' 25,000 events."""
 
 from __future__ import annotations
 
@@ -7,26 +8,29 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from asoba_deploy.core.commands import CommandRef, next_wait
+from asoba_deploy.core.commands import CommandRef, await_timeout, next_wait
 from asoba_deploy.core.config import DeployConfig
+from asoba_deploy.core.instance_step import WAIT_RUN_SECONDS
 from asoba_deploy.core.settings import Settings, StackResources
 from asoba_deploy.core.steps import Phase, instance_steps
 from local.limits import HISTORY_EVENTS, worst_case_events
 
 GB = 1024**3
 MIN_INTERVAL = int(DeployConfig.model_fields["poll_interval_seconds"].metadata[0].ge)
+MIN_SAFETY_NET = int(DeployConfig.model_fields["safety_net_seconds"].metadata[0].ge)
 # Every state of the machine outside the poll loops, entered once: an upper bound of the real
 # definition's state count (tests/e2e/test_service_limits.py checks it).
 FIXED_STATES = 100
 DEPLOY_PHASES = (Phase.INSPECT, Phase.BACKUP, Phase.CHANGE, Phase.UNDO)
 
 
-def settings(interval: int) -> Settings:
+def settings(interval: int, safety_net: int = 900) -> Settings:
     return Settings(
         deploy=DeployConfig(
             instance_ids=["i-0123456789abcdef0"],
             model_bucket="asoba-llm-cache",
             poll_interval_seconds=interval,
+            safety_net_seconds=safety_net,
         ),
         stack=StackResources(
             runtime_bundle_uri="https://s3.us-west-2.amazonaws.com/b/k.zip",
@@ -42,8 +46,8 @@ def budgets(config: Settings, model_bytes: int) -> dict[str, int]:
     return {s.key: s.instance.budget(config, state) for s in steps if s.instance is not None}
 
 
-def backoff(interval: int, budget: int) -> Callable[[float], int]:
-    ref = CommandRef(
+def _ref(budget: int) -> CommandRef:
+    return CommandRef(
         step="sync",
         document="d",
         command_id="c",
@@ -52,41 +56,52 @@ def backoff(interval: int, budget: int) -> Callable[[float], int]:
         first_sent_at=0,
         deadline=budget,
     )
+
+
+def backoff(interval: int, budget: int) -> Callable[[float], int]:
+    ref = _ref(budget)
     return lambda elapsed: next_wait(ref, now=elapsed, interval=interval)
 
 
-def worst_case(interval: int, model_bytes: int, *, fixed_wait: bool = False) -> int:
-    config = settings(interval)
+def safety_net_rounds(safety_net: int, budget: int) -> Callable[[float], int]:
+    """The Await's round, as the send computes it (fixed for the command)."""
+    seconds = await_timeout(_ref(budget), now=0, safety_net=safety_net)
+    return lambda elapsed: seconds
+
+
+def worst_case(safety_net: int, model_bytes: int, *, fixed_rounds: int | None = None) -> int:
+    config = settings(MIN_INTERVAL, safety_net)
     total = 0
     resend = {s.key for s in instance_steps() if s.instance is not None and s.instance.resend_while}
     for key, budget in budgets(config, model_bytes).items():
-        schedule = (lambda elapsed: interval) if fixed_wait else backoff(interval, budget)
-        total += worst_case_events({key: budget}, schedule, resend=resend)
-    return total + worst_case_events({}, lambda e: interval, fixed_states=FIXED_STATES)
+        schedule = (lambda elapsed: fixed_rounds) if fixed_rounds else safety_net_rounds(safety_net, budget)
+        total += worst_case_events({key: budget}, schedule, resend=resend, resend_every=WAIT_RUN_SECONDS)
+    return total + worst_case_events({}, lambda e: safety_net, fixed_states=FIXED_STATES)
 
 
 def test_the_minimum_interval_is_one_second() -> None:
     assert MIN_INTERVAL == 1
 
 
-def test_a_fixed_wait_at_the_minimum_interval_passed_the_limit() -> None:
-    # The defect: one poll round per interval; a sync alone near its 3,600 s budget is ~32,400 events.
-    config = settings(MIN_INTERVAL)
+def test_a_round_per_second_would_pass_the_limit() -> None:
+    # The defect the round cap prevents: one round per second; a sync alone near its 3,600 s
+    # budget is ~28,800 events.
+    config = settings(MIN_INTERVAL, MIN_SAFETY_NET)
     sync = budgets(config, 30 * GB)["sync"]
-    assert worst_case_events({"sync": sync}, lambda e: MIN_INTERVAL) > HISTORY_EVENTS
-    assert worst_case(MIN_INTERVAL, 30 * GB, fixed_wait=True) > HISTORY_EVENTS
+    assert worst_case_events({"sync": sync}, lambda e: MIN_SAFETY_NET) > HISTORY_EVENTS
+    assert worst_case(MIN_SAFETY_NET, 30 * GB, fixed_rounds=MIN_SAFETY_NET) > HISTORY_EVENTS
 
 
-def test_the_backed_off_wait_keeps_the_worst_case_far_under_the_limit() -> None:
-    for interval in (MIN_INTERVAL, 5, 60):
+def test_capped_safety_net_rounds_keep_the_worst_case_far_under_the_limit() -> None:
+    for safety_net in (MIN_SAFETY_NET, 5, 900):
         for model_gb in (1, 30, 500):  # the health check's budget grows 20 s per GB
-            events = worst_case(interval, model_gb * GB)
-            assert events < HISTORY_EVENTS // 2, (interval, model_gb, events)
+            events = worst_case(safety_net, model_gb * GB)
+            assert events < HISTORY_EVENTS // 2, (safety_net, model_gb, events)
     print(
-        "worst case at 1 s, 30 GB:",
-        worst_case(MIN_INTERVAL, 30 * GB),
-        "events (fixed wait:",
-        worst_case(MIN_INTERVAL, 30 * GB, fixed_wait=True),
+        "worst case at a 1 s safety net, 30 GB:",
+        worst_case(MIN_SAFETY_NET, 30 * GB),
+        "events (uncapped 1 s rounds:",
+        worst_case(MIN_SAFETY_NET, 30 * GB, fixed_rounds=MIN_SAFETY_NET),
         ")",
     )
 

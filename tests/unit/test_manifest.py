@@ -309,3 +309,83 @@ def test_plan_lists_skipped_files_and_counts_a_mirrored_cache(moto_s3: Any, tmp_
     result = plan(manifest, seed_snapshot(cached_models=[stale]), DeployRequest(model="mirror"), Policy())
     assert result.bytes_to_transfer == written.total_bytes
     assert any("holds a different copy" in w for w in result.warnings)
+
+
+def test_shards_come_from_the_listing_and_the_index_is_not_read(moto_s3: Any, tmp_path: Path) -> None:
+    # Given a 3-shard model (save_pretrained's names) and its index
+    written = write_model(tmp_path / "listed", TINY, decoder_tensors(TINY), shards=3)
+    upload_folder(moto_s3, "models", "", written.path)
+    reader = reader_for(moto_s3)
+
+    manifest = read_manifest(reader, "", "listed", builtin_catalog())
+
+    # Then the shards are the listing's, the index is synced but never read
+    assert [f.path for f in manifest.weight_files] == [
+        f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
+    ]
+    assert not any(key.endswith(".index.json") for key, _, _ in reader.ranges)
+    assert "model.safetensors.index.json" in {f.path for f in manifest.files}
+    assert manifest.weights.parameters == TINY_PARAMS
+
+
+def test_shards_named_otherwise_are_found_through_the_index(moto_s3: Any, tmp_path: Path) -> None:
+    written = write_model(tmp_path / "custom", TINY, decoder_tensors(TINY), shards=2, weights_name="part")
+    index = json.loads((written.path / "part.safetensors.index.json").read_text())
+    (written.path / "part.safetensors.index.json").unlink()
+    (written.path / "model.safetensors.index.json").write_text(json.dumps(index))
+    upload_folder(moto_s3, "models", "", written.path)
+    reader = reader_for(moto_s3)
+    manifest = read_manifest(reader, "", "custom", builtin_catalog())
+    assert sorted(f.path for f in manifest.weight_files) == [
+        "part-00001-of-00002.safetensors",
+        "part-00002-of-00002.safetensors",
+    ]
+    assert any(key.endswith("model.safetensors.index.json") for key, _, _ in reader.ranges)
+    assert manifest.weights.source == "safetensors-header" and manifest.weights.parameters == TINY_PARAMS
+
+
+def test_headers_over_the_budget_are_sampled_with_exact_totals(moto_s3: Any, tmp_path: Path) -> None:
+    # Given a 6-shard model whose lm_head sits in the 3rd shard (not first or last)
+    from asoba_deploy.core.manifest import ModelShape, read_weight_stats
+    from asoba_deploy.core.s3 import ObjectInfo
+
+    tensors = decoder_tensors({**TINY, "num_hidden_layers": 6})
+    head = next(t for t in tensors if t.name == "lm_head.weight")
+    tensors.remove(head)
+    tensors.insert(len(tensors) // 2, head)
+    written = write_model(tmp_path / "wide", {**TINY, "num_hidden_layers": 6}, tensors, shards=6)
+    upload_folder(moto_s3, "models", "", written.path)
+    files = [
+        ObjectInfo(key=f"wide/{name}", size=written.files[name])
+        for name in sorted(written.files)
+        if name.endswith(".safetensors")
+    ]
+    shape = ModelShape(vocab_size=256, tie_word_embeddings=False)
+    exact, _ = read_weight_stats(reader_for(moto_s3), files, shape, None, [])
+    assert exact.source == "safetensors-header" and exact.headers_read == 6
+
+    # When read with a budget that holds one header only
+    reader = reader_for(moto_s3)
+    warnings: list[str] = []
+    sampled, _ = read_weight_stats(reader, files, shape, None, warnings, budget=1)
+
+    # Then the sample reads on until both embeddings are found: the first, the last, then in
+    # order up to the shard holding lm_head
+    index = json.loads((written.path / "model.safetensors.index.json").read_text())
+    head_shard = int(index["weight_map"]["lm_head.weight"].split("-")[1])
+    assert 1 < head_shard < 6
+    reads = 2 + (head_shard - 1)
+    assert sampled.source == "safetensors-sampled"
+    assert (sampled.headers_read, sampled.headers_total) == (reads, 6)
+    assert sampled.embedding == exact.embedding
+    # The totals are exact (tensor bytes from sizes and header lengths), the split within 1 %
+    assert sampled.stored_bytes == exact.stored_bytes
+    assert sampled.parameters == exact.parameters
+    assert sampled.dtype_bytes == exact.dtype_bytes
+    assert sampled.largest_file_bytes == exact.largest_file_bytes
+    assert abs(sampled.linear.elements - exact.linear.elements) <= 0.01 * exact.linear.elements
+    (warning,) = warnings
+    assert warning.startswith(f"read the headers of {reads} of 6 weight files")
+    # And two shards' headers were never asked for beyond their 8-byte length
+    lengths = {key for key, start, _ in reader.ranges if start == 8}
+    assert len(lengths) == reads

@@ -45,6 +45,9 @@ def assert_headers_only(bucket: SeedBucket, reader: CountingReader, prefix: str)
             assert end <= limits[key], f"read {key} up to {end}, its header ends at {limits[key]}"
 
 
+READ_BUDGET_BYTES = 1_000_000  # the planner's S3 reads per model (issue 13)
+
+
 @dataclass(frozen=True)
 class Expected:
     action: str
@@ -100,9 +103,20 @@ def test_seed_model_decision(seed_bucket: SeedBucket, model: str) -> None:
     assert result.source_uri == f"s3://asoba-llm-cache/seed/{expected.deploy_model}/"
     assert result.context_tokens == 4096
     assert result.reasons and result.summary
-    # And the planner read headers only: a few hundred KB for tens of GB.
+    # The seed's snapshot reports no candidate roots: the configured one, unmeasured
+    assert result.models_root == "/opt/models"
+    assert result.models_root_reason.endswith("write rate not measured): the only models root")
+    estimate = result.time_to_healthy
+    assert estimate is not None and estimate.basis["transfer_bytes"] == result.bytes_to_transfer
+    waited = (
+        estimate.install_s if result.load_from == "stream" else max(estimate.transfer_s, estimate.install_s)
+    )
+    assert estimate.estimate_s == pytest.approx(waited + estimate.load_s + estimate.warmup_s, abs=0.02)
+    # And the planner read headers only, at most 1 MB for tens of GB (the MoE's 1.6 MB index
+    # is not read, its 2.3 MB of headers are sampled)
     assert_headers_only(seed_bucket, reader, "seed/")
-    assert reader.bytes_read < 5 * (1 << 20)
+    assert reader.bytes_read <= READ_BUDGET_BYTES, f"{model} read {reader.bytes_read:,} bytes"
+    assert not any(key.endswith(".index.json") for key, _, _ in reader.ranges)
 
 
 def test_small_models_coexist_with_flux_still_counted(seed_bucket: SeedBucket) -> None:
@@ -267,3 +281,25 @@ def test_plan_json_round_trip(seed_bucket: SeedBucket) -> None:
     assert Plan.model_validate(dumped) == result
     assert dumped["gpu"]["breakdown"].keys() == {"weights", "kv_cache", "cuda_context", "margin"}
     assert dumped["parameters"] > 30_000_000_000
+
+
+def test_the_moe_reads_a_sample_of_its_headers_with_exact_totals(seed_bucket: SeedBucket) -> None:
+    # Given qwen3-coder-30b: 16 shards, 18,867 tensors, 2.3 MB of headers and a 1.6 MB index
+    from local.sparse_models import seed_manifest
+
+    reader = CountingReader(BotoS3Reader(seed_bucket.client, seed_bucket.bucket))
+    manifest = read_manifest(reader, "seed/", "qwen3-coder-30b", builtin_catalog())
+    exact = seed_manifest("qwen3-coder-30b").weights  # every header, parsed in memory
+
+    # Then it read under 1 MB: no index, some headers whole, the rest's 8-byte lengths
+    assert reader.bytes_read <= READ_BUDGET_BYTES
+    weights = manifest.weights
+    assert weights.source == "safetensors-sampled"
+    assert weights.headers_total == 16 and 2 <= weights.headers_read < 16
+    # And what the plan uses is exact or within a millionth: bytes, parameters, embeddings
+    assert weights.stored_bytes == exact.stored_bytes
+    assert weights.parameters == exact.parameters
+    assert weights.embedding == exact.embedding
+    assert weights.largest_file_bytes == exact.largest_file_bytes
+    assert abs(weights.linear.elements - exact.linear.elements) <= 1e-6 * exact.linear.elements
+    assert any(w.startswith(f"read the headers of {weights.headers_read} of 16") for w in manifest.warnings)

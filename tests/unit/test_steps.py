@@ -42,7 +42,10 @@ def qwen_plan(seed_bucket: SeedBucket) -> Plan:
 
 def state_with(plan: Plan) -> ExecutionState:
     return ExecutionState(
-        request=DeployRequest(model=plan.model), instance_id="i-0123456789abcdef0", plan=plan
+        request=DeployRequest(model=plan.model),
+        instance_id="i-0123456789abcdef0",
+        plan=plan,
+        execution_name="deploy-qwen3-14b-1764640000",
     )
 
 

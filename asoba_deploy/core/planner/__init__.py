@@ -6,6 +6,8 @@ what the instance reports, and its output is the dry run. Three parts:
     estimate   what one way of loading the model needs: GPU, RAM, disk, files to transfer
     decide     the seed's rules: action, quantization, the first option that fits
     explain    the plan's reasons, shortfalls, warnings and summary in words
+    roots      the models root: the fastest measured candidate with room (models_roots)
+    timing     the plan's time_to_healthy: transfer, install, load, warm-up, from measured rates
     assemble   `plan()`: decide, explain, and the `Plan` (models) of both
 
 Rules (thresholds from `Policy`, defaults from the seed):
@@ -22,7 +24,11 @@ Rules (thresholds from `Policy`, defaults from the seed):
    The kinds a plan can name are `core.quantization.KINDS`.
 3. Fit. GPU need <= GPU total - what other processes keep using after the stops; RAM
    likewise and under the runtime unit's MemoryMax; bytes to transfer + reserve <= disk
-   free; the port is not held by a service that keeps running.
+   free on the chosen models root; the port is not held by a service that keeps running.
+4. Models root. Among the candidates collect-resources measured (the context's models_roots),
+   one already holding the whole model, else the highest measured write rate with room (ties:
+   the context's order); none with room: the plan does not fit. At or below gp3's 125 MiB/s
+   baseline: a warning.
 
 Memory model (GPU):
     weights      bf16/fp16: 2 B/param; bnb-4bit: `nf4_bits_per_param` (4.5) bits for Linear

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.loading import choose_load
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.decide import Decision, decide
 from asoba_deploy.core.planner.estimate import gpu_memory_utilization
 from asoba_deploy.core.planner.explain import Explanation, explain
 from asoba_deploy.core.planner.models import Endpoints, Plan
+from asoba_deploy.core.planner.timing import time_to_healthy
 from asoba_deploy.core.policy import Policy
 from asoba_deploy.core.requirement_sets import install_download
 from asoba_deploy.core.snapshot import InstanceSnapshot
@@ -23,7 +25,48 @@ def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest,
     decision = decide(manifest, snapshot, request, policy)
     words = explain(manifest, snapshot, request, policy, decision)
     download = install_download(decision.chosen.engine.engine, snapshot)
-    return _to_plan(manifest, policy, decision, words, download)
+    planned = _to_plan(manifest, policy, decision, words, download)
+    planned = _with_load_source(planned, snapshot, policy)
+    return _with_time_to_healthy(planned, decision, snapshot, policy)
+
+
+def _with_load_source(planned: Plan, snapshot: InstanceSnapshot, policy: Policy) -> Plan:
+    """The plan with load_from (stream or disk) and load_reason (core.loading)."""
+    choice = choose_load(
+        preference=policy.load_from,
+        safetensors=all(f.key.endswith(".safetensors") for f in planned.files if _is_weight(f.key)),
+        quantization=planned.quantization,
+        adapter=planned.base_model is not None,
+        engine=planned.engine,
+        runtime=snapshot.runtime_python,
+        install_download=planned.install_download,
+        on_disk=planned.bytes_to_transfer == 0,
+    )
+    return planned.model_copy(update={"load_from": choice.load_from, "load_reason": choice.reason})
+
+
+def _is_weight(key: str) -> bool:
+    return key.endswith((".safetensors", ".bin", ".pt", ".pth", ".gguf"))
+
+
+def _with_time_to_healthy(
+    planned: Plan, decision: Decision, snapshot: InstanceSnapshot, policy: Policy
+) -> Plan:
+    """The plan with its time_to_healthy, computed last: it reads `load_from` (stream or disk)
+    wherever the plan decided it."""
+    chosen = decision.chosen
+    estimate = time_to_healthy(
+        root=chosen.root.chosen,
+        policy=policy,
+        engine=chosen.engine.engine,
+        transfer_bytes=planned.bytes_to_transfer,
+        load_bytes=chosen.option.deploy.weight_bytes,
+        install_builds=bool(planned.install_download),
+        load_from=str(getattr(planned, "load_from", None) or "disk"),
+        install_download=planned.install_download,
+        runtime=snapshot.runtime_python,
+    )
+    return planned.model_copy(update={"time_to_healthy": estimate})
 
 
 def _endpoints(host: str, port: int) -> Endpoints:
@@ -51,7 +94,7 @@ def _to_plan(
     deploy = option.deploy
     base = deploy.base
     deployed = [deploy] if base is None else [base, deploy]
-    root = policy.models_root.rstrip("/")
+    root = chosen.root.chosen.path.rstrip("/") or "/"
     return Plan(
         model=manifest.name,
         deploy_model=deploy.name,
@@ -91,6 +134,7 @@ def _to_plan(
         unit=policy.runtime_unit,
         model_path=f"{root}/{deploy.name}",
         models_root=root,
+        models_root_reason=chosen.root.reason,
         endpoints=_endpoints(policy.endpoint_host, chosen.port),
         gpu=chosen.gpu,
         ram=chosen.ram,

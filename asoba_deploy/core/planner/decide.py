@@ -27,13 +27,12 @@ from asoba_deploy.core.engines import EngineChoice, choose_engine
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.estimate import (
     Option,
-    disk_estimate,
     gpu_need,
     memory_estimate,
-    plan_files,
     ram_need,
 )
 from asoba_deploy.core.planner.models import Action, DiskEstimate, Dtype, MemoryEstimate, PlanFile
+from asoba_deploy.core.planner.roots import RootChoice, choose_root
 from asoba_deploy.core.policy import Policy
 from asoba_deploy.core.snapshot import CachedModel, InstanceSnapshot, ServiceState
 
@@ -77,6 +76,7 @@ class Evaluation:
     ram_within_memory_max: bool
     port_holders: tuple[str, ...]  # who keeps the port after the stops; empty: it is free
     engine: EngineChoice  # the engine that serves this option; the needs include its overheads
+    root: RootChoice  # the models root the files go to (planner.roots); files and disk are its
 
     @property
     def gpu_fits(self) -> bool:
@@ -233,7 +233,7 @@ def evaluate(
         sum(s.rss_bytes for s in leaving),
     )
     deploy = option.deploy
-    files, stale = plan_files([deploy] if deploy.base is None else [deploy.base, deploy], snapshot, policy)
+    root = choose_root([deploy] if deploy.base is None else [deploy.base, deploy], snapshot, policy)
     port = port_for(request, action, policy)
     holders = port_holders(snapshot, policy, {s.unit for s in leaving})
     return Evaluation(
@@ -243,13 +243,14 @@ def evaluate(
         stop_services=stops,
         gpu=gpu,
         ram=ram,
-        disk=disk_estimate(files, snapshot, policy),
-        files=tuple(files),
-        stale_copies=tuple(stale),
+        disk=root.chosen.disk,
+        files=root.chosen.files,
+        stale_copies=root.chosen.stale,
         has_gpu=bool(snapshot.gpus),
         ram_within_memory_max=ram.need_bytes <= policy.runtime_memory_max_bytes,
         port_holders=tuple(holders.get(port, ())),
         engine=engine,
+        root=root,
     )
 
 

@@ -131,14 +131,16 @@ def _whole_copy(manifest: Manifest, cached: CachedModel | None) -> bool:
 
 
 def plan_files(
-    manifests: Sequence[Manifest], snapshot: InstanceSnapshot, policy: Policy
+    manifests: Sequence[Manifest], snapshot: InstanceSnapshot, models_root: str, cache_root: str | None = None
 ) -> tuple[list[PlanFile], list[CachedModel]]:
-    """Every file to sync, marked cached or not, and the cached copies that match nothing."""
+    """Every file to sync under `models_root`, marked cached or not (a copy counts only in the
+    root that holds it: `cache_root`, default `models_root`), and the cached copies there that
+    match nothing."""
     files: list[PlanFile] = []
     stale: list[CachedModel] = []
-    root = policy.models_root.rstrip("/")
+    root = models_root.rstrip("/")
     for manifest in manifests:
-        cached = snapshot.cached(manifest.name)
+        cached = snapshot.cached(manifest.name, cache_root or root)
         whole_copy = _whole_copy(manifest, cached)
         if cached is not None and not cached.file_sizes and not whole_copy:
             stale.append(cached)
@@ -155,11 +157,12 @@ def plan_files(
     return files, stale
 
 
-def disk_estimate(files: Sequence[PlanFile], snapshot: InstanceSnapshot, policy: Policy) -> DiskEstimate:
+def disk_estimate(files: Sequence[PlanFile], free_bytes: int, policy: Policy) -> DiskEstimate:
+    """The files not cached against `free_bytes` of one models root."""
     to_transfer = sum(f.bytes for f in files if not f.cached)
     return DiskEstimate(
         needed_bytes=to_transfer,
-        free_bytes=snapshot.disk_free_bytes,
+        free_bytes=free_bytes,
         reserve_bytes=policy.disk_reserve_bytes,
-        free_after_bytes=snapshot.disk_free_bytes - to_transfer,
+        free_after_bytes=free_bytes - to_transfer,
     )

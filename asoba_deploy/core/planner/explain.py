@@ -221,9 +221,11 @@ def _disk_sentence(chosen: Evaluation, policy: Policy) -> tuple[bool, str]:
     cached_bytes = sum(f.bytes for f in chosen.files if f.cached)
     transfer_words = (
         f"transfers {gib(disk.needed_bytes)} ({gib(cached_bytes)} already cached) to "
-        f"{policy.models_root.rstrip('/')}/"
+        f"{chosen.root.chosen.path.rstrip('/')}/"
     )
     if not disk.fits:
+        if chosen.root.rule == "no-room" and len(chosen.root.options) > 1:
+            return False, chosen.root.reason
         return False, (
             f"{transfer_words} but the disk has {gib(disk.free_bytes)} free and keeps "
             f"{gib(disk.reserve_bytes)} in reserve; short by "
@@ -279,12 +281,13 @@ def _deployment_warnings(
     manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest, policy: Policy, decision: Decision
 ) -> list[str]:
     chosen = decision.chosen
-    root = policy.models_root.rstrip("/")
+    root = chosen.root.chosen.path.rstrip("/")
     warnings = [
         f"{root}/{stale.name} holds a different copy ({gib(stale.bytes)}, {stale.files} files); "
         "counting every file as to be transferred"
         for stale in chosen.stale_copies
     ]
+    warnings += chosen.root.warnings
     if len(snapshot.gpus) > 1:
         warnings.append(f"{len(snapshot.gpus)} GPUs: the model is spread over them (device_map=auto)")
     if request.port is not None:

@@ -35,6 +35,9 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
     context_tokens      the KV reserve the estimate used (clamped to the model's maximum)
     engine              the runtime's serving engine: "vllm" | "transformers" (core.engines)
     engine_reason       why that engine, one sentence
+    load_from           "stream" (the runtime streams the safetensors from S3 into memory while the
+                        sync's disk copy completes) | "disk" (sync, then load) (core.loading)
+    load_reason         why, one sentence
     gpu_memory_utilization  vllm: the share of total GPU memory vLLM may take (its whole budget:
                         the plan's GPU need, never more than what is available beside the
                         services that stay); null with transformers
@@ -48,7 +51,12 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
     parameters          logical parameter count (base + adapter)
     port, unit          TCP port and systemd unit of the runtime
     model_path          <models_root>/<deploy_model> (the adapter's folder for adapters)
-    models_root         the instance's models root
+    models_root         the models root chosen among the candidates (planner.roots): the fastest
+                        measured one with room, or the one already holding the model
+    models_root_reason  why that root, one sentence (each candidate's device, free bytes, rate)
+    time_to_healthy     {estimate_s, transfer_s, install_s, load_s, warmup_s, basis}: seconds from
+                        the change phase to a healthy service, and the rates and sizes used
+                        (planner.timing); null in plans recorded before it
     endpoints           {status, health, generate, openai_base} on endpoint_host:port
     gpu, ram            MemoryEstimate: need_bytes, breakdown {name: bytes}, total_bytes,
                         used_before_bytes, free_before_bytes, used_by_others_after_bytes,
@@ -69,6 +77,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from asoba_deploy.core.engines import Engine
+from asoba_deploy.core.loading import LoadFrom
 from asoba_deploy.core.quantization import Quantization
 
 __all__ = [
@@ -81,6 +90,7 @@ __all__ = [
     "Plan",
     "PlanFile",
     "Quantization",
+    "TimeToHealthy",
 ]
 
 Action = Literal["coexist", "replace"]
@@ -132,6 +142,19 @@ class DiskEstimate(BaseModel):
         return self.needed_bytes + self.reserve_bytes <= self.free_bytes
 
 
+class TimeToHealthy(BaseModel):
+    """The plan's prediction (planner.timing); the ledger records the measured side."""
+
+    model_config = ConfigDict(frozen=True)
+
+    estimate_s: float = Field(ge=0)
+    transfer_s: float = Field(ge=0)
+    install_s: float = Field(ge=0)
+    load_s: float = Field(ge=0)
+    warmup_s: float = Field(ge=0)
+    basis: dict[str, Any] = Field(default_factory=dict)
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -166,6 +189,9 @@ class Plan(BaseModel):
     # Added with the engines; the defaults read older plans (ledger records) as transformers ones.
     engine: Engine = "transformers"
     engine_reason: str = ""
+    # Added with streaming (core.loading); older plans loaded from disk.
+    load_from: LoadFrom = "disk"
+    load_reason: str = ""
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     max_model_len: int | None = Field(default=None, ge=1)
     max_num_seqs: int = Field(default=8, ge=1)
@@ -175,6 +201,8 @@ class Plan(BaseModel):
     unit: str
     model_path: str
     models_root: str
+    models_root_reason: str = ""
+    time_to_healthy: TimeToHealthy | None = None
     endpoints: Endpoints
     gpu: MemoryEstimate
     ram: MemoryEstimate

@@ -145,6 +145,22 @@ def unit_environment(root: Path, section: dict[str, list[str]]) -> dict[str, str
     owner = os.environ.get("SANDBOX_OWNER_PID")
     if owner:
         env["SANDBOX_OWNER_PID"] = owner
+    # No IMDS here: a service reaches the instance role's credentials and the local endpoint as
+    # the agent does (Sandbox.agent_environment), so its own S3 requests (the runtime streaming
+    # weights) are signed with the instance's key and judged by local/iam_http.py. On EC2 the
+    # SDKs' default chain finds the same role through IMDS, and the public endpoint.
+    aws = state_dir(root) / "aws"
+    if (aws / "credentials").is_file():
+        env["AWS_CONFIG_FILE"] = str(aws / "config")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(aws / "credentials")
+        endpoint = (aws / "endpoint").read_text().strip() if (aws / "endpoint").is_file() else ""
+        if endpoint:
+            env["AWS_ENDPOINT_URL"] = endpoint
+            # moto's S3 reads the whole object for every ranged GET (DESIGN 6): the streamer's
+            # default 16 parallel small ranges of a 257 MiB model time out there, so a service
+            # streaming from the local cloud takes a few large ranges (AWS needs no such thing).
+            env["RUNAI_STREAMER_CHUNK_BYTESIZE"] = str(64 << 20)
+            env["RUNAI_STREAMER_CONCURRENCY"] = "4"
     user = last(section, "User")
     if user:
         env["USER"] = env["LOGNAME"] = user
