@@ -72,12 +72,11 @@ def _round_events(history: list[dict[str, Any]], label: str) -> dict[str, int]:
     }
 
 
-def one_hour_step_events(counts: dict[str, int], safety_net: int) -> dict[str, Any]:
-    """The history of a step whose command runs one hour (budget one hour: the sync's default)
-    and whose end event arrives: its rounds are the Await timeouts the send computes."""
-    from asoba_deploy.core.commands import CommandRef, await_timeout
+def one_hour_command() -> Any:
+    """A sync command sent at 0 whose budget is one hour: both fragments' rounds are counted on it."""
+    from asoba_deploy.core.commands import CommandRef
 
-    ref = CommandRef(
+    return CommandRef(
         step="sync",
         document="d",
         command_id="c",
@@ -86,6 +85,14 @@ def one_hour_step_events(counts: dict[str, int], safety_net: int) -> dict[str, A
         first_sent_at=0,
         deadline=ONE_HOUR,
     )
+
+
+def one_hour_step_events(counts: dict[str, int], safety_net: int) -> dict[str, Any]:
+    """The history of a step whose command runs one hour (budget one hour: the sync's default)
+    and whose end event arrives: its rounds are the Await timeouts the send computes."""
+    from asoba_deploy.core.commands import await_timeout
+
+    ref = one_hour_command()
     round_seconds = await_timeout(ref, now=0, safety_net=safety_net)
     timed_out = max(0, math.ceil(ONE_HOUR / round_seconds) - 1)
     events = (
@@ -100,18 +107,10 @@ def one_hour_step_events(counts: dict[str, int], safety_net: int) -> dict[str, A
 def polled_hour_events(poll_seconds: int = 5) -> int:
     """The same step under the polling fragment it replaces (send, then Wait -> Poll -> Finished?
     rounds of 9 events at its back-off, then Result): for comparison."""
-    from asoba_deploy.core.commands import CommandRef, next_wait
+    from asoba_deploy.core.commands import next_wait
     from local.limits import poll_rounds
 
-    ref = CommandRef(
-        step="sync",
-        document="d",
-        command_id="c",
-        instance_id="i",
-        sent_at=0,
-        first_sent_at=0,
-        deadline=ONE_HOUR,
-    )
+    ref = one_hour_command()
     rounds = poll_rounds(ONE_HOUR, lambda elapsed: next_wait(ref, now=elapsed, interval=poll_seconds))
     return 5 + 9 * rounds + 2
 
