@@ -15,7 +15,7 @@ import boto3
 import requests
 from moto.server import ThreadedMotoServer
 
-from local import events, iam, iam_http, lambda_runner
+from local import dynamodb_atomic, events, iam, iam_http, lambda_runner
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -80,6 +80,29 @@ def _a_stopped_callback_task_aborts() -> None:
     StateTaskServiceCallback._eval_integration_pattern = _eval_integration_pattern
 
 
+def _a_stopped_map_aborts() -> None:
+    """An execution stopped while an inline Map runs ends ABORTED, as on AWS. moto aborts the
+    Map's iterations, then fails reading the abort's details (a string where it expects an
+    object): the execution read FAILED (States.Runtime). Here the Map's failure after the stop is
+    dropped, as a task's is (`_a_stopped_callback_task_aborts`). A moto internal: moto is pinned
+    exactly."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.state_map import StateMap
+
+    if getattr(StateMap._eval_state, "_stop_safe", False):
+        return
+    original = StateMap._eval_state
+
+    def _eval_state(self: Any, env: Any) -> None:
+        try:
+            original(self, env)
+        except Exception:
+            if env.is_running():
+                raise
+
+    _eval_state._stop_safe = True  # type: ignore[attr-defined]
+    StateMap._eval_state = _eval_state  # type: ignore[method-assign]
+
+
 class LocalCloud:
     """Start with `start()`; every boto3 client in this process then talks to it."""
 
@@ -124,6 +147,8 @@ class LocalCloud:
         events.install()  # EventBridge rules deliver to Lambda targets (moto's cannot)
         _send_task_failure_keeps_its_cause()
         _a_stopped_callback_task_aborts()
+        _a_stopped_map_aborts()
+        dynamodb_atomic.install()  # item writes serialized, as DynamoDB does
         if self.enforce_iam:
             iam.install()
             iam_http.wrap_server(self._server)  # the instance scripts' own S3 requests

@@ -120,6 +120,21 @@ def last_time_to_healthy(env: LocalEnvironment) -> TimeToHealthy | None:
     return records[0].time_to_healthy if records else None
 
 
+def benchmark_report(env: LocalEnvironment) -> str:
+    """The newest ledger record's benchmark (measured on the sandboxed instance after the deploy)."""
+    table = env.stack.physical("TablesLedger")
+    records = ledger.recent(env.cloud.client("dynamodb"), table, env.instance_id, limit=1)
+    measured = records[0].benchmark if records else None
+    if measured is None:
+        return "demo: no benchmark was recorded"
+    if not measured.ok:
+        return f"demo: the benchmark failed (the deployment stands): {measured.error}"
+    return (
+        f"demo: benchmark: first token after {measured.ttft_s} s, decode {measured.decode_tokens_per_s} tok/s"
+        f" (1 request), {measured.concurrent_tokens_per_s} tok/s ({measured.concurrency} at once)"
+    )
+
+
 def cli_command() -> list[str]:
     """The installed console script, else the same module run from the source tree."""
     script = Path(sys.prefix) / "bin" / "deploy-model"
@@ -258,6 +273,7 @@ def run_demo(console: Console, *, workdir: Path, keep: bool, free_ports: bool, l
         console.say(f"demo: deploy part took {result.deploy.seconds:.1f} s wall time")
         result.time_to_healthy = last_time_to_healthy(env)
         console.say(time_to_healthy_report(result.time_to_healthy))
+        console.say(benchmark_report(env))
 
         console.step("5/6  A question to the deployed model")
         console.say(f"  POST http://127.0.0.1:{env.ports.coexist}/v1/chat/completions")

@@ -329,6 +329,16 @@ def _lambda_checks(
     return [Check(action, str(arn))]
 
 
+def _ec2_checks(operation: str, params: Mapping[str, Any], region: str, account: str) -> list[Check] | None:
+    """Start/Stop name their instances: authorized on each instance's ARN (Describe* takes "*")."""
+    if operation not in ("StartInstances", "StopInstances"):
+        return None
+    return [
+        Check(f"ec2:{operation}", f"arn:aws:ec2:{region}:{account}:instance/{instance}")
+        for instance in params.get("InstanceIds") or []
+    ]
+
+
 _ALL_RESOURCES_PREFIXES = {"ec2": ("Describe",), "sts": ("GetCallerIdentity",), "xray": ("Put",)}
 
 _SERVICES: dict[str, Callable[[str, Mapping[str, Any], str, str], list[Check] | None]] = {
@@ -338,6 +348,7 @@ _SERVICES: dict[str, Callable[[str, Mapping[str, Any], str, str], list[Check] | 
     "states": _states_checks,
     "logs": _logs_checks,
     "lambda": _lambda_checks,
+    "ec2": _ec2_checks,
 }
 
 

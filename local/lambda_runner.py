@@ -97,17 +97,25 @@ def _load_handler(function: LambdaFunction, module: str, attribute: str) -> Call
 
 
 # Test hook (`hold`): invocations whose event matches wait before they start, until released.
-_holds: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], bool], float]] = []
+# Each hold: (matches, until, timeout, handler: only that function's invocations, or any)
+_holds: list[
+    tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], bool], float, str | None]
+] = []
 _holds_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def hold(
-    matches: Callable[[dict[str, Any]], bool], until: Callable[[dict[str, Any]], bool], timeout: float = 120
+    matches: Callable[[dict[str, Any]], bool],
+    until: Callable[[dict[str, Any]], bool],
+    timeout: float = 120,
+    *,
+    handler: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """While inside, an invocation whose event `matches` starts only once `until(event)` holds (or
     after `timeout` s): to order it after something else (a command that ends before the step
-    stored its token). Yields the held events."""
+    stored its token). `handler` ("handlers.sync.handler"): only that function's invocations.
+    Yields the held events."""
     held: list[dict[str, Any]] = []
 
     def _matches(event: dict[str, Any]) -> bool:
@@ -116,7 +124,7 @@ def hold(
             return True
         return False
 
-    entry = (_matches, until, timeout)
+    entry = (_matches, until, timeout, handler)
     with _holds_lock:
         _holds.append(entry)
     try:
@@ -126,13 +134,13 @@ def hold(
             _holds.remove(entry)
 
 
-def _wait_if_held(event: Any) -> None:
+def _wait_if_held(event: Any, handler: str) -> None:
     if not isinstance(event, dict):
         return
     with _holds_lock:
         holds = list(_holds)
-    for matches, until, timeout in holds:
-        if matches(event):
+    for matches, until, timeout, only in holds:
+        if (only is None or only == handler) and matches(event):
             deadline = time.monotonic() + timeout
             while not until(event) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -141,7 +149,7 @@ def _wait_if_held(event: Any) -> None:
 def invoke_in_process(function: LambdaFunction, event: Any) -> tuple[str, bool, str]:
     if isinstance(event, str | bytes):
         event = json.loads(event or "{}")
-    _wait_if_held(event)
+    _wait_if_held(event, str(function.handler))
     module_name, _, attribute = str(function.handler).rpartition(".")
     environment = {str(k): str(v) for k, v in (function.environment_vars or {}).items()}
     environment.update(

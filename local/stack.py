@@ -32,6 +32,11 @@ def default_context() -> dict[str, Any]:
     return dict(json.loads((PROJECT_ROOT / "cdk.json").read_text())["context"])
 
 
+def nested_machines(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The state machines inside a state: a Parallel's branches, a Map's item processor."""
+    return [*state.get("Branches", []), *([state["ItemProcessor"]] if "ItemProcessor" in state else [])]
+
+
 @dataclass
 class Synthesized:
     outdir: Path

@@ -24,8 +24,9 @@ def _coerce_numbers(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("poll_interval_seconds", "safety_net_seconds", "validation_rate_minutes"):
         if isinstance(out.get(key), str) and re.fullmatch(r"[0-9]+", out[key]):
             out[key] = int(out[key])
-    if isinstance(out.get("link_gbps"), str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", out["link_gbps"]):
-        out["link_gbps"] = float(out["link_gbps"])
+    for key in ("link_gbps", "idle_stop_minutes", "step_overhead_seconds"):
+        if isinstance(out.get(key), str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", out[key]):
+            out[key] = float(out[key])
     return out
 
 

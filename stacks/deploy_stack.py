@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk import (
     Acknowledgment,
     ArnFormat,
@@ -32,6 +34,7 @@ from asoba_deploy.core.config import DeployConfig
 from asoba_deploy.core.settings import Settings, StackResources
 from asoba_deploy.core.steps import STEPS, Grant
 from stacks.command_events import CommandEvents, grant_task_response
+from stacks.dashboard import OperatorDashboard
 from stacks.documents import InstanceDocuments
 from stacks.functions import DeployFunctions
 from stacks.instance_tools import s5cmd_binary
@@ -39,6 +42,9 @@ from stacks.paths import RUNTIME_DIR
 from stacks.schedule import METRICS_NAMESPACE, ValidationSchedule
 from stacks.state_machine import DeployStateMachine
 from stacks.tables import DeploymentTables
+
+# The idle policy stops the stack's instances; a deployment starts them (scoped to their ARNs).
+INSTANCE_STATE_CHANGES = {Grant.STOP_INSTANCES: "StopInstances", Grant.START_INSTANCES: "StartInstances"}
 
 
 class ModelDeployStack(Stack):
@@ -77,6 +83,7 @@ class ModelDeployStack(Stack):
                 lock_table=tables.lock.table_name,
                 ledger_table=tables.ledger.table_name,
                 token_table=tables.tokens.table_name,
+                activity_table=tables.activity.table_name,
                 # https object URLs: what the documents' aws:downloadContent steps read
                 runtime_bundle_uri=runtime_bundle.http_url,
                 s5cmd_uri=s5cmd.http_url,
@@ -115,6 +122,17 @@ class ModelDeployStack(Stack):
                 tables.lock.grant_read_write_data(function)
             if Grant.LEDGER_TABLE in step.grants:
                 tables.ledger.grant_read_write_data(function)
+            if Grant.ACTIVITY_TABLE in step.grants:
+                tables.activity.grant_read_write_data(function)
+            for grant, action in INSTANCE_STATE_CHANGES.items():
+                if grant in step.grants:
+                    role.add_to_principal_policy(
+                        iam.PolicyStatement(
+                            sid=f"{action}OfTheStacksInstances",
+                            actions=[f"ec2:{action}"],
+                            resources=instance_arns,
+                        )
+                    )
 
         # SSM's status-change events complete the waiting steps (stacks/command_events.py).
         self.command_events = CommandEvents(
@@ -148,6 +166,12 @@ class ModelDeployStack(Stack):
             instance_ids=config.instance_ids,
             alarm_email=config.alarm_email,
         )
+        self.dashboard = OperatorDashboard(
+            self,
+            "Dashboard",
+            instance_ids=list(config.instance_ids),
+            validation_rate_minutes=config.validation_rate_minutes,
+        )
         instance_policy = self._instance_policy(
             bucket_arn, model_prefix_arn, [runtime_bundle, s5cmd], command_logs
         )
@@ -156,12 +180,21 @@ class ModelDeployStack(Stack):
             ("StateMachineArn", machine.state_machine.state_machine_arn, "start-execution target"),
             ("LedgerTable", tables.ledger.table_name, "deployment records"),
             ("LockTable", tables.lock.table_name, "per-instance deployment lock"),
+            ("ActivityTable", tables.activity.table_name, "per-instance request activity (idle policy)"),
             ("InstanceIds", ",".join(config.instance_ids), "instances this stack deploys to"),
             ("ModelBucket", config.model_bucket, "model bucket"),
             ("DocumentPrefix", f"{self.stack_name}-", "SSM documents are <prefix><file stem>"),
             ("InstanceRoots", config.instance_roots.model_dump_json(), "where things live on the instance"),
             ("FluxService", config.flux_service, "the co-resident service"),
             ("InstanceType", config.instance_type, "for the ledger's cost per hour"),
+            (
+                "Benchmark",
+                json.dumps(
+                    {**config.benchmark.model_dump(), "budget_seconds": config.step_budgets.benchmark},
+                    sort_keys=True,
+                ),
+                "what deploy-model bench sends (concurrency, tokens, budget)",
+            ),
             ("InstancePolicyArn", instance_policy.managed_policy_arn, "attach to the instance role"),
             ("AlarmTopicArn", self.schedule.topic.topic_arn, "validation alarms"),
             ("CommandLogGroup", command_logs.log_group_name, "SSM command output: long steps' progress"),

@@ -35,7 +35,10 @@ from aws_cdk import (
 )
 from constructs import Construct
 
-METRICS_NAMESPACE = "AsobaModelDeploy"
+from asoba_deploy.core import metric_names
+from asoba_deploy.core.steps import Phase, the
+
+METRICS_NAMESPACE = metric_names.NAMESPACE
 
 
 class ValidationSchedule(Construct):
@@ -74,16 +77,33 @@ class ValidationSchedule(Construct):
                 )
             )
             self.rules.append(rule)
-            # Missing data breaches: a validation that never reports is as bad as a failed one.
+
+            # Missing data breaches: a validation that never reports is as bad as a failed one. An
+            # instance the check found stopped (the idle policy's doing) reports InstanceStopped
+            # instead, which counts as passed. The dimensions are the ones the check function emits.
+            def check_metric(name: str, statistic: str, instance_id: str = instance_id) -> cloudwatch.Metric:
+                return cloudwatch.Metric(
+                    namespace=METRICS_NAMESPACE,
+                    metric_name=name,
+                    dimensions_map={
+                        metric_names.SERVICE: the(Phase.CHECK).function_id,
+                        metric_names.INSTANCE: instance_id,
+                    },
+                    statistic=statistic,
+                    period=Duration.minutes(rate_minutes),
+                )
+
             alarm = cloudwatch.Alarm(
                 self,
                 f"ValidationFailing{index}",
                 alarm_description=f"Scheduled validation of {instance_id} failed or did not report",
-                metric=cloudwatch.Metric(
-                    namespace=METRICS_NAMESPACE,
-                    metric_name="ValidationPassed",
-                    dimensions_map={"service": "Validation", "instance_id": instance_id},
-                    statistic="Minimum",
+                metric=cloudwatch.MathExpression(
+                    expression="MAX([passed, stopped])",
+                    using_metrics={
+                        "passed": check_metric(metric_names.VALIDATION_PASSED, "Minimum"),
+                        "stopped": check_metric(metric_names.INSTANCE_STOPPED, "Maximum"),
+                    },
+                    label="validation passed or instance stopped",
                     period=Duration.minutes(rate_minutes),
                 ),
                 threshold=1,

@@ -2,15 +2,22 @@
 step registry: each phase's steps are chained in registry order.
 
 ValidateInput -> Mode?
-  validate: CheckInstance (document) -> ReportCheck -> CheckPassed
-  deploy:   AcquireLock -> Deploy [ <inspect steps> -> Plan -> DryRun? -> Fits?
+  validate: InstanceStopped? -> ReportStopped -> CheckSkipped (an idle-stopped instance)
+            | CheckInstance (document) -> ReportCheck -> ObserveActivity (the idle policy)
+              -> CheckPassed
+  deploy:   AcquireLock -> Deploy [ WakeInstance (start a stopped instance, Wait until running
+              and Online: stacks/wake_instance.py) -> <inspect steps> -> Plan -> DryRun? -> Fits?
               -> <backup steps> -> ChangeInstance [ <change steps, each behind "<Label>?" when
               it has run_if; consecutive steps of one `parallel` group as the branches of one
               Parallel state, e.g. Prepare [ Sync | Install ] -> Prepare.Sync -> Prepare.Install
               -> Prepare.Done (the branches' results to $.steps.<key>)> ]
-              (failure, in any branch too -> Rollback -> ExplainFailure -> Fail) ]
-            -> RecordDeployment -> ReleaseLock -> Done (the record; a dry run: the plan)
+              (failure, in any branch too -> Rollback -> ExplainFailure -> Fail)
+              -> Measure? [ Measure [ <measure steps: Benchmark> ] (failure -> Measure.Failed:
+              recorded at $.benchmark_failure, the deployment stands) | "benchmark": false ] ]
+            -> RecordDeployment -> ReleaseLock -> Deployed (the record; a dry run: the plan)
             (failure anywhere in Deploy -> ReleaseLockAfterFailure -> RecordFailure -> Fail)
+          all of it, from AcquireLock on, is the per-instance deployment that the Rollout Map
+          runs for each instance (stacks/rollout.py; a single instance_id is a one-item Map)
 """
 
 from __future__ import annotations
@@ -39,21 +46,35 @@ from aws_cdk import (
 from constructs import Construct
 
 from asoba_deploy.core.steps import Phase, Step, label_of, phase, the
+from stacks.rollout import rollout
 from stacks.run_on_instance import RunOnInstance, invoke
+from stacks.wake_instance import WakeInstance
 
 DEPLOY_TIMEOUT = Duration.hours(4)
 
 
 def units(steps: list[Step]) -> list[list[Step]]:
     """The steps in order, consecutive steps of one `parallel` group together: each unit is one
-    step, or the branches of one Parallel state."""
+    step, or the steps of one Parallel state. A group is one run of consecutive steps: one that
+    comes back after another step would be a second Parallel state of the same name."""
     grouped: list[list[Step]] = []
     for step in steps:
         if grouped and step.parallel is not None and grouped[-1][-1].parallel == step.parallel:
             grouped[-1].append(step)
         else:
+            if step.parallel is not None and any(unit[0].parallel == step.parallel for unit in grouped):
+                raise ValueError(f"step {step.name}: the steps of group {step.parallel} must be consecutive")
             grouped.append([step])
     return grouped
+
+
+def branches(steps: list[Step]) -> list[list[Step]]:
+    """A parallel group's steps by branch (`Step.branch_name`), in registry order: each branch
+    runs its steps one after the other."""
+    by_name: dict[str, list[Step]] = {}
+    for step in steps:
+        by_name.setdefault(step.branch_name, []).append(step)
+    return list(by_name.values())
 
 
 class DeployStateMachine(Construct):
@@ -92,27 +113,37 @@ class DeployStateMachine(Construct):
             )
 
         def together(group: str, steps: list[Step]) -> sfn.Chain:
-            """The group's steps at once, one branch each (the console graph shows them side by
-            side); then their results at $.steps.<key> as if they had run one after the other.
-            A failure in any branch stops the others and fails the Parallel (-> its Catch)."""
+            """The group's branches at once (the console graph shows them side by side), each
+            its steps in turn; then every step's result at $.steps.<key> as if they had run one
+            after the other. A failure in any branch stops the others and fails the Parallel (->
+            its Catch)."""
             label = label_of(group)
             scratch = f"$.{group.replace('-', '_')}"
             for step in steps:
                 if step.run_if is not None:
                     # a skipped branch would leave no result for the selector to pick
                     raise ValueError(f"step {step.name}: a step of a parallel group cannot have run_if")
-            # Each branch returns the whole state with its own result added: pick each result.
+            # Each branch returns the whole state with its own results added: pick each result.
             # (States.JsonMerge would merge the branches' $.steps in one go, but moto's evaluates
             # $[1].steps to a list: a Pass per step instead, which both run alike.)
+            lanes = branches(steps)
             parallel = sfn.Parallel(
                 self,
                 label,
-                result_selector={f"{step.key}.$": f"$[{i}].steps.{step.key}" for i, step in enumerate(steps)},
+                result_selector={
+                    f"{step.key}.$": f"$[{i}].steps.{step.key}"
+                    for i, lane in enumerate(lanes)
+                    for step in lane
+                },
                 result_path=scratch,
-                comment="At once: " + ", ".join(step.name for step in steps),
+                comment="At once: " + " | ".join(" -> ".join(step.name for step in lane) for lane in lanes),
             )
-            for step in steps:
-                parallel.branch(run(step))
+            for lane in lanes:
+                first = run(lane[0])
+                lane_chain: sfn.Chain = sfn.Chain.start(first)
+                for step in lane[1:]:
+                    lane_chain = lane_chain.next(run(step))
+                parallel.branch(lane_chain)
             chained = sfn.Chain.start(parallel)
             for step in steps:
                 chained = chained.next(
@@ -200,7 +231,33 @@ class DeployStateMachine(Construct):
             comment="Publish the offline metrics, then fail",
         )
         check_run.add_catch(report_failure, errors=["States.ALL"], result_path="$.failure")
-        check_chain = check_run.next(report).next(sfn.Succeed(self, "CheckPassed"))
+        # the request activity and the idle policy (core/idle.py), once the check passed
+        idle = invoke(
+            self,
+            "ObserveActivity",
+            fn[check.name],
+            {"action": "idle", "state": sfn.JsonPath.object_at("$.state")},
+            "$.idle",
+            comment="Requests since the last check; stop the instance when the idle policy says so",
+        )
+        # a stopped instance (the idle policy's doing) is reported as such, not checked
+        report_stopped = invoke(
+            self,
+            "ReportStopped",
+            fn[check.name],
+            {"action": "stopped", "state": sfn.JsonPath.entire_payload},
+            "$.report",
+            comment="Publish InstanceStopped (the alarm counts it as passed)",
+        )
+        stopped = sfn.Condition.or_(
+            sfn.Condition.string_equals("$.instance.state", "stopped"),
+            sfn.Condition.string_equals("$.instance.state", "stopping"),
+        )
+        check_chain = (
+            sfn.Choice(self, "InstanceStopped?")
+            .when(stopped, report_stopped.next(sfn.Succeed(self, "CheckSkipped")))
+            .otherwise(check_run.next(report).next(idle).next(sfn.Succeed(self, "CheckPassed")))
+        )
 
         # --- deployment --------------------------------------------------------------------
         def lock_task(label: str, action: str, comment: str | None = None) -> tasks.LambdaInvoke:
@@ -234,6 +291,7 @@ class DeployStateMachine(Construct):
                 "snapshot": sfn.JsonPath.object_at(f"{inspect[0].result_path}.result"),
                 "instance_id": sfn.JsonPath.string_at("$.instance_id"),
                 "execution_name": sfn.JsonPath.string_at("$.execution_name"),
+                "started_at": sfn.JsonPath.string_at("$.started_at"),
             },
             "$.plan",
             comment=plan_step.description,
@@ -269,6 +327,28 @@ class DeployStateMachine(Construct):
         explain.next(rolled_back)
         change.add_catch(rollback_wrapper, errors=["States.ALL"], result_path="$.failure")
 
+        # The benchmark: once the change succeeded, outside its rollback. Its own Catch records a
+        # failure at $.benchmark_failure and the deployment goes on to be recorded as it stands.
+        measure = sfn.Parallel(
+            self,
+            "Measure",
+            result_selector={"state.$": "$[0]"},
+            output_path="$.state",
+            comment="A failure here is recorded in the ledger; nothing is rolled back",
+        ).branch(chain(Phase.MEASURE))
+        measure.add_catch(
+            sfn.Pass(self, "Measure.Failed"), errors=["States.ALL"], result_path="$.benchmark_failure"
+        )
+        skip_benchmark = sfn.Condition.and_(
+            sfn.Condition.is_present("$.request.benchmark"),
+            sfn.Condition.boolean_equals("$.request.benchmark", False),
+        )
+        change.next(
+            sfn.Choice(self, "Measure?")
+            .when(skip_benchmark, sfn.Pass(self, "Measure.Skipped", comment='"benchmark": false'))
+            .otherwise(measure)
+        )
+
         dry_run_done = sfn.Pass(self, "DryRunComplete")
         fits = (
             sfn.Choice(self, "Fits?")
@@ -286,7 +366,13 @@ class DeployStateMachine(Construct):
             result_selector={"state.$": "$[0]"},
             output_path="$.state",
             comment="Any failure in here releases the lock and is recorded",
-        ).branch(chain(Phase.INSPECT).next(plan).next(dry_run))
+        ).branch(
+            # a stopped instance is started and awaited first (stacks/wake_instance.py)
+            WakeInstance(self, the(Phase.WAKE), function=fn[the(Phase.WAKE).name])
+            .next(chain(Phase.INSPECT))
+            .next(plan)
+            .next(dry_run)
+        )
 
         release_after_failure = lock_task("ReleaseLockAfterFailure", "release")
         record_failure = record_task("RecordFailure", "failed")
@@ -310,7 +396,36 @@ class DeployStateMachine(Construct):
             )
             .otherwise(sfn.Succeed(self, "Deployed", output_path="$.record"))
         )
-        deploy_chain = acquire.next(deploy).next(record).next(release).next(finish)
+        # the one per-instance deployment, run by the Rollout Map for each instance (one or a fleet)
+        per_instance = acquire.next(deploy).next(record).next(release).next(finish)
+        # rollback_on_failure: an instance the failed rollout left on the new model, put back
+        undo_run = sfn.Parallel(
+            self, "UndoDeployment.Run", result_path=sfn.JsonPath.DISCARD, comment=undo.description
+        ).branch(
+            RunOnInstance(
+                self,
+                "UndoDeployment",
+                function=fn[undo.name],
+                result_key=undo.key,
+                poll_seconds=poll_seconds,
+                comment="Put back what ran before this execution (rollback_on_failure)",
+            )
+        )
+        undo_run.add_catch(
+            lock_task("ReleaseUndoLockAfterFailure", "release").next(
+                sfn.Fail(
+                    self, "UndoFailed", error_path="$.undo_failure.Error", cause_path="$.undo_failure.Cause"
+                )
+            ),
+            errors=["States.ALL"],
+            result_path="$.undo_failure",
+        )
+        undo_chain = (
+            lock_task("AcquireUndoLock", "acquire", "The instance's lock again, for its rollback")
+            .next(undo_run)
+            .next(lock_task("ReleaseUndoLock", "release"))
+        )
+        deploy_chain = rollout(self, per_instance, fn[the(Phase.ROLLOUT).name], undo=undo_chain)
 
         definition = validate.next(
             sfn.Choice(self, "Mode?")

@@ -1,4 +1,5 @@
-"""DynamoDB tables: the per-instance deployment lock, the deployment ledger, the step tokens."""
+"""DynamoDB tables: the per-instance deployment lock, the deployment ledger, the step tokens, the
+instances' request activity."""
 
 from __future__ import annotations
 
@@ -57,5 +58,17 @@ class DeploymentTables(Construct):
             ),
             removal_policy=RemovalPolicy.DESTROY,
         )
-        for table in (self.lock, self.ledger, self.tokens):
+        # One item per instance (core/idle.py): the runtime's request counters as the scheduled
+        # check last saw them and when they last changed (the idle policy's clock).
+        self.activity = dynamodb.Table(
+            self,
+            "Activity",
+            partition_key=dynamodb.Attribute(name="instance_id", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        for table in (self.lock, self.ledger, self.tokens, self.activity):
             skip_checks(table, TABLE_CHECKOV_SKIPS)

@@ -54,6 +54,14 @@ def second_instance_id(local_cloud: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def third_instance_id(local_cloud: Any) -> str:
+    """A third instance of the stack, for fleet rollouts (tests/e2e/test_fleet.py sandboxes it)."""
+    from local.environment import launch_instance
+
+    return launch_instance(local_cloud)
+
+
+@pytest.fixture(scope="session")
 def model_bucket(local_cloud: Any) -> str:
     from local.environment import model_bucket as ensure_model_bucket
 
@@ -81,14 +89,19 @@ def sandbox(
 
 @pytest.fixture(scope="session")
 def stack_context(
-    instance_id: str, second_instance_id: str, model_bucket: str, sandbox: Any, ports: Ports
+    instance_id: str,
+    second_instance_id: str,
+    third_instance_id: str,
+    model_bucket: str,
+    sandbox: Any,
+    ports: Ports,
 ) -> dict[str, Any]:
     from local.environment import stack_context as context_for
 
     # Budgets short enough for the timeout faults, long enough for a tiny model on 2 busy cores.
     return context_for(instance_id, model_bucket, sandbox, ports) | {
         "step_budgets": {"install": 90, "health_check": 120},
-        "instance_ids": [instance_id, second_instance_id],  # the first is the default
+        "instance_ids": [instance_id, second_instance_id, third_instance_id],  # the first is the default
     }
 
 

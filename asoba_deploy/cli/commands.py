@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from asoba_deploy.cli import power as instance_power
 from asoba_deploy.cli.follow import CommandOutput, Finished, Progress, follow
 from asoba_deploy.cli.render import (
     InstanceStatus,
@@ -95,6 +96,8 @@ def build_request(
     port: int | None = None,
     context_tokens: int | None = None,
     instance_id: str | None = None,
+    benchmark: bool = True,
+    load_from: str | None = None,
 ) -> dict[str, Any]:
     """The execution input with only what the user chose (the machine applies its defaults),
     checked against the contract before anything is started (InvalidInput otherwise)."""
@@ -111,6 +114,10 @@ def build_request(
         payload["context_tokens"] = context_tokens
     if instance_id:
         payload["instance_id"] = instance_id
+    if not benchmark:
+        payload["benchmark"] = False
+    if load_from is not None:
+        payload["load_from"] = load_from
     parse_request(payload)
     return payload
 
@@ -180,6 +187,8 @@ def deploy(
     context_tokens: int | None,
     instance_id: str | None,
     follow_it: bool,
+    benchmark: bool = True,
+    load_from: str | None = None,
 ) -> int:
     payload = build_request(
         model,
@@ -189,6 +198,8 @@ def deploy(
         port=port,
         context_tokens=context_tokens,
         instance_id=instance_id,
+        benchmark=benchmark,
+        load_from=load_from,
     )
     if instance_id:
         ctx.stack.choose_instance(instance_id)
@@ -289,6 +300,7 @@ def instance_status(ctx: Context, instance_id: str) -> InstanceStatus:
         latest=records[0] if records else None,
         lock_holder=lock["holder"] if lock else None,
         lock_model=lock["model"] if lock else None,
+        power=instance_power.describe(instance_power.power_of(ctx, instance_id)),
     )
 
 
@@ -304,6 +316,7 @@ def status(ctx: Context, instance_id: str | None) -> int:
                 else None,
                 "latest_outcome": s.latest.outcome if s.latest else None,
                 "deployment_in_progress": s.lock_holder,
+                "power": s.power,
             }
             for s in statuses
         ]

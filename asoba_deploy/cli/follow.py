@@ -32,6 +32,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from asoba_deploy.cli.benchmark_view import benchmark_lines
 from asoba_deploy.cli.render import (
     PLAIN,
     Term,
@@ -43,6 +44,7 @@ from asoba_deploy.cli.render import (
     unwrap_cause,
 )
 from asoba_deploy.core import steps as registry
+from asoba_deploy.core.benchmark import from_result
 from asoba_deploy.core.commands import CommandRef
 
 TERMINAL_EVENTS = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted")
@@ -126,6 +128,14 @@ def _acquire_lock(outcome: Outcome) -> str:
     return f"took over the stale lock of {str(taken).rsplit(':', 1)[-1]}" if taken else ""
 
 
+def _wake_instance(outcome: Outcome) -> str:
+    wake = outcome.state.get("wake") or {}
+    if not wake.get("started"):
+        return "running"
+    waited = float(wake.get("rounds", 1) - 1) * float(wake.get("wait_seconds", 0))
+    return f"was stopped: started, running and SSM Online (~{waited:.0f} s of waits)"
+
+
 def _plan(outcome: Outcome) -> str:
     plan = plan_of(outcome.state.get("plan"))
     return plan.summary if plan is not None else ""
@@ -199,6 +209,11 @@ def _rollback(outcome: Outcome) -> str:
     return "restored the previous state" if result.get("ok") else str(result.get("error", ""))
 
 
+def benchmark_summary(result: Mapping[str, Any]) -> str:
+    """The progress line's first line of the benchmark (the record shows all of it)."""
+    return benchmark_lines(from_result(dict(result), measured_at="")).splitlines()[0]
+
+
 def generic_summary(outcome: Outcome) -> str:
     """A step without a summary of its own: its error, else its result's first plain fields."""
     result = outcome.result
@@ -227,6 +242,8 @@ SUMMARIES: dict[str, Callable[[Outcome], str]] = {
     "health-check": _health_check,
     "check-instance": _check_instance,
     "rollback": _rollback,
+    "benchmark": lambda outcome: benchmark_summary(outcome.result),
+    "wake-instance": _wake_instance,
 }
 
 

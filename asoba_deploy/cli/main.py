@@ -2,6 +2,8 @@
 
     deploy-model <model> [--dry-run] [--force-quantize] [--no-follow]
     deploy-model status | history | validate | undeploy [--restore-flux]
+    deploy-model bench [<model>] | cost [--since 7d]
+    deploy-model start [--instance-id i-...]
 
 Exit codes: 0 success; 1 the deployment (or command) failed; 2 bad input; 130 interrupted.
 """
@@ -13,11 +15,11 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from asoba_deploy.cli import commands
+from asoba_deploy.cli import commands, fleet, measure, power
 from asoba_deploy.cli.stack import DEFAULT_STACK, Aws, CliError, endpoint_from_env
 from asoba_deploy.core.errors import InvalidInput
 
-COMMANDS = ("deploy", "status", "history", "validate", "undeploy")
+COMMANDS = ("deploy", "status", "history", "validate", "undeploy", "bench", "cost", "start")
 # global options that take a value (to find the first positional argument)
 VALUE_OPTIONS = ("--stack-name", "--region", "--endpoint-url", "--poll-seconds", "--timeout")
 
@@ -28,6 +30,9 @@ examples:
   deploy-model qwen3-14b --force-quantize --no-follow
   deploy-model status                               what runs where (from the ledger)
   deploy-model undeploy --restore-flux              remove the service, start Flux again
+  deploy-model bench qwen3-14b                      measure the deployed model again
+  deploy-model cost --since 7d                      hours served and dollars, per model
+  deploy-model start                                start a stopped instance, wait until Online
 
 The stack is found through the CloudFormation outputs of stack AsobaModelDeploy (--stack-name).
 For the local emulator: --endpoint-url http://127.0.0.1:PORT or DEPLOY_MODEL_ENDPOINT_URL
@@ -72,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{<model>,status,history,validate,undeploy}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{<model>,status,history,validate,undeploy,bench,cost,start}"
+    )
 
     deploy = sub.add_parser(
         "deploy",
@@ -92,6 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--port", type=_positive_port, help="serve on this port instead of the planned one")
     deploy.add_argument("--context-tokens", type=int, help="KV cache reserve in tokens (default 4096)")
     deploy.add_argument("--instance-id", help="target instance (when the stack has several)")
+    deploy.add_argument(
+        "--load-from",
+        choices=("auto", "stream", "disk"),
+        help="load the weights streamed from S3 beside the sync, or from disk after it "
+        "(default: the stack's load_from, auto: whichever the plan finds faster)",
+    )
+    deploy.add_argument(
+        "--no-benchmark", action="store_true", help="skip the benchmark after the health check"
+    )
+    fleet_options = deploy.add_argument_group("fleet (one execution rolls the model out across instances)")
+    targets = fleet_options.add_mutually_exclusive_group()
+    targets.add_argument("--instances", metavar="ID,ID,...", help="these instances of the stack, in order")
+    targets.add_argument("--tag", metavar="KEY=VALUE", help="the stack's instances carrying this tag")
+    fleet_options.add_argument(
+        "--max-concurrency", type=int, help="instances at once (default 1: one at a time)"
+    )
+    fleet_options.add_argument(
+        "--tolerated-failures", metavar="N|P%", help="failures before no further instance starts (default 0)"
+    )
+    fleet_options.add_argument(
+        "--rollback-on-failure",
+        action="store_true",
+        help="when the rollout fails, put the instances already done back as they were too",
+    )
 
     status = sub.add_parser("status", parents=[common], help="what is deployed where (from the ledger)")
     status.add_argument("--instance-id")
@@ -110,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     undeploy.add_argument("--instance-id")
     undeploy.add_argument("--restore-flux", action="store_true", help="start the Flux service afterwards")
+
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="benchmark the deployed model again (time to first token, tokens/s, GPU memory)",
+    )
+    bench.add_argument("model", nargs="?", help="the deployed model (checked against the ledger)")
+    bench.add_argument("--instance-id")
+
+    cost = sub.add_parser(
+        "cost", parents=[common], help="hours served and their cost, per model and instance (ledger)"
+    )
+    cost.add_argument("--since", help="an ISO date/time (UTC) or a span before now: 7d, 12h")
+    cost.add_argument("--instance-id")
+
+    start = sub.add_parser(
+        "start",
+        parents=[common],
+        help="start a stopped instance and wait until it runs and is Online (its runtime restarts)",
+    )
+    start.add_argument("--instance-id")
     return parser
 
 
@@ -155,6 +207,33 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             poll_seconds=max(0.1, poll),
             timeout=options.timeout,
         )
+        if options.command == "deploy" and (options.instances is not None or options.tag is not None):
+            if options.instance_id:
+                raise InvalidInput(
+                    "--instance-id and --instances/--tag: give one way of naming the instances"
+                )
+            request = commands.build_request(
+                options.model,
+                dry_run=options.dry_run,
+                force_quantize=options.force_quantize,
+                allow_stop_flux=not options.no_stop_flux,
+                port=options.port,
+                context_tokens=options.context_tokens,
+                benchmark=not options.no_benchmark,
+                load_from=options.load_from,
+            )
+            try:
+                payload = fleet.fleet_request(
+                    request,
+                    instances=options.instances,
+                    tag=options.tag,
+                    max_concurrency=options.max_concurrency,
+                    tolerated_failures=options.tolerated_failures,
+                    rollback_on_failure=options.rollback_on_failure,
+                )
+            except ValueError as error:
+                raise InvalidInput(str(error)) from None
+            return fleet.deploy_fleet(ctx, payload, dry_run=options.dry_run, follow_it=not options.no_follow)
         if options.command == "deploy":
             return commands.deploy(
                 ctx,
@@ -166,6 +245,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
                 context_tokens=options.context_tokens,
                 instance_id=options.instance_id,
                 follow_it=not options.no_follow,
+                benchmark=not options.no_benchmark,
+                load_from=options.load_from,
             )
         if options.command == "status":
             return commands.status(ctx, options.instance_id)
@@ -177,6 +258,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             return commands.undeploy(
                 ctx, options.instance_id, options.restore_flux, timeout=options.timeout or 330
             )
+        if options.command == "bench":
+            return measure.bench(ctx, options.model, options.instance_id)
+        if options.command == "cost":
+            return measure.cost(ctx, options.since, options.instance_id)
+        if options.command == "start":
+            return power.start(ctx, options.instance_id)
         parser.print_help(err)
         return commands.EXIT_USAGE
     except InvalidInput as error:

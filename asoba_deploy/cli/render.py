@@ -23,6 +23,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from asoba_deploy.cli.benchmark_view import benchmark_lines
 from asoba_deploy.core import steps as registry
 from asoba_deploy.core.ledger import ESTIMATE_TOLERANCE, LedgerRecord, TimeToHealthy
 from asoba_deploy.core.planner import DiskEstimate, MemoryEstimate, Plan
@@ -299,9 +300,12 @@ def _time_to_healthy(plan: Plan) -> str:
     if estimate is None:
         return "- (not estimated by this plan)"
     basis = estimate.basis
-    waits = "install, then" if basis.get("load_from") == "stream" else "sync | install side by side, then"
+    if basis.get("load_from") == "stream":
+        shape = "install, then load and warm-up, beside the sync"
+    else:
+        shape = "sync | install side by side, then load and warm-up"
     lines = [
-        f"~{human_seconds(estimate.estimate_s)} ({waits} load and warm-up)",
+        f"~{human_seconds(estimate.estimate_s)} ({shape})",
         f"transfer {human_seconds(estimate.transfer_s)}: {human_bytes(basis.get('transfer_bytes', 0))} at "
         f"{human_rate(basis.get('transfer_bytes_per_s'))} (link {human_rate(basis.get('link_bytes_per_s'))}, "
         f"disk writes {human_rate(basis.get('write_bytes_per_s'))} {basis.get('write_rate_from', '')})",
@@ -309,8 +313,17 @@ def _time_to_healthy(plan: Plan) -> str:
         f"load {human_seconds(estimate.load_s)}: {human_bytes(basis.get('load_bytes', 0))} from "
         f"{basis.get('load_from', 'disk')} at {human_rate(basis.get('load_bytes_per_s'))}",
         f"warm-up {human_seconds(estimate.warmup_s)}: the {basis.get('engine', plan.engine)} engine's start",
+        f"steps {human_seconds(estimate.steps_s)}: {_path_steps(plan)} and the last health probe",
     ]
+    if estimate.elapsed_s > 0:
+        lines.append(f"before the plan {human_seconds(estimate.elapsed_s)} (measured)")
     return "\n".join(lines)
+
+
+def _path_steps(plan: Plan) -> str:
+    """The instance steps after the plan whose own overhead the estimate counts."""
+    steps = ["snapshot-previous", *(["stop-flux"] if plan.stop_services else []), "start-service"]
+    return ", ".join(steps)
 
 
 def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
@@ -515,6 +528,9 @@ def record_view(record: LedgerRecord) -> RenderableType:
     healthy = time_to_healthy_line(record.time_to_healthy)
     if healthy:
         rows.append(("to healthy", healthy))
+    measured = benchmark_lines(record.benchmark)
+    if measured:
+        rows.append(("benchmark", measured))
     took = seconds_between(record.started_at, record.finished_at)
     rows.append(("took", f"{human_seconds(took)} (from {human_time(record.started_at)} UTC)"))
     if record.cost_per_hour_usd is not None:
@@ -529,7 +545,13 @@ def record_summary(record: LedgerRecord, term: Term = PLAIN) -> str:
     return term.text(record_view(record))
 
 
-OUTCOME_STYLES = {"succeeded": "green", "failed": "bold red", "planned": "dim", "undeployed": "dim"}
+OUTCOME_STYLES = {
+    "succeeded": "green",
+    "failed": "bold red",
+    "planned": "dim",
+    "undeployed": "dim",
+    "benchmarked": "dim",
+}
 
 
 def history_table(records: Sequence[LedgerRecord], term: Term = PLAIN) -> str:
@@ -563,6 +585,8 @@ class InstanceStatus:
     latest: LedgerRecord | None  # the newest record of any kind
     lock_holder: str | None  # execution ARN of a deployment in progress
     lock_model: str | None
+    # the instance's power: "running", "stopped", "running, no request for 12 min" (cli/power.py)
+    power: str | None = None
 
 
 def status_table(statuses: Sequence[InstanceStatus], term: Term = PLAIN) -> str:
@@ -584,6 +608,8 @@ def status_table(statuses: Sequence[InstanceStatus], term: Term = PLAIN) -> str:
                     record.execution.rsplit(":", 1)[-1],
                 ]
             )
+        if status.power:
+            notes.append(styled(f"{status.instance_id}: {status.power}", "dim"))
         if status.lock_holder:
             notes.append(
                 styled(

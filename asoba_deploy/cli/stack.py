@@ -95,6 +95,9 @@ class StackInfo:
     flux_service: str = DEFAULT_FLUX_SERVICE
     instance_type: str = ""
     command_log_group: str = ""  # where the long steps' progress lines stream (optional)
+    activity_table: str = ""  # the runtime's request activity per instance (the idle policy's)
+    # the Benchmark output: {"concurrency", "max_tokens", "budget_seconds"} (the context's)
+    benchmark: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_outputs(cls, name: str, outputs: dict[str, str]) -> StackInfo:
@@ -121,6 +124,8 @@ class StackInfo:
             flux_service=outputs.get("FluxService") or DEFAULT_FLUX_SERVICE,
             instance_type=outputs.get("InstanceType", ""),
             command_log_group=outputs.get("CommandLogGroup", ""),
+            activity_table=outputs.get("ActivityTable", ""),
+            benchmark=_json_object(name, outputs, "Benchmark"),
         )
 
     @classmethod
@@ -169,6 +174,10 @@ class StackInfo:
         }
         if self.instance_type:
             deploy["instance_type"] = self.instance_type
+        if self.benchmark:
+            deploy["benchmark"] = {k: v for k, v in self.benchmark.items() if k != "budget_seconds"}
+            if "budget_seconds" in self.benchmark:
+                deploy["step_budgets"] = {"benchmark": self.benchmark["budget_seconds"]}
         documents = {
             step.document: self.document(step.document)
             for step in registry.STEPS.values()
@@ -184,3 +193,16 @@ class StackInfo:
         except ValidationError as error:
             problems = describe_validation_error(error)
             raise CliError(f"stack {self.name}: unexpected outputs: {problems}") from None
+
+
+def _json_object(stack: str, outputs: dict[str, str], key: str) -> dict[str, Any]:
+    """An optional output holding a JSON object ({} when the stack has no such output)."""
+    if not outputs.get(key):
+        return {}
+    try:
+        value = json.loads(outputs[key])
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise CliError(f"stack {stack}: output {key} is not a JSON object")
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asoba_deploy.core import errors
+from asoba_deploy.core import errors, metric_names
 
 
 def failed_checks(result: dict[str, Any]) -> list[str]:
@@ -22,11 +22,11 @@ def failed_checks(result: dict[str, Any]) -> list[str]:
 
 
 def metrics_for(result: dict[str, Any] | None, *, online: bool) -> dict[str, float]:
-    values: dict[str, float] = {"InstanceOnline": 1.0 if online else 0.0}
+    values: dict[str, float] = {metric_names.INSTANCE_ONLINE: 1.0 if online else 0.0}
     if result is None:
-        values["ValidationPassed"] = 0.0
+        values[metric_names.VALIDATION_PASSED] = 0.0
         return values
-    values["ValidationPassed"] = 0.0 if failed_checks(result) else 1.0
+    values[metric_names.VALIDATION_PASSED] = 0.0 if failed_checks(result) else 1.0
     gpu_free = result.get("gpu_free_bytes")
     if isinstance(gpu_free, int | float):
         values["FreeGpuMemoryBytes"] = float(gpu_free)

@@ -52,6 +52,10 @@ class StepBudgets(BaseModel):
     health_check_per_gb: int = Field(default=20, ge=0)
     rollback: int = Field(default=600, ge=30)
     check_instance: int = Field(default=300, ge=10)
+    # wake-instance: a stopped instance started, until it runs and its SSM agent is Online
+    wake_instance: int = Field(default=600, ge=10)
+    # the benchmark after the health check (a few short requests; never fails the deployment)
+    benchmark: int = Field(default=120, ge=10)
 
 
 class Serving(BaseModel):
@@ -67,6 +71,19 @@ class Serving(BaseModel):
     # The plan names vLLM only where collect-resources finds it importable by the runtime's
     # Python: install does not download it (its CUDA wheel pins a torch of its own, which would
     # replace the instance's).
+
+
+InstanceType = Annotated[str, Field(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")]
+
+
+class Benchmark(BaseModel):
+    """The benchmark after a deployment (ssm_documents/benchmark.yaml): short, bounded requests
+    to the runtime's /v1/completions, at concurrency 1 and at `concurrency`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=4, ge=2, le=64)
+    max_tokens: int = Field(default=32, ge=2, le=1024)
 
 
 class InstanceRoots(BaseModel):
@@ -109,6 +126,9 @@ class DeployConfig(BaseModel):
     base_python: Annotated[str, Field(pattern=ABS_PATH)] = "/usr/bin/python3"
     service_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "ubuntu"
     serving: Serving = Field(default_factory=Serving)
+    benchmark: Benchmark = Field(default_factory=Benchmark)
+    # On-demand USD per hour by instance type, over core.cost's table (e.g. a negotiated rate)
+    instance_prices: dict[InstanceType, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     # Candidate models roots, in order of preference when their measured rates tie (e.g. the
     # NVMe instance store's mount first, then the EBS root): collect-resources measures each and
     # the plan picks the fastest with room. Empty: instance_roots.models_root alone.
@@ -119,9 +139,17 @@ class DeployConfig(BaseModel):
     # sustains 10 Gbps ("up to 25" is its burst; about 5 Gbps through an internet gateway rather
     # than an S3 gateway endpoint).
     link_gbps: float = Field(default=10.0, gt=0, le=400)
+    # One instance step's own cost beyond its script, for the plan's time_to_healthy: SSM's
+    # delivery and its completion event (about 1 s on AWS, whose agent picks a command up through
+    # its message service; 0.2-0.9 s measured on the local cloud).
+    step_overhead_seconds: float = Field(default=1.0, ge=0, le=60)
     # Where the runtime loads the weights from (core.loading): auto lets the plan choose stream
     # (from S3 into memory) or disk (sync, then load); stream or disk forces that one.
     load_from: Literal["auto", "stream", "disk"] = "auto"
+    # The idle policy (asoba_deploy.core.idle): the scheduled check stops an instance whose runtime
+    # served no request for this many minutes and that no deployment holds. None: off. A fraction
+    # of a minute is accepted (the tests' short setting).
+    idle_stop_minutes: float | None = Field(default=None, gt=0, le=43200)
 
     @property
     def candidate_models_roots(self) -> list[str]:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from asoba_deploy.core.errors import InvalidInput
+from asoba_deploy.core.rollout import (
+    MAX_CONCURRENCY,
+    InstanceTag,
+    check_instance_list,
+    check_tolerated_failures,
+)
 
 # A model name is one path segment: no slashes, no leading dot, no "..".
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -38,15 +44,45 @@ class DeployRequest(BaseModel):
     port: Port | None = None
     context_tokens: Annotated[int, Field(ge=256, le=131072)] = 4096
     instance_id: Annotated[str, Field(pattern=INSTANCE_ID_PATTERN)] | None = None
+    # a fleet rollout (core/rollout.py): these instances, or the stack's instances with this tag
+    instances: list[Annotated[str, Field(pattern=INSTANCE_ID_PATTERN)]] | None = None
+    instance_tag: InstanceTag | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] = 1
+    tolerated_failures: Annotated[StrictInt | str, Field(union_mode="left_to_right")] = 0
+    rollback_on_failure: StrictBool = False
+    # measure the model once it is healthy (core.benchmark); false skips it
+    benchmark: StrictBool = True
+    # where the runtime loads the weights from (core.loading), over the load_from context key:
+    # auto (the faster way the plan finds), stream (from S3 while the sync runs beside) or disk
+    load_from: Literal["auto", "stream", "disk"] | None = None
 
     @field_validator("model")
     @classmethod
     def _model_name(cls, value: str | None) -> str | None:
         return None if value is None else check_model_name(value)
 
+    @field_validator("instances")
+    @classmethod
+    def _instances(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_instance_list(value)
+
+    @field_validator("tolerated_failures")
+    @classmethod
+    def _tolerated(cls, value: int | str) -> int | str:
+        return check_tolerated_failures(value)
+
+    @property
+    def fleet(self) -> bool:
+        return self.instances is not None or self.instance_tag is not None
+
     def model_post_init(self, __context: Any) -> None:
         if self.mode == "deploy" and self.model is None:
             raise ValueError("model: required when mode is 'deploy'")
+        chosen = [n for n in ("instance_id", "instances", "instance_tag") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)}: give one way of naming the instances")
+        if self.fleet and self.mode != "deploy":
+            raise ValueError("instances/instance_tag: a fleet is deployed, not validated (mode 'deploy')")
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -78,3 +78,11 @@ class CheckInstanceFailed(CommandFailed):
 
 class UndeployFailed(CommandFailed):
     """The deployed runtime could not be removed."""
+
+
+class BenchmarkFailed(CommandFailed):
+    """The benchmark could not measure the deployed model (recorded; the deployment stands)."""
+
+
+class RolloutFailed(DeployError):
+    """A fleet rollout's failures passed its tolerance: the instances not yet started were not."""

@@ -8,22 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from asoba_deploy.core import cost
+from asoba_deploy.core.benchmark import BenchmarkResult, from_state
+from asoba_deploy.core.benchmark import from_result as benchmark_from_result
 from asoba_deploy.core.commands import CommandRef
 from asoba_deploy.core.state import ExecutionState
 
-# On-demand list prices (USD per hour, us-east-1); other types are reported as unknown.
-ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
-    "g4dn.xlarge": 0.526,
-    "g4dn.2xlarge": 0.752,
-    "g5.xlarge": 1.006,
-    "g5.2xlarge": 1.212,
-    "g5.4xlarge": 1.624,
-    "g5.8xlarge": 2.448,
-    "g5.12xlarge": 5.672,
-    "g6.xlarge": 0.805,
-    "g6.4xlarge": 1.323,
-    "g6e.xlarge": 1.861,
-}
+# On-demand list prices: the table lives with the cost arithmetic (core.cost).
+ON_DEMAND_USD_PER_HOUR = cost.ON_DEMAND_USD_PER_HOUR
 
 
 class StepTiming(BaseModel):
@@ -74,7 +66,12 @@ class LedgerRecord(BaseModel):
     model: str | None
     deploy_model: str | None = None
     dry_run: bool
-    outcome: Literal["succeeded", "failed", "planned", "undeployed"]
+    # benchmarked: a `deploy-model bench` of the deployment in place (it changes nothing)
+    # idle-stopped: the idle policy stopped the instance (core/idle.py); the deployment stays current
+    # rolled-back: a fleet rollout that failed put this instance back as it was before it (issue 16)
+    outcome: Literal[
+        "succeeded", "failed", "planned", "undeployed", "idle-stopped", "benchmarked", "rolled-back"
+    ]
     started_at: str
     finished_at: str
     instance_type: str
@@ -88,6 +85,8 @@ class LedgerRecord(BaseModel):
     results: dict[str, Any] = {}
     plan: dict[str, Any] | None = None
     time_to_healthy: TimeToHealthy | None = None
+    # the benchmark after the health check (core.benchmark): null when none ran
+    benchmark: BenchmarkResult | None = None
     error: str | None = None
     cause: str | None = None
 
@@ -149,8 +148,14 @@ def measure_time_to_healthy(state: ExecutionState) -> TimeToHealthy:
 
 
 def build_record(
-    state: ExecutionState, outcome: Literal["succeeded", "failed"], *, instance_type: str, now: datetime
+    state: ExecutionState,
+    outcome: Literal["succeeded", "failed"],
+    *,
+    instance_type: str,
+    now: datetime,
+    prices: dict[str, float] | None = None,
 ) -> LedgerRecord:
+    """`prices`: the context's instance_prices over core.cost's table (the record keeps the price)."""
     request, plan = state.request, state.plan
     dry_run = request.dry_run
     started = state.started_at or now.isoformat()
@@ -166,7 +171,7 @@ def build_record(
         started_at=started,
         finished_at=now.isoformat(),
         instance_type=instance_type,
-        cost_per_hour_usd=ON_DEMAND_USD_PER_HOUR.get(instance_type),
+        cost_per_hour_usd=cost.hourly_price(instance_type, prices),
         action=plan.action if plan else None,
         quantization=str(plan.quantization) if plan else None,
         port=plan.port if plan else None,
@@ -176,6 +181,7 @@ def build_record(
         results={key: command.result for key, command in state.steps.items()},
         plan=plan.model_dump(mode="json") if plan else None,
         time_to_healthy=None if dry_run else measure_time_to_healthy(state),
+        benchmark=None if dry_run else from_state(state, measured_at=now.isoformat()),
         error=state.failure.Error if state.failure else None,
         cause=state.failure.Cause if state.failure else None,
     )
@@ -201,12 +207,40 @@ def undeploy_record(
     )
 
 
+def bench_record(
+    deployed: LedgerRecord, *, now: datetime, command_id: str, result: dict[str, Any]
+) -> LedgerRecord:
+    """A `deploy-model bench` of the deployment in place: its benchmark, nothing changed."""
+    stamp = now.isoformat()
+    return LedgerRecord(
+        instance_id=deployed.instance_id,
+        record_key=f"{stamp}#bench-{command_id}",
+        execution=f"ssm:{command_id}",
+        model=deployed.model,
+        deploy_model=deployed.deploy_model,
+        dry_run=False,
+        outcome="benchmarked",
+        started_at=stamp,
+        finished_at=stamp,
+        instance_type=deployed.instance_type,
+        cost_per_hour_usd=deployed.cost_per_hour_usd,
+        port=deployed.port,
+        endpoints=deployed.endpoints,
+        results={"benchmark": result},
+        benchmark=benchmark_from_result(result, measured_at=stamp),
+    )
+
+
 def current_deployment(records: list[LedgerRecord]) -> LedgerRecord | None:
     """The deployment in place, from records newest first: the last success not undeployed since."""
+    rolled_back: set[str] = set()  # executions whose deployment was undone since
     for record in records:
+        if record.outcome == "rolled-back":
+            rolled_back.add(record.execution)
+            continue
         if record.outcome == "undeployed":
             return None
-        if record.outcome == "succeeded" and not record.dry_run:
+        if record.outcome == "succeeded" and not record.dry_run and record.execution not in rolled_back:
             return record
     return None
 

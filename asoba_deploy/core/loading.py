@@ -78,6 +78,7 @@ def choose_load(
     runtime: RuntimePython | None,
     install_download: Sequence[str],
     on_disk: bool,
+    asked_by: str = "the load_from context key",
 ) -> LoadChoice:
     """stream or disk for this plan (see the module's table).
 
@@ -86,7 +87,7 @@ def choose_load(
     `install_download`: what the install step pip-installs (core.requirement_sets).
     """
     if preference == "disk":
-        return LoadChoice("disk", "disk: the load_from context key says disk")
+        return LoadChoice("disk", f"disk: {asked_by} says disk")
 
     def disk(why: str) -> LoadChoice:
         forced = " (load_from=stream was asked for, but the runtime cannot stream this)"
@@ -106,7 +107,7 @@ def choose_load(
         return disk(f"runai-model-streamer is not importable by the runtime's Python{where}")
     if on_disk and preference != "stream":
         return LoadChoice("disk", "disk: the model is already on the instance's disk, nothing to transfer")
-    forced = "the load_from context key says stream; " if preference == "stream" else ""
+    forced = f"{asked_by} says stream; " if preference == "stream" else ""
     return LoadChoice(
         "stream",
         f"stream: {forced}unquantized safetensors, the {engine} engine streams them from S3 into memory "

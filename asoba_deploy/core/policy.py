@@ -66,6 +66,8 @@ class Policy(BaseModel):
     utilization_step: Annotated[float, Field(gt=0, le=0.1)] = 0.001
     # The instance's sustained rate to S3 (config.link_gbps), for the plan's time_to_healthy.
     link_bytes_per_s: Annotated[float, Field(gt=0)] = _CONFIG_DEFAULTS["link_gbps"] * 1e9 / 8
+    # One instance step's own cost on the path (config.step_overhead_seconds).
+    step_overhead_s: Annotated[float, Field(ge=0)] = _CONFIG_DEFAULTS["step_overhead_seconds"]
     # The load_from context key (core.loading): auto, or stream / disk forced.
     load_from: Literal["auto", "stream", "disk"] = _CONFIG_DEFAULTS["load_from"]
 
@@ -82,5 +84,6 @@ class Policy(BaseModel):
             models_root=config.instance_roots.models_root,
             max_num_seqs=config.serving.max_num_seqs,
             link_bytes_per_s=config.link_gbps * 1e9 / 8,
+            step_overhead_s=config.step_overhead_seconds,
             load_from=config.load_from,
         )

@@ -27,6 +27,7 @@ class StackResources(BaseModel):
     lock_table: str = ""
     ledger_table: str = ""
     token_table: str = ""  # task tokens of the instance steps waiting for their command's end
+    activity_table: str = ""  # per instance: the runtime's request counters and when they last changed
     runtime_bundle_uri: str = ""  # https S3 object URL: what aws:downloadContent reads
     s5cmd_uri: str = ""  # the s5cmd binary the documents bring (stacks/instance_tools.py)
     command_log_group: str = ""

@@ -44,7 +44,9 @@ class ExecutionState(BaseModel):
     command: CommandRef | None = None  # the instance step in flight
     failure: Failure | None = None
     rollback_error: Failure | None = None
+    benchmark_failure: Failure | None = None  # the benchmark's Catch (the deployment stands)
     restore_flux: bool = False  # undeploy only
+    wake: dict[str, Any] | None = None  # wake-instance's progress (core/wake.py WakeProgress)
 
     def result(self, key: str) -> dict[str, Any] | None:
         """The JSON result line of a finished step, by its key."""
@@ -92,6 +94,27 @@ class ReportFailureEvent(BaseModel):
     state: ExecutionState
 
 
+class IdleEvent(BaseModel):
+    """CheckInstance: after a passed check, the request activity and the idle policy (core/idle.py)."""
+
+    action: Literal["idle"]
+    state: ExecutionState
+
+
+class StoppedEvent(BaseModel):
+    """CheckInstance: the instance is stopped; report it instead of checking it."""
+
+    action: Literal["stopped"]
+    state: ExecutionState
+
+
+class WakeEvent(BaseModel):
+    """WakeInstance: start the instance if stopped; say whether it runs and is Online in SSM."""
+
+    action: Literal["wake"]
+    state: ExecutionState
+
+
 class AcquireEvent(BaseModel):
     action: Literal["acquire"]
     state: ExecutionState
@@ -126,12 +149,15 @@ class PlanEvent(BaseModel):
     snapshot: dict[str, Any]
     instance_id: str | None = None
     execution_name: str | None = None
+    # the execution's start (ISO 8601): the plan's time_to_healthy counts what went before it
+    started_at: str | None = None
 
 
 InstanceStepEvent = Annotated[SendEvent | PollEvent | AwaitEvent, Field(discriminator="action")]
 RollbackEvent = Annotated[SendEvent | PollEvent | AwaitEvent | ExplainEvent, Field(discriminator="action")]
 CheckInstanceEvent = Annotated[
-    SendEvent | PollEvent | AwaitEvent | ReportEvent | ReportFailureEvent, Field(discriminator="action")
+    SendEvent | PollEvent | AwaitEvent | ReportEvent | ReportFailureEvent | IdleEvent | StoppedEvent,
+    Field(discriminator="action"),
 ]
 LockEvent = Annotated[AcquireEvent | ReleaseEvent, Field(discriminator="action")]
 

@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from asoba_deploy.core import errors
+from asoba_deploy.core.benchmark import benchmark_parameters
 from asoba_deploy.core.config import RUNTIME_UNIT
 from asoba_deploy.core.errors import CommandFailed, DeployError, SyncFailed
 from asoba_deploy.core.planner import Plan
@@ -183,13 +184,21 @@ def waits_for_sync(plan: Plan) -> bool:
     return plan.load_from != "stream"
 
 
+def start_service_budget(config: Settings, state: ExecutionState) -> int:
+    """start-service runs beside the sync: waiting for its marker, it may take as long as the sync
+    may, and then the restart (its own budget); streaming, only the restart."""
+    budgets = config.step_budgets
+    waits = waits_for_sync(_plan(state))
+    return int(budgets.start_service + (budgets.sync if waits else 0))
+
+
 def start_service_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     plan = _plan(state)
     wait = waits_for_sync(plan)
     token = sync_marker_token(state)
     if wait and not token:
         raise CommandFailed("start-service needs the execution's name to find this sync's marker")
-    budget = int(config.step_budgets.start_service)
+    budget = start_service_budget(config, state)
     return {
         "ServiceUnit": RUNTIME_UNIT,
         "ModelPath": plan.model_path,
@@ -273,12 +282,15 @@ class Phase(StrEnum):
     INPUT = "input"  # the first state: parse and check the execution input
     CHECK = "check"  # the scheduled instance check (mode "validate")
     LOCK = "lock"  # around a deployment
+    WAKE = "wake"  # after the lock: a stopped instance started and awaited (stacks/wake_instance.py)
     INSPECT = "inspect"  # read the instance, before the plan
     PLAN = "plan"  # the dry run
     BACKUP = "backup"  # once the plan fits: record what runs now
     CHANGE = "change"  # change the instance; any failure here is rolled back
     UNDO = "undo"  # the rollback
+    MEASURE = "measure"  # after the change succeeded, outside its rollback: the benchmark
     RECORD = "record"  # the ledger
+    ROLLOUT = "rollout"  # around each instance of a fleet rollout (core/rollout.py)
     ON_DEMAND = "on-demand"  # sent by the deploy-model CLI only (no function)
 
 
@@ -290,6 +302,9 @@ class Grant(StrEnum):
     LOCK_TABLE = "lock-table"
     LEDGER_TABLE = "ledger-table"
     DESCRIBE_EXECUTIONS = "describe-executions"  # is the lock's holder still running?
+    ACTIVITY_TABLE = "activity-table"  # the runtime's request counters per instance (core/idle.py)
+    STOP_INSTANCES = "stop-instances"  # ec2:StopInstances on the stack's instances (the idle policy)
+    START_INSTANCES = "start-instances"  # ec2:StartInstances on the stack's instances
 
 
 @dataclass(frozen=True)
@@ -323,9 +338,12 @@ class Step:
     grants: frozenset[Grant] = frozenset()
     # Run only when this JSONPath is present in the state (a Choice "<Label>?" before it).
     run_if: str | None = None
-    # Consecutive steps naming the same group run at once, one branch each of a Parallel state
+    # Consecutive steps naming the same group run at once as the branches of one Parallel state
     # labelled for the group ("prepare" -> Prepare); the next step starts when all have ended.
     parallel: str | None = None
+    # Within a group, the steps naming the same branch run one after the other in that branch
+    # (registry order); a step naming none is a branch of its own.
+    branch: str | None = None
     timeout_seconds: int = 30
     memory_mb: int = 256
 
@@ -340,6 +358,10 @@ class Step:
     @property
     def function_id(self) -> str:
         return self.label
+
+    @property
+    def branch_name(self) -> str:
+        return self.branch or self.name
 
     @property
     def plugin(self) -> str:
@@ -390,7 +412,11 @@ def _registry(*steps: Step) -> dict[str, Step]:
 
 
 _SEE_INSTANCES = frozenset({Grant.SEE_INSTANCES})
-PREPARE = "prepare"  # the change phase's parallel group: sync | install
+# The change phase's parallel group: the model's bytes in one branch; in the other the runtime:
+# installed, started (on the instance it waits for the sync's marker unless it streams the
+# weights from S3) and awaited healthy. A streamed load so overlaps the whole sync.
+PREPARE = "prepare"
+RUNTIME_BRANCH = "runtime"
 
 STEPS: dict[str, Step] = _registry(
     Step(
@@ -411,7 +437,18 @@ STEPS: dict[str, Step] = _registry(
             require_online=True,
             fetches=(BRING_S5CMD,),
         ),
-        grants=frozenset({Grant.READ_MODELS, Grant.SEE_INSTANCES}),
+        # the idle policy: the activity item, the stop under the deployment lock, its ledger record
+        grants=frozenset(
+            {
+                Grant.READ_MODELS,
+                Grant.SEE_INSTANCES,
+                Grant.ACTIVITY_TABLE,
+                Grant.STOP_INSTANCES,
+                Grant.LOCK_TABLE,
+                Grant.DESCRIBE_EXECUTIONS,
+                Grant.LEDGER_TABLE,
+            }
+        ),
     ),
     Step(
         "lock",
@@ -419,6 +456,13 @@ STEPS: dict[str, Step] = _registry(
         "Acquire or release the per-instance lock",
         errors.DeploymentInProgress,
         grants=frozenset({Grant.LOCK_TABLE, Grant.DESCRIBE_EXECUTIONS}),
+    ),
+    Step(
+        "wake-instance",
+        Phase.WAKE,
+        "Start a stopped instance; report when it runs and its SSM agent is Online",
+        errors.InstanceUnavailable,
+        grants=frozenset({Grant.SEE_INSTANCES, Grant.START_INSTANCES}),
     ),
     Step(
         "collect-resources",
@@ -455,7 +499,8 @@ STEPS: dict[str, Step] = _registry(
         run_if="$.plan.stop_services[0]",
     ),
     # The install (venv, packages, env, unit) needs none of the model's bytes: it runs while the
-    # model syncs, and start-service starts the unit once both have ended.
+    # model syncs; start-service then starts the unit once the sync's marker is there (at once
+    # when the runtime streams the weights), and the health check waits for it, still beside the sync.
     Step(
         "sync",
         Phase.CHANGE,
@@ -479,14 +524,17 @@ STEPS: dict[str, Step] = _registry(
         InstanceStep(install_parameters, _budget("install"), fetches=(FETCH_RUNTIME_BUNDLE,)),
         grants=_SEE_INSTANCES,
         parallel=PREPARE,
+        branch=RUNTIME_BRANCH,
     ),
     Step(
         "start-service",
         Phase.CHANGE,
         "Start the unit once this execution's sync is complete (at once when streaming)",
         errors.StartServiceFailed,
-        InstanceStep(start_service_parameters, _budget("start_service")),
+        InstanceStep(start_service_parameters, start_service_budget),
         grants=_SEE_INSTANCES,
+        parallel=PREPARE,
+        branch=RUNTIME_BRANCH,
     ),
     Step(
         "health-check",
@@ -494,6 +542,17 @@ STEPS: dict[str, Step] = _registry(
         "Wait until /status and /health say healthy",
         errors.HealthCheckFailed,
         InstanceStep(health_parameters, health_budget, resend_while=("loading", "down")),
+        grants=_SEE_INSTANCES,
+        parallel=PREPARE,
+        branch=RUNTIME_BRANCH,
+    ),
+    # After ChangeInstance, with its own Catch: a failed benchmark is recorded, never rolled back.
+    Step(
+        "benchmark",
+        Phase.MEASURE,
+        "Measure the healthy model: time to first token, tokens/s at 1 and N, load, GPU memory",
+        errors.BenchmarkFailed,
+        InstanceStep(benchmark_parameters, _budget("benchmark")),
         grants=_SEE_INSTANCES,
     ),
     Step(
@@ -510,6 +569,14 @@ STEPS: dict[str, Step] = _registry(
         "Record the execution in the ledger",
         errors.RecordFailed,
         grants=frozenset({Grant.LEDGER_TABLE}),
+    ),
+    Step(
+        "rollout",
+        Phase.ROLLOUT,
+        "Admit, count and summarize the instances of a fleet rollout",
+        errors.RolloutFailed,
+        # the failure counter is an item of the lock table; a failed row reads the ledger's record
+        grants=frozenset({Grant.LOCK_TABLE, Grant.LEDGER_TABLE}),
     ),
     Step(
         "undeploy",

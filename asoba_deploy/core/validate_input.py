@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 from asoba_deploy.core.errors import InstanceUnavailable, InvalidInput, ModelNotFound
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+STARTABLE_STATES = ("running", "pending", "stopping", "stopped")
 
 
 def choose_instance(requested: str | None, configured: list[str]) -> str:
@@ -61,8 +62,10 @@ def check_instance_running(ec2: Any, instance_id: str) -> dict[str, Any]:
         raise InstanceUnavailable(f"instance {instance_id} not found")
     instance = instances[0]
     state = instance.get("State", {}).get("Name", "unknown")
-    if state != "running":
-        raise InstanceUnavailable(f"instance {instance_id} is {state}, not running")
+    # A stopped (or stopping, or starting) instance is started by the deployment's WakeInstance
+    # (core/wake.py) and reported as stopped by the scheduled check; a terminated one is gone.
+    if state not in STARTABLE_STATES:
+        raise InstanceUnavailable(f"instance {instance_id} is {state}: it cannot run a deployment")
     return {"instance_id": instance_id, "state": state, "instance_type": instance.get("InstanceType")}
 
 

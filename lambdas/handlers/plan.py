@@ -6,6 +6,7 @@ result, not an error: the state machine's Fits? choice turns it into Insufficien
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -18,6 +19,7 @@ from asoba_deploy.core.contracts import describe_validation_error
 from asoba_deploy.core.errors import InvalidInput
 from asoba_deploy.core.manifest import read_manifest
 from asoba_deploy.core.planner import plan
+from asoba_deploy.core.planner.timing import elapsed_since
 from asoba_deploy.core.policy import Policy
 from asoba_deploy.core.s3 import BotoS3Reader, CountingReader
 from asoba_deploy.core.settings import Settings, settings
@@ -45,7 +47,8 @@ def plan_event(event: Any, client: Any, config: Settings) -> dict[str, Any]:
     manifest = read_manifest(
         reader, prefix, request.model, catalog, prefer_awq_variant=policy.prefer_awq_variant
     )
-    result = plan(manifest, snapshot, request, policy)
+    elapsed = elapsed_since(parsed.started_at, datetime.now(UTC))
+    result = plan(manifest, snapshot, request, policy, elapsed_s=elapsed)
     logger.info(
         "planned",
         extra={

@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from asoba_deploy.core import aws
+from asoba_deploy.core import aws, rollout
 from asoba_deploy.core.contracts import parse_request
 from asoba_deploy.core.settings import settings
 from asoba_deploy.core.state import ExecutionState, ValidateInputEvent, parse_event
@@ -21,8 +21,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_event(ValidateInputEvent, event, what="validate-input event")
     config = settings()
     request = parse_request(parsed.input)
-    instance_id = choose_instance(request.instance_id, config.instance_ids)
-    instance = check_instance_running(aws.client("ec2"), instance_id)
+    ec2 = aws.client("ec2")
+    if request.fleet:
+        fleet = rollout.fleet_instances(ec2, request.instances, request.instance_tag, config.instance_ids)
+    else:
+        fleet = [choose_instance(request.instance_id, config.instance_ids)]
+    # every instance is checked before any starts: one that is not running refuses the rollout
+    described = [check_instance_running(ec2, target) for target in fleet]
+    instance_id, instance = fleet[0], described[0]
     model = None
     if request.mode == "deploy":
         assert request.model is not None
@@ -37,4 +43,17 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         execution_name=parsed.execution_name,
         started_at=parsed.started_at,
     )
-    return state.model_dump(mode="json", exclude_none=True)
+    output = state.model_dump(mode="json", exclude_none=True)
+    # the Rollout Map's items: one per instance (a single instance_id is a one-item rollout)
+    output["targets"] = [
+        rollout.Target(instance_id=target, instance=summary).model_dump()
+        for target, summary in zip(fleet, described, strict=True)
+    ]
+    output["rollout"] = rollout.plan_rollout(
+        len(fleet),
+        request.max_concurrency,
+        request.tolerated_failures,
+        request.rollback_on_failure,
+        fleet=request.fleet,
+    ).model_dump()
+    return output

@@ -21,7 +21,8 @@ behaves as on a real instance:
   and GetCommandInvocation shows stderr's first 8,000 characters;
 * an offline sandbox leaves new commands Pending until the command's TimeoutSeconds passes, then
   TimedOut with StatusDetails DeliveryTimedOut; DescribeInstanceInformation reports it
-  ConnectionLost (and Online otherwise); a stopped EC2 instance counts as offline;
+  ConnectionLost (and Online otherwise); a stopped EC2 instance counts as offline, and stopping
+  and starting it powers the sandbox off and on (local/sandbox/power.py);
 * CancelCommand stops a pending or running invocation (Cancelled; its processes are killed);
 * ``aws:downloadContent`` steps (S3 source) run as the agent's plugin (download_content.py), with
   the instance role; a failed step ends the document only with ``onFailure: exit`` in its inputs
@@ -60,7 +61,7 @@ from moto.ssm.exceptions import SSMException
 from moto.ssm.models import Command, SimpleSystemManagerBackend
 from moto.ssm.responses import SimpleSystemManagerResponse
 
-from local.sandbox import download_content
+from local.sandbox import download_content, power
 from local.sandbox.validation import resolve_parameters, substitute
 
 if TYPE_CHECKING:
@@ -268,6 +269,20 @@ def unregister(instance_id: str) -> None:
         _cancel(run)
 
 
+def sandbox_for(instance_id: str) -> Sandbox | None:
+    with _lock:
+        return _sandboxes.get(instance_id)
+
+
+def kill_processes(run: InvocationRun) -> None:
+    """SIGKILL the run's script (the instance lost power); the invocation reads as it ends."""
+    with _lock:
+        process = run.process
+    if process is not None and process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def runs_for(instance_id: str) -> list[InvocationRun]:
     with _lock:
         return [run for key, run in _runs.items() if key[1] == instance_id]
@@ -283,7 +298,7 @@ def _cancel(run: InvocationRun) -> None:
 
 
 def _online(sandbox: Sandbox, account_id: str, region: str) -> bool:
-    if not sandbox.online:
+    if not sandbox.online or not sandbox.powered:
         return False
     try:
         instance = ec2_backends[account_id][region].get_instance(sandbox.instance_id)
@@ -431,6 +446,8 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
                 said = download_content.download(sandbox, run.command.command_id, run.region, step.inputs)
         except download_content.DownloadFailed as error:
             return _end_step(step, "Failed", 1, "", f"{error}\n")
+        except OSError as error:  # the destination cannot be written: the plugin fails the step
+            return _end_step(step, "Failed", 1, "", f"failed to download content: {error}\n")
         return _end_step(step, "Success", 0, said, "")
     if step.action != "aws:runShellScript":
         return _end_step(
@@ -457,7 +474,7 @@ def _run_step(run: InvocationRun, sandbox: Sandbox, index: int, step: StepRun) -
     stdout_path, stderr_path = folder / "stdout", folder / "stderr"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
-            ["sh", "-c", str(script_path)],
+            sandbox.on_host(["sh", "-c", str(script_path)]),
             cwd=working,
             env=sandbox.script_env(run.region, run.command.command_id),
             stdin=subprocess.DEVNULL,
@@ -860,6 +877,7 @@ def install() -> None:
         backend.list_command_invocations = _list_command_invocations
         backend.describe_instance_information = _describe_instance_information
         backend.cancel_command = _cancel_command
+        power.install()
         response.send_command = _response_send_command
         response.cancel_command = _response_cancel_command
         response.list_command_invocations = _response_list_command_invocations

@@ -98,7 +98,9 @@ def _source_path(inputs: dict[str, Any]) -> str:
 
 def destination(sandbox: Sandbox, command_id: str, destination_path: str) -> Path:
     if os.path.isabs(destination_path):
-        return Path(destination_path)
+        # on a host of its own, the stack's root folder is the sandbox's root (own_host.py)
+        own = sandbox.own_host
+        return own.local_path(Path(destination_path)) if own is not None else Path(destination_path)
     return sandbox.orchestration_dir / command_id / DOWNLOADS_DIR / destination_path
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from local.sandbox import agent
+from local.sandbox.own_host import OwnHost
 from local.sandbox.shims.lib.common import log_path, read_gpu_config
 from local.sandbox.shims.lib.systemctl import kill_unit, main_pid, properties
 from local.sandbox.shims.lib.systemd import known_units
@@ -79,7 +80,15 @@ class Sandbox:
         # Where the stack's s5cmd lies in S3 (the S5cmdUri parameter of documents sent from tests).
         self.s5cmd_uri: str | None = None
         self.access_key_id = "ASIA" + instance_id.removeprefix("i-").upper().ljust(16, "0")[:16]
+        # A host of its own (network, root folders) for a fleet of sandboxes; None: this machine's.
+        self.own_host: OwnHost | None = None
         self.online = True
+        # Its EC2 instance's power (local/sandbox/power.py): off while stopped, on once it booted.
+        self.powered = True
+        self.power_generation = 0  # each stop and start: a late transition of an earlier one is void
+        self.shutdown_s = 0.5  # stopping -> stopped
+        self.boot_s = 1.0  # pending -> running (then the enabled units start)
+        self.agent_start_s = 0.5  # running -> the SSM agent Online
         self.invocation_delay_s = 0.0  # >0: GetCommandInvocation says InvocationDoesNotExist that long
         # Offline, a command waits for delivery this long (None: its TimeoutSeconds, at least 30 s).
         self.delivery_timeout_s: float | None = None
@@ -278,9 +287,13 @@ class Sandbox:
         with iam.acting_as(self.instance_role_arn, self.instance_id):
             yield
 
+    def on_host(self, argv: list[str]) -> list[str]:
+        """`argv` as this instance runs it: on its own host when it has one (own_host.py)."""
+        return self.own_host.wrap(argv) if self.own_host is not None else argv
+
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(SHIMS / "systemctl"), *args],
+            self.on_host([str(SHIMS / "systemctl"), *args]),
             env=self.shim_env(),
             capture_output=True,
             text=True,
@@ -400,6 +413,30 @@ class Sandbox:
     def go_online(self) -> None:
         self.online = True
         self.last_ping = dt.datetime.now(dt.UTC)
+
+    def power_off(self) -> None:
+        """The instance stops: the agent goes silent and every unit's processes (and the scripts
+        of commands in flight) die with the machine; what is on disk stays."""
+        self.powered = False
+        self.power_generation += 1
+        for run in agent.runs_for(self.instance_id):
+            agent.kill_processes(run)
+        for unit in known_units(self.root):
+            kill_unit(self.root, unit)
+
+    def boot(self) -> None:
+        """The instance has booted: systemd starts the enabled units, then the agent comes Online."""
+        generation = self.power_generation
+        for unit in self.enabled_units():
+            self.systemctl("start", unit, check=False)
+        time.sleep(self.agent_start_s)
+        if self.power_generation == generation:
+            self.powered = True
+            self.last_ping = dt.datetime.now(dt.UTC)
+
+    def enabled_units(self) -> list[str]:
+        """Units with a WantedBy link: what systemd starts at boot."""
+        return [u for u in known_units(self.root) if self.unit_state(u).get("UnitFileState") == "enabled"]
 
     # ------------------------------------------------------------------ teardown
 

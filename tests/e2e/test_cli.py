@@ -99,9 +99,13 @@ def test_deploy_status_history_and_undeploy(
         "sync",
         "install",
         "health-check",
+        "benchmark",
     ):
         assert re.search(rf"done\s+{step}\s+\d+\.\d s", run.out), step
-    assert re.search(r"done\s+sync\s+.*[KMG]iB in .* \(.*iB/s\)", run.out)
+    assert re.search(r"done\s+benchmark\s+.*time to first token \d+\.\d{3} s, decode", run.out)
+    assert re.search(r"^  benchmark\s+time to first token .*\n\s+\d+ at once: ", run.out, re.M)
+    # bytes, time and rate (nothing moved when an earlier test left the model on the instance)
+    assert re.search(r"done\s+sync\s+.*\d (?:[KMG]i)?B in .* \(.*B/s\)", run.out), run.out
     assert f"Deployed {tiny_in_bucket} on {instance.instance_id}" in run.out
     assert port_open(ports.coexist)
 

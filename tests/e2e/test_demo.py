@@ -115,6 +115,11 @@ def test_demo_end_to_end_then_the_kept_endpoint(tmp_path_factory: pytest.TempPat
         )
         assert verdict, deploy[-3000:]
         print("time to healthy (measured, estimate, verdict):", verdict.groups())
+        # the benchmark after the health check: in the record, and the demo's own line
+        assert re.search(
+            r"^  benchmark\s+time to first token \d+\.\d{3} s, decode [\d,.]+ tok/s", deploy, re.M
+        )
+        assert re.search(r"^demo: benchmark: first token after [\d.]+ s, decode [\d.]+ tok/s", deploy, re.M)
 
         # The question: a real, non-empty answer
         answer = re.search(r"^  A: (.*)$", section(text, "5/6", "6/6"), re.M)

@@ -59,13 +59,16 @@ def test_small_model_deploys_beside_flux(
     assert set(generated) >= {"choices", "usage", "model", "created", "id"}
     assert generated["choices"][0]["finish_reason"] in ("stop", "length")
 
-    # Sync and install ran at once (each began before the other ended), then the service started
+    # Sync and install ran at once (each began before the other ended); in install's branch the
+    # service started next (on the instance it waited for the sync's marker unless it streams),
+    # then the health check, still inside Prepare
     entered = result.states_entered
     assert entered.index("Prepare") < min(entered.index("Sync"), entered.index("Install"))
     assert entered.index("Install") < entered.index("Sync.Result")
     assert entered.index("Sync") < entered.index("Install.Result")
-    assert max(entered.index("Sync.Result"), entered.index("Install.Result")) < entered.index("StartService")
+    assert entered.index("Install.Result") < entered.index("StartService")
     assert entered.index("StartService.Result") < entered.index("HealthCheck")
+    assert entered.index("HealthCheck.Result") < entered.index("Prepare.Done")
     steps = record["results"]
     # it waited for this execution's sync marker unless the runtime streams the weights
     streams = record["plan"]["load_from"] == "stream"

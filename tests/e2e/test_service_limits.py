@@ -10,6 +10,7 @@ from typing import Any
 from local import events
 from local.executions import run_execution
 from local.limits import AWAIT_EVENTS, ENDING_ROUND_EVENTS, FLOW_EVENTS, SAFETY_NET_ROUND_EVENTS
+from local.stack import nested_machines
 from tests.unit.test_history_worst_case import FIXED_STATES
 
 
@@ -17,7 +18,7 @@ def _states(definition: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     for state in definition["States"].values():
         found.append(state)
-        for branch in state.get("Branches", []):
+        for branch in nested_machines(state):
             found += _states(branch)
     return found
 

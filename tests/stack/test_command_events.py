@@ -8,7 +8,7 @@ from typing import Any
 
 from asoba_deploy.core.completion import DETAIL_TYPE, TERMINAL_STATUSES
 from asoba_deploy.core.steps import STEPS
-from local.stack import Synthesized
+from local.stack import Synthesized, nested_machines
 from stacks.command_events import COMPLETER_HANDLER
 
 INSTANCE_STEPS = [s for s in STEPS.values() if s.has_function and s.instance is not None]
@@ -30,7 +30,7 @@ def _completer(synth: Synthesized) -> tuple[str, dict[str, Any]]:
 def _states(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found = dict(definition["States"])
     for state in definition["States"].values():
-        for branch in state.get("Branches", []):
+        for branch in nested_machines(state):
             found.update(_states(branch))
     return found
 

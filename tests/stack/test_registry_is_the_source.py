@@ -14,7 +14,7 @@ import pytest
 
 from asoba_deploy.core import errors
 from asoba_deploy.core.steps import STEPS, Phase, Step
-from local.stack import PROJECT_ROOT, Synthesized, synthesize
+from local.stack import PROJECT_ROOT, Synthesized, nested_machines, synthesize
 from stacks import paths
 
 
@@ -24,8 +24,8 @@ class WarmCacheFailed(errors.CommandFailed):
 
 @pytest.fixture
 def registry_with_a_new_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Step]:
-    # Given a new change step after install (after its parallel group), before start-service,
-    # its document and its handler
+    # Given a new change step after install, in its branch of the parallel group (before
+    # start-service), its document and its handler
     template = STEPS["install"]
     assert template.instance is not None
     step = replace(
@@ -33,7 +33,7 @@ def registry_with_a_new_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         name="warm-cache",
         description="Read the weights once into the page cache",
         error=WarmCacheFailed,
-        parallel=None,  # after the parallel group, not a third branch of it
+        # install's group and branch, kept by replace(): a step of the runtime's branch
     )
     documents = tmp_path / "ssm_documents"
     shutil.copytree(PROJECT_ROOT / "ssm_documents", documents)
@@ -64,7 +64,7 @@ def _states(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for name, state in definition["States"].items():
         found[name] = state
-        for branch in state.get("Branches", []):
+        for branch in nested_machines(state):
             found.update(_states(branch))
     return found
 
@@ -78,8 +78,10 @@ def test_a_registered_step_reaches_stack_and_machine(registry_with_a_new_step: S
     # Then the machine runs it in its phase, between the steps around it in the registry
     assert step.phase is Phase.CHANGE
     states = _states(synth.state_machine_definition)
-    assert states["Prepare.Done"]["Next"] == "WarmCache"
+    assert (step.parallel, step.branch) == ("prepare", "runtime")
+    assert states["Install.Result"]["Next"] == "WarmCache"
     assert states["WarmCache.Result"]["Next"] == "StartService"
+    assert states["Prepare"]["ResultSelector"]["warm_cache.$"] == "$[1].steps.warm_cache"
     # its function runs its handler, its document is registered, and it may send only that document
     resources = synth.template["Resources"].values()
     handlers = {r["Properties"]["Handler"] for r in resources if r["Type"] == "AWS::Lambda::Function"}

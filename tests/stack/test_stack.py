@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from asoba_deploy.core.steps import STEPS, Grant, Phase, phase
-from local.stack import PROJECT_ROOT, Synthesized, synthesize
+from local.stack import PROJECT_ROOT, Synthesized, nested_machines, synthesize
 from stacks.command_events import COMPLETER_HANDLER
 
 BIN = Path(sys.executable).parent
@@ -73,14 +73,15 @@ def test_definition_has_a_state_for_every_registry_step(synth: Synthesized) -> N
     # no Lambda waits: waiting is Wait states, each as long as the poll Lambda's back-off says
     # (the configured interval is its floor, in the functions' settings)
     waits = [s for s in _all_states(synth.state_machine_definition) if s.get("Type") == "Wait"]
-    assert waits and all(w["SecondsPath"] == "$.command.wait_seconds" for w in waits)
+    # (the wake-up of a stopped instance waits as long as its function says: stacks/wake_instance.py)
+    assert waits and all(w["SecondsPath"] in ("$.command.wait_seconds", "$.wake.wait_seconds") for w in waits)
 
 
 def _all_named_states(definition: dict[str, Any]) -> list[str]:
     found = []
     for name, state in definition["States"].items():
         found.append(name)
-        for branch in state.get("Branches", []):
+        for branch in nested_machines(state):
             found.extend(_all_named_states(branch))
     return found
 
@@ -89,13 +90,15 @@ def _all_states(definition: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     for state in definition["States"].values():
         found.append(state)
-        for branch in state.get("Branches", []):
+        for branch in nested_machines(state):
             found.extend(_all_states(branch))
     return found
 
 
 def test_rollback_catches_every_change_step(synth: Synthesized) -> None:
-    states = synth.state_machine_definition["States"]
+    # Deploy sits in the Rollout Map's per-instance deployment (stacks/rollout.py)
+    definition = synth.state_machine_definition
+    states = {name: s for named in _all_states_named(definition) for name, s in named.items()}
     deploy = states["Deploy"]
     change = next(s for b in deploy["Branches"] for n, s in b["States"].items() if n == "ChangeInstance")
     catch = change["Catch"][0]
@@ -107,24 +110,36 @@ def test_rollback_catches_every_change_step(synth: Synthesized) -> None:
     assert "Prepare" in change_states
 
 
-def test_sync_and_install_run_at_once_and_start_service_follows(synth: Synthesized) -> None:
+def test_the_runtime_is_installed_started_and_awaited_beside_the_sync(synth: Synthesized) -> None:
     # Given the change phase as synthesized
     states: dict[str, dict[str, Any]] = {}
     for named in _all_states_named(synth.state_machine_definition):
         states.update(named)
     prepare = states["Prepare"]
-    # Then Prepare is one Parallel state, one branch per step of the registry's group, each
-    # branch that step's whole fragment (its send first, its result copied last)
+    # Then Prepare is one Parallel state with the registry group's two branches: the sync, and
+    # install -> start-service -> health-check, each step's whole fragment (send first, result last)
     group = [step for step in phase(Phase.CHANGE) if step.parallel == "prepare"]
-    assert [step.name for step in group] == ["sync", "install"]
+    assert [step.name for step in group] == ["sync", "install", "start-service", "health-check"]
+    lanes = [["sync"], ["install", "start-service", "health-check"]]
     assert prepare["Type"] == "Parallel"
-    assert [branch["StartAt"] for branch in prepare["Branches"]] == [step.label for step in group]
-    for step, branch in zip(group, prepare["Branches"], strict=True):
-        assert branch["States"][f"{step.label}.Result"]["ResultPath"] == step.result_path
-        assert branch["States"][f"{step.label}.Result"].get("End") is True
-    # both branches' results land at $.steps.<key>, as if they had run in turn, and the scratch
-    # copy is emptied again
-    assert prepare["ResultSelector"] == {"sync.$": "$[0].steps.sync", "install.$": "$[1].steps.install"}
+    assert [branch["StartAt"] for branch in prepare["Branches"]] == ["Sync", "Install"]
+    for lane, branch in zip(lanes, prepare["Branches"], strict=True):
+        steps = [STEPS[name] for name in lane]
+        for step, after in zip(steps, [*steps[1:], None], strict=True):
+            result = branch["States"][f"{step.label}.Result"]
+            assert result["ResultPath"] == step.result_path
+            if after is None:
+                assert result.get("End") is True
+            else:
+                assert result["Next"] == after.label
+    # every result lands at $.steps.<key>, as if they had run in turn, and the scratch copy is
+    # emptied again
+    assert prepare["ResultSelector"] == {
+        "sync.$": "$[0].steps.sync",
+        "install.$": "$[1].steps.install",
+        "start_service.$": "$[1].steps.start_service",
+        "health_check.$": "$[1].steps.health_check",
+    }
     copy = states[prepare["Next"]]
     for step in group:
         assert (copy["Type"], copy["InputPath"], copy["ResultPath"]) == (
@@ -135,9 +150,6 @@ def test_sync_and_install_run_at_once_and_start_service_follows(synth: Synthesiz
         copy = states[copy["Next"]]
     done = copy
     assert (done["Result"], done["ResultPath"]) == ({}, "$.prepare")
-    # and the service starts only after both, then the health check
-    assert done["Next"] == "StartService"
-    assert states["StartService.Result"]["Next"] == "HealthCheck"
     # install no longer starts the unit: only start-service's document does
     for name in ("install", "start-service"):
         script = "\n".join(
@@ -152,7 +164,7 @@ def test_sync_and_install_run_at_once_and_start_service_follows(synth: Synthesiz
 def _all_states_named(definition: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
     found = [dict(definition["States"])]
     for state in definition["States"].values():
-        for branch in state.get("Branches", []):
+        for branch in nested_machines(state):
             found.extend(_all_states_named(branch))
     return found
 
@@ -198,7 +210,9 @@ def test_schedule_runs_validate_mode_and_alarm_notifies(synth: Synthesized) -> N
         "instance_id": "i-0123456789abcdef0",
     }
     alarm = next(iter(resources(synth, "AWS::CloudWatch::Alarm").values()))["Properties"]
-    assert alarm["MetricName"] == "ValidationPassed"
+    # ValidationPassed, or InstanceStopped for an instance the idle policy stopped
+    watched = {m["MetricStat"]["Metric"]["MetricName"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert watched == {"ValidationPassed", "InstanceStopped"}
     assert alarm["TreatMissingData"] == "breaching"
     assert alarm["AlarmActions"]
 

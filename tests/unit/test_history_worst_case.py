@@ -20,7 +20,8 @@ MIN_INTERVAL = int(DeployConfig.model_fields["poll_interval_seconds"].metadata[0
 MIN_SAFETY_NET = int(DeployConfig.model_fields["safety_net_seconds"].metadata[0].ge)
 # Every state of the machine outside the poll loops, entered once: an upper bound of the real
 # definition's state count (tests/e2e/test_service_limits.py checks it).
-FIXED_STATES = 100
+# (150: the Rollout Map's own states beside the per-instance deployment's, issue 16)
+FIXED_STATES = 150
 DEPLOY_PHASES = (Phase.INSPECT, Phase.BACKUP, Phase.CHANGE, Phase.UNDO)
 
 
@@ -41,7 +42,8 @@ def settings(interval: int, safety_net: int = 900) -> Settings:
 
 def budgets(config: Settings, model_bytes: int) -> dict[str, int]:
     """Each deploy-path instance step's budget, from the registry (the health check's grows per GB)."""
-    state: Any = SimpleNamespace(plan=SimpleNamespace(total_bytes=model_bytes))
+    # from disk: start-service waits beside the sync for its marker, its longest budget
+    state: Any = SimpleNamespace(plan=SimpleNamespace(total_bytes=model_bytes, load_from="disk"))
     steps = [s for s in instance_steps() if s.phase in DEPLOY_PHASES and s.instance is not None]
     return {s.key: s.instance.budget(config, state) for s in steps if s.instance is not None}
 

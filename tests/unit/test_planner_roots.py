@@ -18,6 +18,7 @@ from asoba_deploy.core.planner import Plan, plan
 from asoba_deploy.core.planner.roots import GP3_BASELINE_BYTES_PER_S
 from asoba_deploy.core.planner.timing import (
     DEFAULT_WRITE_BYTES_PER_S,
+    HEALTH_PROBE_S,
     INSTALL_BUILD_S,
     INSTALL_REUSE_S,
     STREAM_BYTES_PER_S,
@@ -32,6 +33,7 @@ from local.sparse_models import seed_manifest
 from tests.unit.planner_support import GIB, MIB, seed_snapshot
 from tests.unit.test_steps import CONFIG
 
+STEP_OVERHEAD_S = Policy().step_overhead_s  # the context's default: 1 s, as on AWS
 EBS = "/opt/models"
 NVME = "/mnt/nvme/models"
 
@@ -217,9 +219,12 @@ def test_time_to_healthy_parts_come_from_the_measured_rates() -> None:
     weights = seed_manifest("deepseek-r1-8b").weight_bytes
     assert estimate.load_s == pytest.approx(weights / (2800 * MIB), abs=0.01)
     assert estimate.warmup_s == WARMUP_S[result.engine]
-    # Sync and install side by side, then load and warm-up
+    # The steps' overhead (snapshot-previous, start-service, the last probe), then sync and
+    # install side by side, then load and warm-up
+    steps = (2 + len(result.stop_services[:1])) * STEP_OVERHEAD_S + HEALTH_PROBE_S  # + stop-flux
+    assert estimate.elapsed_s == 0 and estimate.steps_s == steps
     expected = max(estimate.transfer_s, estimate.install_s) + estimate.load_s + estimate.warmup_s
-    assert estimate.estimate_s == pytest.approx(expected, abs=0.02)
+    assert estimate.estimate_s == pytest.approx(estimate.steps_s + expected, abs=0.02)
     basis = estimate.basis
     assert basis["models_root"] == NVME and basis["transfer_bytes"] == result.bytes_to_transfer
     assert (basis["write_bytes_per_s"], basis["read_bytes_per_s"]) == (1900 * MIB, 2800 * MIB)
@@ -238,20 +243,22 @@ def test_time_to_healthy_parts_come_from_the_measured_rates() -> None:
     assert again is not None and not reused.install_download
     assert again.install_s == INSTALL_REUSE_S
     assert again.transfer_s == pytest.approx(reused.bytes_to_transfer / 2.5e8, abs=0.01)
-    assert again.estimate_s == pytest.approx(again.transfer_s + again.load_s + again.warmup_s, abs=0.02)
+    assert again.estimate_s == pytest.approx(
+        again.steps_s + again.transfer_s + again.load_s + again.warmup_s, abs=0.02
+    )
 
 
 def test_a_plan_that_streams_estimates_the_load_at_the_link() -> None:
-    # When the plan streams (Part C's load_from), the load runs at min(link, streamer) and does
-    # not wait for the sync
+    # When the plan streams (Part C's load_from), the load runs at min(half the link: the sync
+    # reads the same bytes beside it, streamer) and does not wait for the sync
     result = planned("deepseek-r1-8b", seed_snapshot(models_roots=[ebs_root()]), Policy(load_from="stream"))
     estimate = result.time_to_healthy
     assert result.load_from == "stream" and estimate is not None
-    assert estimate.basis["load_from"] == "stream"
+    assert estimate.basis["load_from"] == "stream" and estimate.basis["link_shared_with_the_sync"]
     weights = seed_manifest("deepseek-r1-8b").weight_bytes
-    assert estimate.load_s == pytest.approx(weights / 1.25e9, abs=0.01)
+    assert estimate.load_s == pytest.approx(weights / (1.25e9 / 2), abs=0.01)
     assert estimate.estimate_s == pytest.approx(
-        estimate.install_s + estimate.load_s + estimate.warmup_s, abs=0.02
+        estimate.steps_s + estimate.install_s + estimate.load_s + estimate.warmup_s, abs=0.02
     )
     assert estimate.transfer_s > estimate.estimate_s - estimate.install_s  # the slow write is off the path
 
@@ -281,11 +288,65 @@ def test_a_streamed_load_does_not_wait_for_the_sync() -> None:
         install_builds=False,
         load_from="stream",
     )
-    assert disk.estimate_s == pytest.approx(disk.transfer_s + disk.load_s + WARMUP_S["vllm"], abs=0.02)
-    assert stream.estimate_s == pytest.approx(INSTALL_REUSE_S + stream.load_s + WARMUP_S["vllm"], abs=0.02)
-    assert stream.load_s == pytest.approx(manifest.weight_bytes / min(1.25e9, STREAM_BYTES_PER_S), abs=0.01)
+    steps = 2 * STEP_OVERHEAD_S + HEALTH_PROBE_S  # snapshot-previous, start-service, the last probe
+    assert disk.estimate_s == pytest.approx(
+        steps + disk.transfer_s + disk.load_s + WARMUP_S["vllm"], abs=0.02
+    )
+    assert stream.estimate_s == pytest.approx(
+        steps + INSTALL_REUSE_S + stream.load_s + WARMUP_S["vllm"], abs=0.02
+    )
+    # the streamer and the sync share the link while both read
+    assert stream.load_s == pytest.approx(
+        manifest.weight_bytes / min(1.25e9 / 2, STREAM_BYTES_PER_S), abs=0.01
+    )
     assert stream.basis["load_from"] == "stream"
     assert stream.estimate_s < disk.estimate_s / 3  # 124 MiB/s twice (write, read) vs the link once
+
+
+def test_the_estimate_counts_the_time_before_the_plan_and_a_flux_stop() -> None:
+    from asoba_deploy.core.planner.roots import choose_root
+    from asoba_deploy.core.planner.timing import time_to_healthy
+
+    manifest = seed_manifest("deepseek-r1-8b")
+    policy = Policy()
+    root = choose_root([manifest], seed_snapshot(models_roots=[ebs_root()]), policy).chosen
+    common: dict[str, Any] = {
+        "root": root,
+        "policy": policy,
+        "engine": "vllm",
+        "transfer_bytes": manifest.total_bytes,
+        "load_bytes": manifest.weight_bytes,
+        "install_builds": False,
+    }
+    fresh = time_to_healthy(**common)
+    # a cheaper step (the local cloud's 0.3 s) shortens the estimate by what the path's steps save
+    local = time_to_healthy(**{**common, "policy": Policy(step_overhead_s=0.3)})
+    assert local.steps_s == pytest.approx(2 * 0.3 + HEALTH_PROBE_S)
+    assert local.estimate_s == pytest.approx(fresh.estimate_s - 2 * (STEP_OVERHEAD_S - 0.3), abs=0.02)
+    # 3.2 s already spent (validate, lock, collect-resources) and Flux to stop first
+    later = time_to_healthy(**common, elapsed_s=3.2, stops_services=True)
+    assert later.elapsed_s == 3.2 and later.steps_s == fresh.steps_s + STEP_OVERHEAD_S
+    assert later.estimate_s == pytest.approx(fresh.estimate_s + 3.2 + STEP_OVERHEAD_S, abs=0.02)
+
+
+def test_the_plan_streams_only_when_that_is_faster() -> None:
+    # Given a slow link (0.5 Gbps, as the local cloud's S3 is) beside a fast store, the streamer
+    # would share the link with the sync: sync-then-load is faster, and the plan says so
+    slow = planned(
+        "deepseek-r1-8b", seed_snapshot(models_roots=[nvme_root()]), Policy(link_bytes_per_s=0.5e9 / 8)
+    )
+    assert slow.load_from == "disk" and slow.load_reason.startswith("disk: sync-then-load is faster here")
+    assert slow.time_to_healthy is not None and slow.time_to_healthy.basis["load_from"] == "disk"
+    # And on the g5's 10 Gbps link beside a gp3 volume, streaming wins and says by how much
+    fast = planned("deepseek-r1-8b", seed_snapshot(models_roots=[ebs_root()]), Policy())
+    assert fast.load_from == "stream" and "with sync-then-load)" in fast.load_reason
+    # Forced, the plan streams whatever the estimate says
+    forced = planned(
+        "deepseek-r1-8b",
+        seed_snapshot(models_roots=[nvme_root()]),
+        Policy(load_from="stream", link_bytes_per_s=0.5e9 / 8),
+    )
+    assert forced.load_from == "stream"
 
 
 def test_disk_kind_and_volume_id_from_sysfs_strings() -> None:
@@ -342,7 +403,10 @@ def test_the_cli_plan_shows_the_root_its_reason_and_the_estimate_with_its_parts(
     estimate = result.time_to_healthy
     assert estimate is not None
     assert f"time to healthy  ~{human_seconds(estimate.estimate_s)} " in text
-    assert human_seconds(estimate.estimate_s) == "1 min 42 s"  # 90 s install + 5.5 s load + 6.5 s
+    # 3.5 s of steps (snapshot-previous, stop-flux, start-service, the last probe) + 90 s install
+    # + 5.5 s load + 6.5 s warm-up
+    assert human_seconds(estimate.estimate_s) == "1 min 45 s"
+    assert "steps 3.5 s: snapshot-previous, stop-flux, start-service and the last health probe" in text
     assert "(sync | install side by side, then load and warm-up)" in text
     assert "transfer 12.8 s: 15.0 GiB at 1.2 GiB/s (link 1.2 GiB/s, disk writes 1.9 GiB/s measured)" in text
     assert "install 1 min 30 s: builds the venv, downloading 16 packages" in text

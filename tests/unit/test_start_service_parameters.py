@@ -14,6 +14,7 @@ from asoba_deploy.core.errors import CommandFailed
 from asoba_deploy.core.planner import Plan
 from asoba_deploy.core.steps import (
     START_MARGIN_SECONDS,
+    STEPS,
     start_service_parameters,
     sync_marker_token,
     sync_parameters,
@@ -39,15 +40,25 @@ def test_a_disk_load_waits_for_the_marker_of_this_execution(qwen_plan: Plan) -> 
         "ModelPath": qwen_plan.model_path,
         "WaitForSync": "true",
         "ExecutionName": state.execution_name,
-        "WaitSeconds": str(CONFIG.step_budgets.start_service - START_MARGIN_SECONDS),
+        # it runs beside the sync: it may wait as long as the sync may run, then restart
+        "WaitSeconds": str(
+            CONFIG.step_budgets.sync + CONFIG.step_budgets.start_service - START_MARGIN_SECONDS
+        ),
     }
+    assert STEPS["start-service"].instance is not None
+    assert STEPS["start-service"].instance.budget(CONFIG, state) == (
+        CONFIG.step_budgets.sync + CONFIG.step_budgets.start_service
+    )
     # the sync writes the same token into the marker
     assert sync_parameters(CONFIG, state)["ExecutionName"] == sent["ExecutionName"]
 
 
 def test_a_streamed_load_starts_at_once(qwen_plan: Plan) -> None:  # noqa: F811
     state = state_with(qwen_plan.model_copy(update={"load_from": "stream"}))
-    assert start_service_parameters(CONFIG, state)["WaitForSync"] == "false"
+    sent = start_service_parameters(CONFIG, state)
+    assert sent["WaitForSync"] == "false"
+    # no wait for the sync: the restart's budget only
+    assert sent["WaitSeconds"] == str(CONFIG.step_budgets.start_service - START_MARGIN_SECONDS)
 
 
 def test_waiting_without_an_execution_name_is_refused(qwen_plan: Plan) -> None:  # noqa: F811

@@ -16,24 +16,68 @@ from asoba_deploy.core.requirement_sets import install_download
 from asoba_deploy.core.snapshot import InstanceSnapshot
 
 
-def plan(manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest, policy: Policy) -> Plan:
-    """The deployment plan of `request` for `manifest` on the instance of `snapshot`."""
+def plan(
+    manifest: Manifest,
+    snapshot: InstanceSnapshot,
+    request: DeployRequest,
+    policy: Policy,
+    *,
+    elapsed_s: float = 0.0,
+) -> Plan:
+    """The deployment plan of `request` for `manifest` on the instance of `snapshot`;
+    `elapsed_s`: the execution's time before the plan, the first part of its time_to_healthy."""
     if request.model is None:
         raise InvalidInput("planning needs a model (mode 'deploy')")
+    if request.load_from is not None:
+        # the execution's own choice over the stack's load_from context key
+        policy = policy.model_copy(update={"load_from": request.load_from})
     if request.model != manifest.name:
         raise InvalidInput(f"the manifest is of {manifest.name!r}, the request asks for {request.model!r}")
     decision = decide(manifest, snapshot, request, policy)
     words = explain(manifest, snapshot, request, policy, decision)
     download = install_download(decision.chosen.engine.engine, snapshot)
     planned = _to_plan(manifest, policy, decision, words, download)
-    planned = _with_load_source(planned, snapshot, policy)
-    return _with_time_to_healthy(planned, decision, snapshot, policy)
+    planned = _with_load_source(planned, snapshot, policy, request.load_from is not None)
+    planned = _with_time_to_healthy(planned, decision, snapshot, policy, elapsed_s)
+    return _faster_load(planned, decision, snapshot, policy, elapsed_s)
 
 
-def _with_load_source(planned: Plan, snapshot: InstanceSnapshot, policy: Policy) -> Plan:
+def _faster_load(
+    planned: Plan, decision: Decision, snapshot: InstanceSnapshot, policy: Policy, elapsed_s: float
+) -> Plan:
+    """Where the runtime could stream and nothing forces it, the plan streams only when that is
+    the faster way to healthy: on a slow link beside a fast disk, sync-then-load wins (the
+    streamer and the sync would share the link)."""
+    if planned.load_from != "stream" or policy.load_from == "stream" or planned.time_to_healthy is None:
+        return planned
+    from_disk = _with_time_to_healthy(
+        planned.model_copy(update={"load_from": "disk"}), decision, snapshot, policy, elapsed_s
+    )
+    streamed, disk = planned.time_to_healthy, from_disk.time_to_healthy
+    assert disk is not None
+    if disk.estimate_s >= streamed.estimate_s:
+        return planned.model_copy(
+            update={
+                "load_reason": f"{planned.load_reason} (~{streamed.estimate_s:.0f} s to healthy, "
+                f"~{disk.estimate_s:.0f} s with sync-then-load)"
+            }
+        )
+    return from_disk.model_copy(
+        update={
+            "load_reason": f"disk: sync-then-load is faster here (~{disk.estimate_s:.0f} s to healthy "
+            f"against ~{streamed.estimate_s:.0f} s streamed, the streamer sharing the "
+            f"{policy.link_bytes_per_s * 8 / 1e9:g} Gbps link with the sync)"
+        }
+    )
+
+
+def _with_load_source(
+    planned: Plan, snapshot: InstanceSnapshot, policy: Policy, request_load_from: bool
+) -> Plan:
     """The plan with load_from (stream or disk) and load_reason (core.loading)."""
     choice = choose_load(
         preference=policy.load_from,
+        asked_by="the execution's load_from" if request_load_from else "the load_from context key",
         safetensors=all(f.key.endswith(".safetensors") for f in planned.files if _is_weight(f.key)),
         quantization=planned.quantization,
         adapter=planned.base_model is not None,
@@ -50,7 +94,7 @@ def _is_weight(key: str) -> bool:
 
 
 def _with_time_to_healthy(
-    planned: Plan, decision: Decision, snapshot: InstanceSnapshot, policy: Policy
+    planned: Plan, decision: Decision, snapshot: InstanceSnapshot, policy: Policy, elapsed_s: float
 ) -> Plan:
     """The plan with its time_to_healthy, computed last: it reads `load_from` (stream or disk)
     wherever the plan decided it."""
@@ -65,6 +109,8 @@ def _with_time_to_healthy(
         load_from=str(getattr(planned, "load_from", None) or "disk"),
         install_download=planned.install_download,
         runtime=snapshot.runtime_python,
+        elapsed_s=elapsed_s,
+        stops_services=bool(planned.stop_services),
     )
     return planned.model_copy(update={"time_to_healthy": estimate})
 

@@ -152,6 +152,9 @@ class TimeToHealthy(BaseModel):
     install_s: float = Field(ge=0)
     load_s: float = Field(ge=0)
     warmup_s: float = Field(ge=0)
+    # measured before the plan (planner.timing); the steps' own overhead after it
+    elapsed_s: float = Field(default=0.0, ge=0)
+    steps_s: float = Field(default=0.0, ge=0)
     basis: dict[str, Any] = Field(default_factory=dict)
 
 

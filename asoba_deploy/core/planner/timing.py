@@ -8,9 +8,16 @@
                 (`load_from: "stream"`), / min(link rate, the streamer's rate)
     warmup_s    the engine's start: its process and imports, and with vLLM its profile run and
                 CUDA graph capture
-    estimate_s  sync and install run side by side (the Prepare phase), then the load and warm-up:
-                max(transfer, install) + load + warm-up; streamed, the load does not wait for the
-                sync: install + load + warm-up
+    elapsed_s   measured, not estimated: the execution's time before the plan (validate, lock,
+                collect-resources), from its start to the planning
+    steps_s     the steps' own overhead on the path: SSM's delivery and its completion event for
+                each instance step after the plan (snapshot-previous, stop-flux when it runs,
+                start-service) and the health check's last probe interval
+    estimate_s  elapsed + steps + the Prepare phase's runtime branch, which runs beside the sync:
+                install -> start-service -> health check. From disk the service starts once the
+                sync's marker is there: max(transfer, install) + load + warm-up. Streamed it
+                starts after the install and reads S3 beside the sync, each at half the link
+                while both run: install + load + warm-up (the sync may end after healthy)
 
 Rates come from the snapshot (the probe collect-resources runs on each root) and the context
 (`link_gbps`); a rate the instance did not measure falls back to the documented constant below,
@@ -20,6 +27,7 @@ and `basis` says which was used, so a ledger record can compare each part with w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from asoba_deploy.core.engines import Engine
@@ -39,15 +47,19 @@ STREAM_BYTES_PER_S = 3.5 * GIB
 # (DESIGN.md section 6); the CUDA wheels are larger, the instance's link faster.
 INSTALL_BUILD_S: dict[Engine, float] = {"transformers": 90.0, "vllm": 90.0}
 # Install without downloads (a reused venv, or one built on a BasePython that already has every
-# pinned package): the bundle, the venv's links, env file and unit: 4.5-4.7 s measured on the
-# local cloud (bench/results-orchestration-lag.txt, the install step's command time).
-INSTALL_REUSE_S = 4.5
+# pinned package): the bundle, the venv's links, env file and unit: 2.1 s on a quiet local cloud,
+# 4.5-4.8 s with other work on its 2 CPUs (the install step's command time, make demo).
+INSTALL_REUSE_S = 3.5
 # The engine's start before it can answer, beyond reading the weights (load_s): transformers =
 # the torch + transformers + fastapi imports (2.6-3.8 s measured here), from_pretrained building
 # the model (2.6-3.5 s for SmolLM2-135M, ~0.2 s of it reading) and a first forward (0.3-1.5 s);
 # vLLM adds its profile run and CUDA graph capture (about a minute on a g5; its CPU build
 # compiles for ~70 s, DESIGN.md section 6).
 WARMUP_S: dict[Engine, float] = {"transformers": 6.5, "vllm": 60.0}
+# One instance step's own cost on the path beyond its script comes from the context
+# (step_overhead_seconds: about 1 s on AWS, 0.3 s on the local cloud).
+# The health check probes /status every IntervalSeconds (1 s): on average half of it after healthy.
+HEALTH_PROBE_S = 0.5
 
 
 def time_to_healthy(
@@ -61,26 +73,40 @@ def time_to_healthy(
     load_from: str = "disk",
     install_download: Sequence[str] = (),
     runtime: RuntimePython | None = None,
+    elapsed_s: float = 0.0,
+    stops_services: bool = False,
 ) -> TimeToHealthy:
     """The estimate and its parts, with the rates and sizes they came from. A venv to build
     downloads the pinned packages of `install_download` the runtime's Python does not have in
-    that version (`runtime.packages`, collect-resources' probe; not reported: all of them)."""
+    that version (`runtime.packages`, collect-resources' probe; not reported: all of them).
+    `elapsed_s`: the execution's time so far (measured at the plan); `stops_services`: the plan
+    stops Flux (one more step on the path)."""
     fetched = _fetched(install_download, runtime) if install_builds else []
     link = float(policy.link_bytes_per_s)
     measured_write = root.write_rate
     write = float(measured_write) if measured_write else float(DEFAULT_WRITE_BYTES_PER_S)
     measured_read = root.read_rate
     read = float(measured_read) if measured_read else float(DEFAULT_READ_BYTES_PER_S)
-    transfer_rate = min(link, write)
+    streamed = load_from == "stream"
+    # Streamed, the sync and the streamer read the same bytes over the one link at once.
+    shared = 2.0 if streamed and transfer_bytes > 0 else 1.0
+    transfer_rate = min(link / shared, write)
     transfer_s = transfer_bytes / transfer_rate if transfer_bytes > 0 else 0.0
     install_s = INSTALL_BUILD_S[engine] if install_builds and fetched else INSTALL_REUSE_S
-    streamed = load_from == "stream"
-    load_rate = min(link, STREAM_BYTES_PER_S) if streamed else read
+    load_rate = min(link / shared, STREAM_BYTES_PER_S) if streamed else read
     load_s = load_bytes / load_rate if load_bytes > 0 else 0.0
     warmup_s = WARMUP_S[engine]
-    # Streamed, the load does not wait for the sync; else sync | install, then the load.
-    waited = install_s if streamed else max(transfer_s, install_s)
-    estimate = waited + load_s + warmup_s
+    # snapshot-previous, stop-flux when it runs, start-service; the health check's last probe
+    steps_s = policy.step_overhead_s * (2 + int(stops_services)) + HEALTH_PROBE_S
+    estimate = compose(
+        transfer_s=transfer_s,
+        install_s=install_s,
+        load_s=load_s,
+        warmup_s=warmup_s,
+        elapsed_s=elapsed_s,
+        steps_s=steps_s,
+        streamed=streamed,
+    )
     basis: dict[str, Any] = {
         "models_root": root.path,
         "transfer_bytes": transfer_bytes,
@@ -97,6 +123,7 @@ def time_to_healthy(
         "install": _install_words(install_builds, fetched),
         "install_fetches": len(fetched),
         "sync_and_install_in_parallel": True,
+        "link_shared_with_the_sync": shared > 1,
     }
     return TimeToHealthy(
         estimate_s=round(estimate, 2),
@@ -104,8 +131,43 @@ def time_to_healthy(
         install_s=round(install_s, 2),
         load_s=round(load_s, 2),
         warmup_s=round(warmup_s, 2),
+        elapsed_s=round(max(0.0, elapsed_s), 2),
+        steps_s=round(steps_s, 2),
         basis=basis,
     )
+
+
+def compose(
+    *,
+    transfer_s: float,
+    install_s: float,
+    load_s: float,
+    warmup_s: float,
+    elapsed_s: float,
+    steps_s: float,
+    streamed: bool,
+) -> float:
+    """The estimate from its parts, by the shape of the state machine: what went before the plan,
+    the steps' overhead, then Prepare's runtime branch (install -> start -> healthy) beside the
+    sync. From disk that branch waits for the sync's marker before it loads; streamed it does
+    not, and the service is healthy while the disk copy may still be written (the execution
+    then ends with the sync)."""
+    waited = install_s if streamed else max(transfer_s, install_s)
+    return max(0.0, elapsed_s) + steps_s + waited + load_s + warmup_s
+
+
+def elapsed_since(started_at: str | None, now: datetime) -> float:
+    """Seconds from the execution's start (ISO 8601, as Step Functions gives it) to `now`; 0 when
+    unknown or unreadable (the estimate then counts from the plan)."""
+    if not started_at:
+        return 0.0
+    try:
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    return max(0.0, (now - started).total_seconds())
 
 
 def _normal(name: str) -> str:
