@@ -58,6 +58,10 @@ def _timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
+
+
 def _usage(result: GenerationResult) -> Usage:
     return Usage(
         prompt_tokens=result.prompt_tokens,
@@ -180,6 +184,7 @@ def _add_service_routes(app: FastAPI) -> None:
             service=SERVICE_NAME,
             error=runtime.error,
             load=runtime.load.as_dict() if runtime.load is not None else None,
+            last_request_at=_iso(runtime.last_request_at),
         ).model_dump()
         if body["error"] is None:
             del body["error"]

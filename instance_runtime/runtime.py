@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from instance_runtime.errors import ConfigurationError, GenerationFailed, InvalidRequest, ModelNotReady
@@ -95,6 +96,7 @@ class ModelRuntime:
         self._loader: threading.Thread | None = None
         self.load: LoadReport | None = None
         self._staged: StagedModel | None = None
+        self.last_request_at: datetime | None = None
 
     # ----- loading -----------------------------------------------------------------------------
 
@@ -236,8 +238,12 @@ class ModelRuntime:
             self.admission.release_now()
             raise
         self.admission.release_when_done(handle.done)
-        handle.done.add_done_callback(lambda _: self.metrics.observe(handle))
+        handle.done.add_done_callback(lambda _: self._finished(handle))
         return handle
+
+    def _finished(self, handle: RequestHandle) -> None:
+        self.metrics.observe(handle)
+        self.last_request_at = datetime.now(UTC)
 
     async def generate(self, prepared: PreparedPrompt) -> GenerationResult:
         stream = GenerationStream(self._submit(prepared, streaming=False))

@@ -96,6 +96,9 @@ class StatusResponse(BaseModel):
     # "seconds" (to a loaded engine; null while loading), "stage_seconds", "streamed_bytes",
     # "source_bytes"}; null before the loader has begun.
     load: dict[str, Any] | None = None
+    # ISO 8601 UTC time the last generation request finished (null before any): the orchestrator
+    # stops the least recently used of several resident models first.
+    last_request_at: str | None = None
 
 
 # ----- OpenAI ----------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ def check_model_present(s3: Any, bucket: str, prefix: str, model: str) -> dict[s
     return {"uri": where, "files": len(names), "bytes": total, "adapter": is_adapter}
 
 
-def check_instance_running(ec2: Any, instance_id: str) -> dict[str, Any]:
+def describe_instance(ec2: Any, instance_id: str) -> dict[str, Any]:
+    """The instance as DescribeInstances gives it; InstanceUnavailable when EC2 does not know it."""
     try:
         reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     except ClientError as error:
@@ -60,7 +61,11 @@ def check_instance_running(ec2: Any, instance_id: str) -> dict[str, Any]:
     instances = [i for r in reservations for i in r.get("Instances", [])]
     if not instances:
         raise InstanceUnavailable(f"instance {instance_id} not found")
-    instance = instances[0]
+    return dict(instances[0])
+
+
+def check_instance_running(ec2: Any, instance_id: str) -> dict[str, Any]:
+    instance = describe_instance(ec2, instance_id)
     state = instance.get("State", {}).get("Name", "unknown")
     # A stopped (or stopping, or starting) instance is started by the deployment's WakeInstance
     # (core/wake.py) and reported as stopped by the scheduled check; a terminated one is gone.

@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from asoba_deploy.core.errors import InstanceUnavailable
+from asoba_deploy.core.validate_input import describe_instance
 
 # EC2 states a deployment wakes the instance from (a stopping one is started once it has stopped)
 ASLEEP = ("stopped", "stopping")
@@ -35,15 +35,7 @@ class WakeProgress(BaseModel):
 
 
 def instance_state(ec2: Any, instance_id: str) -> str:
-    try:
-        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        raise InstanceUnavailable(f"instance {instance_id} not found ({code})") from None
-    instances = [i for r in reservations for i in r.get("Instances", [])]
-    if not instances:
-        raise InstanceUnavailable(f"instance {instance_id} not found")
-    return str(instances[0].get("State", {}).get("Name", "unknown"))
+    return str(describe_instance(ec2, instance_id).get("State", {}).get("Name", "unknown"))
 
 
 def ping_status(ssm: Any, instance_id: str, *, since: float | None = None) -> str:

@@ -70,7 +70,7 @@ def test_status_is_healthy_with_exactly_the_seed_fields(
     # Then it is 200 with the seed's fields and values from this machine, and how it loaded
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == SEED_STATUS_FIELDS | {"load"}
+    assert set(body) == SEED_STATUS_FIELDS | {"load", "last_request_at"}
     load = body["load"]
     assert (load["from"], load["reason"]) == ("disk", "LOAD_FROM=disk")
     assert load["seconds"] > 0 and load["stage_seconds"] is None
@@ -86,6 +86,18 @@ def test_status_is_healthy_with_exactly_the_seed_fields(
         assert body["gpu_memory_used"] is None and body["gpu_memory_total"] is None
     # The process holds torch and a model: well above zero, well below the machine.
     assert 0.05 < body["ram_usage_gb"] < 16
+
+
+def test_status_says_when_the_last_generation_finished(client: httpx.Client) -> None:
+    # Given a generation that finished after `before` (to the second, as the field is written)
+    before = datetime.now(UTC).replace(microsecond=0)
+    response = client.post("/generate", json={"prompt": "Hello", "max_tokens": 2, "temperature": 0})
+    assert response.status_code == 200
+    # When /status is asked / Then last_request_at is that request's end: not before it, not later
+    # than now (what the planner orders resident models by, least recently used first)
+    stamp = client.get("/status").json()["last_request_at"]
+    finished = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert before <= finished <= datetime.now(UTC)
 
 
 def test_generate_returns_the_seed_format_with_tokenizer_counts(
