@@ -206,9 +206,13 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
 def _is_loopback(writer: asyncio.StreamWriter) -> bool:
     peer = writer.get_extra_info("peername")
     try:
-        return bool(peer) and ipaddress.ip_address(peer[0]).is_loopback
-    except ValueError:
+        address = ipaddress.ip_address(peer[0])
+    except (TypeError, IndexError, ValueError):
         return False
+    # A dual-stack listener reports IPv4 loopback as ::ffff:127.0.0.1.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class Router:
