@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from instance_runtime import SERVICE_NAME, __version__
-from instance_runtime.errors import ModelNotFound, ServiceError, UnsupportedRequest
+from instance_runtime.errors import ServiceError, UnsupportedRequest
 from instance_runtime.generation import GenerationResult
 from instance_runtime.gpu import process_ram_gb
 from instance_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -91,14 +91,6 @@ def get_runtime(request: Request) -> ModelRuntime:
 
 
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
-
-
-def _check_model(runtime: ModelRuntime, requested: str | None) -> None:
-    if requested is not None and requested != runtime.model_name:
-        raise ModelNotFound(
-            f"model {requested!r} is not served here; this service serves {runtime.model_name!r}",
-            param="model",
-        )
 
 
 def _error_param(error: Mapping[str, Any]) -> str:
@@ -185,6 +177,7 @@ def _add_service_routes(app: FastAPI) -> None:
             error=runtime.error,
             load=runtime.load.as_dict() if runtime.load is not None else None,
             last_request_at=_iso(runtime.last_request_at),
+            adapters=runtime.adapter_names,
         ).model_dump()
         if body["error"] is None:
             del body["error"]
@@ -226,19 +219,24 @@ def _add_openai_routes(app: FastAPI) -> None:
     @app.get("/v1/models", response_model=ModelList)
     async def models(runtime: RuntimeDep) -> ModelList:
         engine = runtime.engine
+        if engine is None:
+            return ModelList(data=[ModelCard(id=runtime.model_name, created=started)])
         return ModelList(
             data=[
                 ModelCard(
-                    id=runtime.model_name,
+                    id=served.id,
                     created=started,
-                    max_model_len=engine.context_length if engine is not None else None,
+                    max_model_len=engine.context_length,
+                    parent=served.parent,
+                    root=served.root,
                 )
+                for served in engine.served_models
             ]
         )
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(request: CompletionRequest, runtime: RuntimeDep) -> Any:
-        _check_model(runtime, request.model)
+        model = runtime.resolve_model(request.model)
         prompt = request.prompt_text()
         prepared = runtime.prepare(
             prompt,
@@ -250,6 +248,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             ignore_eos=request.ignore_eos,
             prompt_field="prompt",
             chat=False,
+            model=model,
         )
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -258,7 +257,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             stream = runtime.open_stream(prepared)
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                _completion_events(stream, completion_id, created, runtime.model_name, prefix, include_usage),
+                _completion_events(stream, completion_id, created, model, prefix, include_usage),
                 media_type="text/event-stream",
                 headers=_SSE_HEADERS,
             )
@@ -266,14 +265,14 @@ def _add_openai_routes(app: FastAPI) -> None:
         return CompletionResponse(
             id=completion_id,
             created=created,
-            model=runtime.model_name,
+            model=model,
             choices=[CompletionChoice(text=prefix + result.text, finish_reason=result.finish_reason)],
             usage=_usage(result),
         )
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(request: ChatCompletionRequest, runtime: RuntimeDep) -> Any:
-        _check_model(runtime, request.model)
+        model = runtime.resolve_model(request.model)
         engine = runtime.ready_engine()
         if not engine.has_chat_template:
             raise UnsupportedRequest(
@@ -295,6 +294,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             ignore_eos=request.ignore_eos,
             prompt_field="messages",
             chat=True,
+            model=model,
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -302,7 +302,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             stream = runtime.open_stream(prepared)
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                _chat_events(stream, completion_id, created, runtime.model_name, include_usage),
+                _chat_events(stream, completion_id, created, model, include_usage),
                 media_type="text/event-stream",
                 headers=_SSE_HEADERS,
             )
@@ -310,7 +310,7 @@ def _add_openai_routes(app: FastAPI) -> None:
         return ChatCompletionResponse(
             id=completion_id,
             created=created,
-            model=runtime.model_name,
+            model=model,
             choices=[
                 ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)
             ],

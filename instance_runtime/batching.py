@@ -7,7 +7,9 @@ length and stacked under it. Rows differ in length, so each carries its own atte
 position ids, as generate() does for a padded batch.
 
 Everything per request (max_tokens, stop strings, greedy or temperature/top_p sampling, seed,
-EOS, cancellation) is applied per row. Single-threaded: one worker owns a ``BatchDecoder``.
+EOS, cancellation) is applied per row. All rows of a batch run as one served model (the base, or
+one LoRA adapter of ADAPTERS): the caller groups requests by ``model``. Single-threaded: one
+worker owns a ``BatchDecoder``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class BatchRequest:
     prompt_ids: Sequence[int]
     params: SamplingParams
     sink: RowSink
+    model: str | None = None  # the served model id it runs as (None: MODEL_NAME's)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class BatchDecoder:
         self.model: Any = engine.model
         self.device = engine.model.device
         self.rows: list[_Row] = []
+        self.serving: str | None = None  # the served model of the rows (meaningful while there are rows)
         self.stats = DecoderStats()
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (rows, cache length): 1 real, 0 padding
@@ -96,6 +100,11 @@ class BatchDecoder:
     @torch.inference_mode()
     def add(self, requests: Sequence[BatchRequest]) -> None:
         """Prefill new requests as one padded group, emit their first token, join the batch."""
+        model = requests[0].model
+        if any(r.model != model for r in requests) or (self.rows and model != self.serving):
+            # A forward has one adapter active: mixing would answer some rows with another model.
+            raise ValueError("requests of different served models cannot share a batch")
+        self.serving = model
         rows = [self._new_row(r) for r in requests]
         width = max(r.length for r in rows)
         ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
@@ -144,14 +153,15 @@ class BatchDecoder:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         # Positions count real tokens only, so a padded row sees the same RoPE angles as alone.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with self.engine.use_model(self.serving):
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1, :].float()
 
     def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:

@@ -8,11 +8,11 @@ web app must answer /health before that is done.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,9 +27,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from instance_runtime.adapters import check_extra_adapter, read_adapter, served_names
 from instance_runtime.errors import ConfigurationError
 from instance_runtime.generation import GenerationResult, SamplingParams
-from instance_runtime.serving import TokenizerPrompts
+from instance_runtime.serving import ServedModel, TokenizerPrompts
 from instance_runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -136,24 +137,33 @@ def bitsandbytes_config(quantization: LoadQuantization) -> BitsAndBytesConfig | 
     return None
 
 
-def _read_adapter(model_path: Path, base_override: Path | None) -> Path | None:
-    """The base model folder when ``model_path`` is a LoRA adapter, else None."""
-    adapter_config = model_path / "adapter_config.json"
-    if not adapter_config.is_file():
-        return None
-    if base_override is not None:
-        if not base_override.is_dir():
-            raise ConfigurationError(f"BASE_MODEL_PATH {base_override} is not a folder")
-        return base_override
-    named = str(json.loads(adapter_config.read_text()).get("base_model_name_or_path") or "")
-    candidates = [Path(named), model_path / named, model_path.parent / Path(named).name] if named else []
-    for candidate in candidates:
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise ConfigurationError(
-        f"{model_path} is a LoRA adapter whose base model {named!r} is not a local folder; "
-        "set BASE_MODEL_PATH to the base model's folder"
-    )
+def _load_adapters(
+    model: PreTrainedModel,
+    main_adapter: Path | None,
+    extra: Mapping[str, Path],
+    keys: Mapping[str, str | None],
+    main_name: str,
+) -> Any:
+    """The base wrapped in a PeftModel holding every adapter, unmerged (each request picks one)."""
+    from peft import PeftModel
+
+    loads = ([(main_name, main_adapter, f"MODEL_PATH {main_adapter}")] if main_adapter else []) + [
+        (name, path, f"ADAPTERS entry {name}={path}") for name, path in extra.items()
+    ]
+    peft_model: Any = None
+    for name, path, label in loads:
+        key = keys[name]
+        assert path is not None and key is not None
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=key, is_trainable=False)
+            else:
+                peft_model.load_adapter(str(path), adapter_name=key, is_trainable=False)
+        except Exception as exc:  # shapes or target modules of another base, a broken file
+            raise ConfigurationError(
+                f"{label}: the adapter does not load on the base: {type(exc).__name__}: {exc}"
+            ) from exc
+    return peft_model
 
 
 @dataclass(frozen=True)
@@ -175,10 +185,21 @@ class Engine(TokenizerPrompts):
     """A loaded transformers model and its tokenizer."""
 
     def __init__(
-        self, name: str, model: PreTrainedModel, tokenizer: Any, decode_tokenizer: Any, info: LoadedInfo
+        self,
+        name: str,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        decode_tokenizer: Any,
+        info: LoadedInfo,
+        served: Sequence[ServedModel] = (),
+        adapter_keys: Mapping[str, str | None] | None = None,
     ):
         self.name = name
         self.model = model
+        self.served_models: list[ServedModel] = list(served) or [ServedModel(name)]
+        # With ADAPTERS: served id -> peft adapter name (None: the base); empty for a lone model.
+        self._adapter_keys: dict[str, str | None] = dict(adapter_keys or {})
+        self._active_adapter: str | None = None
         self.tokenizer = tokenizer
         # The worker thread decodes with its own copy: the Rust tokenizer object raises
         # "Already borrowed" when two threads use it and one of them changes its settings.
@@ -212,8 +233,16 @@ class Engine(TokenizerPrompts):
         if not (model_path / "config.json").is_file() and not (model_path / "adapter_config.json").is_file():
             raise ConfigurationError(f"MODEL_PATH {model_path} holds no config.json or adapter_config.json")
         device = resolve_device(settings.device)
-        base_path = _read_adapter(model_path, settings.base_model_path)
+        base_path = read_adapter(model_path, settings.base_model_path)
         weights_path = base_path or model_path
+        extra = settings.adapter_paths()
+        served: list[ServedModel] = []
+        adapter_keys: dict[str, str | None] = {}
+        if extra:
+            # Checked before the weights load: a wrong entry fails in a second, not after minutes.
+            served, adapter_keys = served_names(settings, weights_path, base_path is not None, extra)
+            for name, path in extra.items():
+                check_extra_adapter(name, path, weights_path)
         common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": settings.trust_remote_code}
         config = AutoConfig.from_pretrained(weights_path, **common)
         quant_method = checkpoint_quant_method(config)
@@ -246,6 +275,8 @@ class Engine(TokenizerPrompts):
             quantization,
             f", LoRA adapter {model_path}" if base_path else "",
         )
+        if extra:
+            log.info("with adapters %s, unmerged", ", ".join(f"{n}={p}" for n, p in extra.items()))
         streamed_bytes = 0
         if staged is not None:
             if base_path is not None or quantization != "none":
@@ -256,7 +287,12 @@ class Engine(TokenizerPrompts):
             model, streamed_bytes = _streamed_model(config, staged, dtype, device, settings.trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(weights_path, **kwargs)
-        if base_path is not None:
+        if extra:
+            # Unmerged: the base is shared, and each batch selects its adapter (or none).
+            model = _load_adapters(
+                model, model_path if base_path else None, extra, adapter_keys, settings.served_model_name
+            )
+        elif base_path is not None:
             from peft import PeftModel
 
             peft_model = PeftModel.from_pretrained(model, str(model_path), is_trainable=False)
@@ -284,7 +320,25 @@ class Engine(TokenizerPrompts):
             streamed_bytes=streamed_bytes,
         )
         log.info("model loaded in %.1fs: %s", info.load_seconds, info)
-        return cls(settings.served_model_name, model, tokenizer, decode_tokenizer, info)
+        return cls(settings.served_model_name, model, tokenizer, decode_tokenizer, info, served, adapter_keys)
+
+    def use_model(self, name: str | None) -> AbstractContextManager[Any]:
+        """Run the forwards inside as the served model ``name`` (None: MODEL_NAME's).
+
+        Without ADAPTERS there is one model (merged): nothing to select. With them, an adapter is
+        made the active one (peft's set_adapter, only when it changes); the base runs inside
+        peft's disable_adapter() context.
+        """
+        if not self._adapter_keys:
+            return nullcontext()
+        key = self._adapter_keys[name or self.name]
+        model: Any = self.model
+        if key is None:
+            return model.disable_adapter()  # type: ignore[no-any-return]
+        if key != self._active_adapter:
+            model.set_adapter(key)
+            self._active_adapter = key
+        return nullcontext()
 
     def close(self) -> None:
         """Drop the weights so a restart in the same process (tests) does not hold two copies."""
@@ -302,6 +356,7 @@ class Engine(TokenizerPrompts):
         *,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        model: str | None = None,
     ) -> GenerationResult:
         """Generate one completion, blocking; ``on_text`` receives the text as it is produced.
 
@@ -316,7 +371,7 @@ class Engine(TokenizerPrompts):
         sink = SyncSink(on_text, cancel.is_set)
         decoder = BatchDecoder(self, max_batch_size=1)
         try:
-            decoder.add([BatchRequest(prompt_ids, params, sink)])
+            decoder.add([BatchRequest(prompt_ids, params, sink, model=model)])
             while decoder.rows:
                 decoder.step()
         except torch.cuda.OutOfMemoryError:

@@ -16,13 +16,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from instance_runtime.errors import ConfigurationError, GenerationFailed, InvalidRequest, ModelNotReady
+from instance_runtime.errors import (
+    ConfigurationError,
+    GenerationFailed,
+    InvalidRequest,
+    ModelNotFound,
+    ModelNotReady,
+)
 from instance_runtime.generation import GenerationResult, SamplingParams
 from instance_runtime.gpu import GpuMonitor
 from instance_runtime.metrics import ServiceMetrics
 from instance_runtime.scheduler import Admission
 from instance_runtime.serving import EngineStats, RequestHandle, ServingEngine, load_engine
-from instance_runtime.settings import RuntimeSettings
+from instance_runtime.settings import RuntimeSettings, parse_adapters
 from instance_runtime.streaming import LoadFrom, LoadSource, StagedModel, choose_source, stage
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ ModelStatus = Literal["loading", "healthy", "error"]
 class PreparedPrompt:
     token_ids: list[int]
     params: SamplingParams
+    model: str | None = None  # the served model id it runs as (None: MODEL_NAME's)
 
 
 class GenerationStream:
@@ -87,6 +94,11 @@ class ModelRuntime:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
         self.model_name = settings.served_model_name
+        try:
+            # Known before the load, for /status; a malformed value fails the load with its message.
+            self.adapter_names: list[str] = list(parse_adapters(settings.adapters))
+        except ConfigurationError:
+            self.adapter_names = []
         self.status: ModelStatus = "loading"
         self.error: str | None = None
         self.engine: ServingEngine | None = None
@@ -174,6 +186,23 @@ class ModelRuntime:
             raise ModelNotReady(f"the model failed to load: {self.error}")
         raise ModelNotReady("the model is still loading", retry_after_s=self.settings.retry_after_s)
 
+    def resolve_model(self, requested: str | None) -> str:
+        """The served model id a request's ``model`` field selects; unknown names are a 404."""
+        if requested is None or requested == self.model_name:
+            return self.model_name
+        if self.status == "healthy" and self.engine is not None:
+            ids = [m.id for m in self.engine.served_models]
+            if requested in ids:
+                return requested
+            served = ", ".join(repr(i) for i in ids)
+        else:
+            if self.settings.adapters:
+                self.ready_engine()  # loading or failed: the names are not all known, so a 503
+            served = repr(self.model_name)
+        raise ModelNotFound(
+            f"model {requested!r} is not served here; this service serves {served}", param="model"
+        )
+
     # ----- admission ---------------------------------------------------------------------------
 
     def prepare(
@@ -189,6 +218,7 @@ class ModelRuntime:
         prompt_field: str,
         chat: bool,
         max_tokens_field: str = "max_tokens",
+        model: str | None = None,
     ) -> PreparedPrompt:
         """Tokenize and check the limits that depend on the settings and the model."""
         engine = self.ready_engine()
@@ -225,7 +255,7 @@ class ModelRuntime:
             ignore_eos=ignore_eos,
             seed=seed,
         )
-        return PreparedPrompt(token_ids, params)
+        return PreparedPrompt(token_ids, params, model)
 
     # ----- generation --------------------------------------------------------------------------
 
@@ -233,7 +263,9 @@ class ModelRuntime:
         engine = self.ready_engine()
         self.admission.acquire()
         try:
-            handle = engine.submit(prepared.token_ids, prepared.params, streaming=streaming)
+            handle = engine.submit(
+                prepared.token_ids, prepared.params, streaming=streaming, model=prepared.model
+            )
         except BaseException:
             self.admission.release_now()
             raise

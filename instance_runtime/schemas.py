@@ -99,6 +99,8 @@ class StatusResponse(BaseModel):
     # ISO 8601 UTC time the last generation request finished (null before any): the orchestrator
     # stops the least recently used of several resident models first.
     last_request_at: str | None = None
+    # The names in ADAPTERS (each also an OpenAI model id); empty without it.
+    adapters: list[str] = Field(default_factory=list)
 
 
 # ----- OpenAI ----------------------------------------------------------------------------------
@@ -231,6 +233,18 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "asoba"
     max_model_len: int | None = None
+    # A LoRA adapter's base id and its folder (vLLM's fields); absent on a full model.
+    parent: str | None = None
+    root: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_lineage(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A lone model's card stays as it was: no parent/root keys at all.
+        body: dict[str, Any] = handler(self)
+        for key in ("parent", "root"):
+            if body.get(key) is None:
+                body.pop(key, None)
+        return body
 
 
 class ModelList(BaseModel):

@@ -34,6 +34,15 @@ class EngineUnavailable(ConfigurationError):
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """One name the OpenAI ``model`` field may select: the base, or a LoRA adapter on it."""
+
+    id: str
+    parent: str | None = None  # an adapter's base id (vLLM's field); None for a full model
+    root: str | None = None  # an adapter's folder
+
+
+@dataclass(frozen=True)
 class EngineStats:
     running: int  # requests in the running batch
     waiting: int  # admitted, not yet in the batch
@@ -156,14 +165,19 @@ class ServingEngine(Protocol):
 
     kind: EngineKind
     context_length: int
+    # Every name a request may select, MODEL_NAME's first (one entry without ADAPTERS).
+    served_models: Sequence[ServedModel]
 
     @property
     def has_chat_template(self) -> bool: ...
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str: ...
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool) -> RequestHandle:
-        """Start a request (admission is the caller's); the handle carries its output."""
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool, model: str | None = None
+    ) -> RequestHandle:
+        """Start a request (admission is the caller's); the handle carries its output. ``model``
+        is one of ``served_models``' ids (None: the first, MODEL_NAME's)."""
         ...
 
     def stats(self) -> EngineStats: ...

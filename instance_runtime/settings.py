@@ -8,11 +8,14 @@ service is started by hand. Real environment variables win over the file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from instance_runtime.errors import ConfigurationError
 
 # The package's core.quantization.KINDS, repeated: this folder ships without the package
 # (tests/unit/test_quantization_kinds.py keeps the two equal).
@@ -40,6 +43,13 @@ class RuntimeSettings(BaseSettings):
     base_model_path: Path | None = Field(
         default=None,
         description="Base model folder of a LoRA adapter; default: its base_model_name_or_path.",
+    )
+    adapters: str | None = Field(
+        default=None,
+        description=(
+            "More LoRA adapters of the same base, served by this process beside it: "
+            "name=/abs/path,name=/abs/path; the OpenAI model field picks one."
+        ),
     )
     load_from: Literal["disk", "stream"] = Field(
         default="disk",
@@ -120,8 +130,43 @@ class RuntimeSettings(BaseSettings):
     def served_model_name(self) -> str:
         return self.model_name or self.model_path.resolve().name
 
+    def adapter_paths(self) -> dict[str, Path]:
+        """ADAPTERS as name -> folder, in the order given; a malformed entry is a ConfigurationError."""
+        return parse_adapters(self.adapters)
+
     @classmethod
     def from_env(cls) -> RuntimeSettings:
         """Read the environment, plus the env file named by ``ENV_FILE`` when there is one."""
         env_file = os.environ.get("ENV_FILE") or None
         return cls(_env_file=env_file)  # type: ignore[call-arg]
+
+
+# A served model name: also a URL-safe id in /v1/models and a key of the engine's adapter table.
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def parse_adapters(value: str | None) -> dict[str, Path]:
+    """Parse ``name=/abs/path,...``; syntax only (the engine checks each folder when it loads)."""
+    adapters: dict[str, Path] = {}
+    if not value or not value.strip():
+        return adapters
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue  # a trailing comma
+        name, sep, raw_path = entry.partition("=")
+        name, raw_path = name.strip(), raw_path.strip()
+        if not sep or not name or not raw_path:
+            raise ConfigurationError(f"ADAPTERS entry {entry!r} is not name=/absolute/path")
+        if not _ADAPTER_NAME.match(name):
+            raise ConfigurationError(
+                f"ADAPTERS entry {entry!r}: the name {name!r} must be letters, digits, '.', '_' or '-' "
+                "(128 at most, not starting with a punctuation mark)"
+            )
+        path = Path(raw_path)
+        if not path.is_absolute():
+            raise ConfigurationError(f"ADAPTERS entry {entry!r}: the path {raw_path!r} is not absolute")
+        if name in adapters:
+            raise ConfigurationError(f"ADAPTERS entry {entry!r}: the name {name!r} is given twice")
+        adapters[name] = path
+    return adapters

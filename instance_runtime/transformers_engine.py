@@ -1,8 +1,11 @@
 """ENGINE=transformers: continuous batching in one worker thread.
 
 The worker loops: take what is queued into the free slots of the batch (one padded prefill),
-then one decode step over the whole batch. generate() would hold the event loop for seconds
-(DESIGN 6); the worker keeps the model off it, so /health answers in milliseconds.
+then one decode step over the whole batch. With ADAPTERS a batch runs one served model: a
+running batch takes in only requests of its own model from the head of the queue, so a request
+of another model at the head waits for the batch to drain and then leads the next one (nothing
+waits behind an endless stream of another adapter's requests). generate() would hold the event
+loop for seconds (DESIGN 6); the worker keeps the model off it, so /health answers in milliseconds.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from instance_runtime.batching import BatchDecoder, BatchRequest
 from instance_runtime.engine import Engine, release_cached_memory
 from instance_runtime.generation import GenerationResult, SamplingParams
-from instance_runtime.serving import EngineKind, EngineStats, RequestHandle
+from instance_runtime.serving import EngineKind, EngineStats, RequestHandle, ServedModel
 from instance_runtime.settings import RuntimeSettings
 from instance_runtime.streaming import StagedModel
 
@@ -32,6 +35,7 @@ class TransformersEngine:
     def __init__(self, model: Engine, max_batch_size: int) -> None:
         self.model = model
         self.context_length = model.context_length
+        self.served_models: list[ServedModel] = model.served_models
         self._decoder = BatchDecoder(model, max_batch_size)
         self._waiting: deque[BatchRequest] = deque()
         self._wake = threading.Condition()
@@ -58,10 +62,14 @@ class TransformersEngine:
 
     # ----- requests ------------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool) -> RequestHandle:
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool, model: str | None = None
+    ) -> RequestHandle:
         handle = RequestHandle(asyncio.get_running_loop(), streaming=streaming, on_abort=self._poke)
+        # One spelling per served model, so the worker's grouping compares like with like.
+        request = BatchRequest(list(prompt_ids), params, handle, model=model or self.model.name)
         with self._wake:
-            self._waiting.append(BatchRequest(list(prompt_ids), params, handle))
+            self._waiting.append(request)
             self._wake.notify()
         return handle
 
@@ -107,8 +115,7 @@ class TransformersEngine:
                 self._drop_cancelled_waiting()
                 if self._closed and not decoder.rows and not self._waiting:
                     return
-                take = min(decoder.free_slots, len(self._waiting))
-                joining = [self._waiting.popleft() for _ in range(take)]
+                joining = self._take_joining()
                 self._running = len(decoder.rows) + len(joining)
             try:
                 if joining:
@@ -123,6 +130,26 @@ class TransformersEngine:
                     release_cached_memory()
             with self._wake:
                 self._running = len(decoder.rows)
+
+    def _take_joining(self) -> list[BatchRequest]:
+        """The waiting requests that join the batch now (under the lock)."""
+        free = self._decoder.free_slots
+        if free <= 0 or not self._waiting:
+            return []
+        if self._decoder.rows:
+            # Only the head of the queue, and only while it is the running model's: a request of
+            # another model at the head is next, once this batch drains.
+            serving = self._decoder.serving
+            joining: list[BatchRequest] = []
+            while self._waiting and len(joining) < free and self._waiting[0].model == serving:
+                joining.append(self._waiting.popleft())
+            return joining
+        # A new batch: the oldest request's model, with every waiting request of that model.
+        model = self._waiting[0].model
+        joining = [r for r in self._waiting if r.model == model][:free]
+        taken = {id(r) for r in joining}
+        self._waiting = deque(r for r in self._waiting if id(r) not in taken)
+        return joining
 
     def _drop_cancelled_waiting(self) -> None:
         # The client left while its request waited: answer it without ever running it.

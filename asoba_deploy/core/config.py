@@ -44,6 +44,8 @@ class StepBudgets(BaseModel):
     collect_resources: int = Field(default=120, ge=10)
     snapshot_previous: int = Field(default=120, ge=10)
     stop_flux: int = Field(default=180, ge=10)
+    # evict: the least recently used resident models stopped (core.residents)
+    evict: int = Field(default=180, ge=10)
     sync: int = Field(default=3600, ge=30)
     install: int = Field(default=1800, ge=30)
     # start-service: waiting for this execution's sync marker (normally there already) + restart

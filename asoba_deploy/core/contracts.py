@@ -55,6 +55,12 @@ class DeployRequest(BaseModel):
     # where the runtime loads the weights from (core.loading), over the load_from context key:
     # auto (the faster way the plan finds), stream (from S3 while the sync runs beside) or disk
     load_from: Literal["auto", "stream", "disk"] | None = None
+    # the models already served (core.residents): replace the primary (the seed's behaviour) or
+    # keep them, the new one beside them on a free port when everything fits
+    resident: Literal["replace", "keep"] = "replace"
+    # with resident "keep": when the new model does not fit, stop the least recently used
+    # resident models until it does (absent: say which would have to stop, change nothing)
+    evict: Literal["lru"] | None = None
 
     @field_validator("model")
     @classmethod
@@ -81,6 +87,8 @@ class DeployRequest(BaseModel):
         chosen = [n for n in ("instance_id", "instances", "instance_tag") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ValueError(f"{' and '.join(chosen)}: give one way of naming the instances")
+        if self.evict is not None and self.resident != "keep":
+            raise ValueError("evict: only with resident 'keep' (with 'replace' nothing stays to evict)")
         if self.fleet and self.mode != "deploy":
             raise ValueError("instances/instance_tag: a fleet is deployed, not validated (mode 'deploy')")
 

@@ -52,6 +52,10 @@ class StopFluxFailed(CommandFailed):
     """The co-resident service could not be stopped or its GPU memory was not released."""
 
 
+class EvictFailed(CommandFailed):
+    """A resident model's unit could not be stopped or its GPU memory was not released."""
+
+
 class SyncFailed(CommandFailed):
     """The model could not be synced from S3 to the instance."""
 

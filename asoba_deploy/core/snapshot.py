@@ -45,6 +45,16 @@ class ServiceState(BaseModel):
     rss_bytes: int = NonNegative
     gpu_memory_bytes: int = NonNegative
     port: int | None = None
+    # A runtime unit (the primary or a resident model's, core.residents), from its env file and
+    # systemd; None for other units or when not reported.
+    model: str | None = None  # MODEL_NAME
+    base_model_path: str | None = None  # BASE_MODEL_PATH: the unit serves a LoRA adapter of it
+    engine: str | None = None  # ENGINE
+    quantization: str | None = None  # QUANTIZATION
+    since: datetime | None = None  # systemd's ActiveEnterTimestamp (active units)
+    # the runtime's /status last_request_at: when it last answered a generation (None: never, or
+    # not reachable); the least recently used model is the one evicted first
+    last_used_at: datetime | None = None
 
     @property
     def active(self) -> bool:

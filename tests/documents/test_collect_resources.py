@@ -322,3 +322,180 @@ def test_the_runtime_python_reports_which_pinned_packages_it_has(
         "fastapi": metadata.version("fastapi"),
         "transformers": metadata.version("transformers"),
     }
+
+
+# A runtime stand-in: /status says when it last answered a generation (STATUS_LAST_REQUEST_AT from
+# its env file; "none": never), as instance_runtime's /status does.
+STATUS_SERVER = """\
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+last = os.environ.get("STATUS_LAST_REQUEST_AT", "none")
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"status": "healthy", "last_request_at": None if last == "none" else last}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+# What systemd 249 prints for ActiveEnterTimestamp in the zone it is asked in (the shim has no
+# such property): a stand-in in front of the shim, answering that one property.
+SYSTEMD_TIMESTAMP = """#!/bin/bash
+for arg in "$@"; do
+  if [[ "$arg" == --property=ActiveEnterTimestamp ]]; then
+    if [[ "${TZ:-}" == UTC ]]; then echo "Wed 2026-12-02 19:36:50 UTC"
+    else echo "Wed 2026-12-02 20:36:50 CET"; fi
+    exit 0
+  fi
+done
+exec "$SHIM_SYSTEMCTL" "$@"
+"""
+
+
+def add_runtime_unit(sandbox: Sandbox, unit: str, env_file: Path, env: str, *, start: bool) -> None:
+    """A runtime unit as install writes it (its own env file), started when `start`."""
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text(env)
+    server = sandbox.root / "opt" / "status_server.py"
+    server.parent.mkdir(parents=True, exist_ok=True)
+    server.write_text(STATUS_SERVER)
+    (sandbox.unit_dir / unit).write_text(
+        f"[Service]\nType=simple\nEnvironmentFile={env_file}\nExecStart={sys.executable} {server}\n"
+    )
+    sandbox.systemctl("daemon-reload")
+    if start:
+        sandbox.systemctl("start", unit)
+
+
+def with_systemd_timestamps(sandbox: Sandbox) -> None:
+    wrapper = sandbox.run_dir / "systemd-timestamps"
+    wrapper.mkdir(parents=True)
+    (wrapper / "systemctl").write_text(SYSTEMD_TIMESTAMP)
+    (wrapper / "systemctl").chmod(0o755)
+    path = sandbox.agent_environment()["PATH"]
+    sandbox.extra_env.update(
+        PATH=f"{wrapper}:{path}", SHIM_SYSTEMCTL=str(Path(path.split(":")[0]) / "systemctl")
+    )
+
+
+def test_every_resident_model_is_reported_from_its_own_env_file(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given the primary serving model-a (a LoRA adapter of a base), a resident serving
+    # qwen2.5-0.5b that answered a generation, and a stopped resident whose env file holds
+    # values a naive JSON writer would break on
+    sandbox = make_sandbox(gpu=True)
+    with_systemd_timestamps(sandbox)
+    primary_port, resident_port = free_port(), free_port()
+    add_runtime_unit(
+        sandbox,
+        "asoba-inference.service",
+        sandbox.env_dir / "env",
+        f"MODEL_NAME=model-a\nBASE_MODEL_PATH=/opt/models/base-a\nENGINE=transformers\n"
+        f"QUANTIZATION=none\nPORT={primary_port}\nSTATUS_LAST_REQUEST_AT=none\n",
+        start=True,
+    )
+    add_runtime_unit(
+        sandbox,
+        "asoba-inference@qwen2.5-0.5b.service",
+        sandbox.env_dir / "models" / "qwen2.5-0.5b" / "env",
+        f"MODEL_NAME=qwen2.5-0.5b\nBASE_MODEL_PATH=\nENGINE=vllm\nQUANTIZATION=awq\nPORT={resident_port}\n"
+        "STATUS_LAST_REQUEST_AT=2026-12-02T19:40:01Z\n",
+        start=True,
+    )
+    add_runtime_unit(
+        sandbox,
+        "asoba-inference@m-x.service",
+        sandbox.env_dir / "models" / "m-x" / "env",
+        'MODEL_NAME=m-x\nENGINE=tr"ans\\formers\tx\nQUANTIZATION=bnb-4bit\nPORT=8003\nEXTRA="}]\n',
+        start=False,
+    )
+    sandbox.set_gpu_claim("asoba-inference@qwen2.5-0.5b.service", 3000)
+    wait_for_port(primary_port, timeout_s=15)
+    wait_for_port(resident_port, timeout_s=15)
+
+    # When collect-resources runs
+    run = run_document(aws.ssm, sandbox, "collect-resources", ProbeMiB=0)
+
+    # Then Flux, the primary and each resident (sorted) are listed, each from its own env file
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    assert [s.unit for s in snapshot.services] == [
+        "flux-api.service",
+        "asoba-inference.service",
+        "asoba-inference@m-x.service",
+        "asoba-inference@qwen2.5-0.5b.service",
+    ]
+    primary = snapshot.service("asoba-inference.service")
+    assert primary is not None and primary.active
+    assert (primary.model, primary.base_model_path, primary.engine, primary.quantization, primary.port) == (
+        "model-a",
+        "/opt/models/base-a",
+        "transformers",
+        "none",
+        primary_port,
+    )
+    # active: since when (systemd's time, in UTC), and its runtime never answered a generation
+    assert primary.since is not None and primary.since.isoformat() == "2026-12-02T19:36:50+00:00"
+    assert primary.last_used_at is None
+    resident = snapshot.service("asoba-inference@qwen2.5-0.5b.service")
+    assert resident is not None and resident.active
+    assert (resident.model, resident.base_model_path, resident.engine, resident.quantization) == (
+        "qwen2.5-0.5b",
+        None,
+        "vllm",
+        "awq",
+    )
+    assert resident.port == resident_port
+    assert resident.main_pid == sandbox.processes()["asoba-inference@qwen2.5-0.5b.service"]
+    assert resident.gpu_memory_bytes == 3000 * MIB and resident.rss_bytes > 0
+    assert (
+        resident.last_used_at is not None and resident.last_used_at.isoformat() == "2026-12-02T19:40:01+00:00"
+    )
+    assert resident.since is not None
+    stopped = snapshot.service("asoba-inference@m-x.service")
+    assert stopped is not None and not stopped.active
+    assert (stopped.model, stopped.engine, stopped.quantization, stopped.port) == (
+        "m-x",
+        'tr"ans\\formers\tx',
+        "bnb-4bit",
+        8003,
+    )
+    assert (stopped.since, stopped.last_used_at, stopped.main_pid) == (None, None, None)
+    # Flux is no runtime: none of the runtime's fields
+    flux = snapshot.service("flux-api.service")
+    assert flux is not None and (flux.model, flux.since) == (None, None)
+    assert run.result is not None and run.result["warnings"] == []
+
+
+def test_many_resident_models_keep_the_result_line_whole(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given 20 resident units with the longest model names, and 400 cached models
+    sandbox = make_sandbox(gpu=False)
+    names = [f"{i:02d}" + "m" * 126 for i in range(20)]
+    for name in names:
+        env = sandbox.env_dir / "models" / name / "env"
+        env.parent.mkdir(parents=True)
+        env.write_text(
+            f"MODEL_NAME={name}\nBASE_MODEL_PATH=/opt/models/{'b' * 120}\nENGINE=vllm\nPORT=8002\n"
+        )
+        (sandbox.unit_dir / f"asoba-inference@{name}.service").write_text("[Service]\nExecStart=/bin/true\n")
+    for i in range(400):
+        folder = sandbox.models_root / f"organisation-name-model-family-{i:04d}-instruct-awq"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+
+    run = run_document(aws.ssm, sandbox, "collect-resources", ProbeMiB=0)
+
+    # Then the line parses within the agent's 24,000 characters: the first 16 residents listed,
+    # the rest named in a warning
+    assert run.status == "Success", run.explain()
+    assert len(run.stdout) < 24_000
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    residents = [s.unit for s in snapshot.services if s.unit.startswith("asoba-inference@")]
+    assert residents == [f"asoba-inference@{name}.service" for name in names[:16]]
+    assert snapshot.warnings == [f"20 resident units in {sandbox.unit_dir}, the first 16 listed"]

@@ -4,6 +4,7 @@ shim starts loads the model and serves /health and /status in the seed's format.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -153,3 +154,110 @@ def test_the_real_runtime_installs_serves_and_goes_away(
     assert undeployed.status == "Success", undeployed.explain()
     assert sandbox.processes() == {}
     assert not sandbox.runtime_root.exists() and not (sandbox.unit_dir / "asoba-inference.service").exists()
+
+
+def test_a_resident_model_gets_its_own_unit_env_and_profile_beside_the_primary(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    from local.sandbox import port_open
+    from tests.documents.residents_support import install_resident
+    from tests.documents.steps_support import install, upload_model, wait_health
+
+    # Given the primary installed and serving model-a
+    sandbox = make_sandbox(gpu=False)
+    bundle = upload(aws.s3, aws.bucket, fake_runtime_bundle(tmp_path / "runtime.zip"), "assets/runtime.zip")
+    primary_port, resident_port = free_port(), free_port()
+    for model in ("model-a", "qwen2.5-0.5b"):
+        synced = run_document(aws.ssm, sandbox, "sync", ModelName=model, SourceUri=upload_model(aws, model))
+        assert synced.status == "Success", synced.explain()
+    install(aws, sandbox, bundle, "model-a", primary_port)
+    primary_files = {
+        path: (sandbox.root / path).read_bytes()
+        for path in (
+            "etc/asoba-inference/env",
+            "etc/systemd/system/asoba-inference.service",
+            "etc/profile.d/asoba-inference.sh",
+        )
+    }
+    # (the primary's profile is the seed's, byte for byte)
+    assert primary_files["etc/profile.d/asoba-inference.sh"].decode() == (
+        "# MCP discovery of the asoba inference service. Rendered by the install-runtime SSM document.\n"
+        f"export MISTRAL_STATUS_URL=http://localhost:{primary_port}/status\n"
+        "export MISTRAL_FALLBACK_IP=127.0.0.1\n"
+        f"export ASOBA_INFERENCE_PORT={primary_port}\n"
+    )
+    assert "ADAPTERS=" not in primary_files["etc/asoba-inference/env"].decode()
+    primary_pid = sandbox.processes()["asoba-inference.service"]
+
+    # When qwen2.5-0.5b is installed and started as a resident unit, with two more adapters
+    adapters = f"sql={sandbox.models_root}/sql-lora,chat.v2={sandbox.models_root}/chat-lora"
+    installed = install_resident(aws, sandbox, bundle, "qwen2.5-0.5b", resident_port, adapters=adapters)
+
+    # Then its files are its own: a concrete unit file reading its own env file
+    unit = "asoba-inference@qwen2.5-0.5b.service"
+    env_dir = sandbox.env_dir / "models" / "qwen2.5-0.5b"
+    assert installed["unit_path"] == str(sandbox.unit_dir / unit)
+    assert installed["env_path"] == str(env_dir / "env")
+    unit_text = (sandbox.unit_dir / unit).read_text()
+    assert f"EnvironmentFile={env_dir / 'env'}" in unit_text.splitlines()
+    assert "@" not in unit_text.replace(unit, "")  # no placeholder, no template instance (%i)
+    env = dict(
+        line.split("=", 1)
+        for line in (env_dir / "env").read_text().splitlines()
+        if "=" in line and line[0] != "#"
+    )
+    assert (env["MODEL_NAME"], env["PORT"], env["ADAPTERS"]) == ("qwen2.5-0.5b", str(resident_port), adapters)
+    # And its profile names it without touching the primary's MISTRAL_* variables
+    assert (sandbox.profile_dir / "asoba-inference@qwen2.5-0.5b.sh").read_text().splitlines()[-2:] == [
+        f"export ASOBA_INFERENCE_QWEN2_5_0_5B_PORT={resident_port}",
+        f"export ASOBA_INFERENCE_QWEN2_5_0_5B_STATUS_URL=http://localhost:{resident_port}/status",
+    ]
+    assert {path: (sandbox.root / path).read_bytes() for path in primary_files} == primary_files
+    # And both serve, the primary's process untouched
+    assert wait_health(aws, sandbox, resident_port)["status"] == "healthy"
+    assert sandbox.processes()["asoba-inference.service"] == primary_pid
+    assert port_open(primary_port)
+    assert set(sandbox.processes()) == {"asoba-inference.service", unit}
+
+    # And a resident unit pointed at the primary's env folder is refused before anything is written
+    wrong = run_document(
+        aws.ssm,
+        sandbox,
+        "install",
+        RuntimeBundleUri=bundle,
+        ModelName="model-b",
+        ModelPath=str(sandbox.models_root / "model-b"),
+        ServiceUnit="asoba-inference@model-b.service",
+    )
+    assert wrong.status == "Failed"
+    assert wrong.result is not None and "its EnvDir ends in /models/model-b" in str(wrong.result["error"])
+    assert not (sandbox.unit_dir / "asoba-inference@model-b.service").exists()
+    assert {path: (sandbox.root / path).read_bytes() for path in primary_files} == primary_files
+
+
+def test_adapters_are_name_path_pairs() -> None:
+    from local.sandbox.documents import document_content
+
+    pattern = document_content("install")["parameters"]["Adapters"]["allowedPattern"]
+    good = [
+        "",
+        "sql=/opt/models/sql-lora",
+        "a=/x/y,b.2=/opt/models/b_2",
+        ",".join(f"a{i}=/m/a{i}" for i in range(16)),
+    ]
+    bad = [
+        "sql",
+        "sql=relative/path",
+        "=/opt/x",
+        "a=/x,",
+        "a=/x;b=/y",
+        "a=/x b=/y",
+        "-a=/x",
+        "a=/x/../etc",
+        "a=/x,b='$(id)'",
+        ",".join(f"a{i}=/m/a{i}" for i in range(17)),
+    ]
+    for value in good:
+        assert re.fullmatch(pattern, value), value
+    for value in bad:
+        assert not re.fullmatch(pattern, value), value

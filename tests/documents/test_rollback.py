@@ -88,3 +88,83 @@ def test_rollback_without_a_snapshot_refuses(aws: Aws, make_sandbox: Callable[..
     run = run_document(aws.ssm, sandbox, "rollback")
     assert run.status == "Failed"
     assert run.result is not None and "snapshot-previous did not run" in str(run.result["error"])
+
+
+def test_a_failed_resident_deployment_leaves_the_other_units_as_they_were(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    from tests.documents.residents_support import install_resident, resident_roots
+
+    # Given Flux, the primary serving model-a and a resident serving model-r
+    sandbox = make_sandbox(gpu=True)
+    flux_port, primary_port, resident_port, new_port = free_port(), free_port(), free_port(), free_port()
+    sandbox.install_fake_flux(flux_port, gpu_mib=2048)
+    bundle = upload(aws.s3, aws.bucket, fake_runtime_bundle(tmp_path / "runtime.zip"), "assets/runtime.zip")
+    for model in ("model-a", "model-r", "model-n"):
+        source = upload_model(aws, model, crash=model == "model-n")
+        ok(run_document(aws.ssm, sandbox, "sync", ModelName=model, SourceUri=source))
+    install(aws, sandbox, bundle, "model-a", primary_port)
+    install_resident(aws, sandbox, bundle, "model-r", resident_port)
+    assert wait_health(aws, sandbox, resident_port)["status"] == "healthy"
+    resident = "asoba-inference@model-r.service"
+    new = "asoba-inference@model-n.service"
+    sandbox.set_gpu_claim(resident, 1500)
+    primary_pid = sandbox.processes()["asoba-inference.service"]
+    primary_files = {
+        p: d for p, d in sandbox.tree_files().items() if "asoba-inference@" not in p and "/models/" not in p
+    }
+
+    # When a keep deployment of model-n records the units, evicts model-r to make room, and
+    # installs model-n, which crashes
+    roots = resident_roots(sandbox, "model-n")
+    snapshot = ok(run_document(aws.ssm, sandbox, "snapshot-previous", **roots))
+    assert snapshot["backup_dir"] == str(sandbox.state_dir / "models" / "model-n" / "previous")
+    assert snapshot["running"] == ["flux-api.service"]
+    evicted = ok(run_document(aws.ssm, sandbox, "evict", Units=resident))
+    assert evicted["evicted"] == [
+        {"unit": resident, "was": "active", "gpu_memory_freed_bytes": 1500 * 1048576}
+    ]
+    install_resident(aws, sandbox, bundle, "model-n", new_port)
+    assert wait_health(aws, sandbox, new_port, want="down", timeout_s=5)["status"] == "down"
+    assert (sandbox.unit_dir / new).is_file()
+
+    # And it is rolled back with the evicted unit to restart
+    rolled = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RestartUnits=resident))
+
+    # Then model-n leaves nothing: no unit, no env folder, no profile (there were none before)
+    assert (rolled["unit"], rolled["env"], rolled["profile"]) == ("removed", "removed", "removed")
+    assert not (sandbox.unit_dir / new).exists()
+    assert not (sandbox.env_dir / "models" / "model-n").exists()
+    assert not (sandbox.profile_dir / "asoba-inference@model-n.sh").exists()
+    assert not list(sandbox.unit_dir.glob("*.wants/asoba-inference@model-n.service"))
+    # And the evicted resident is enabled and serving again
+    assert rolled["restarted_units"] == [resident]
+    assert rolled["started"] == ["flux-api.service", resident]
+    assert wait_health(aws, sandbox, resident_port)["status"] == "healthy"
+    assert sandbox.systemctl("is-enabled", resident, check=False).stdout.strip() == "enabled"
+    assert (sandbox.env_dir / "models" / "model-r" / "env").is_file()
+    # And the primary and Flux were never touched
+    assert sandbox.processes()["asoba-inference.service"] == primary_pid
+    assert set(sandbox.processes()) == {"flux-api.service", "asoba-inference.service", resident}
+    assert port_open(flux_port) and port_open(primary_port)
+    now = {
+        p: d for p, d in sandbox.tree_files().items() if "asoba-inference@" not in p and "/models/" not in p
+    }
+    assert now == primary_files
+    # And a second rollback changes nothing more
+    twice = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RestartUnits=resident))
+    assert (twice["unit"], twice["env"], twice["restarted_units"]) == ("absent", "absent", [])
+
+
+def test_restart_units_are_empty_or_up_to_sixteen_unit_names() -> None:
+    import re
+
+    from local.sandbox.documents import document_content
+
+    spec = document_content("rollback")["parameters"]["RestartUnits"]
+    assert spec["default"] == ""
+    sixteen = " ".join(f"asoba-inference@m{i}.service" for i in range(16))
+    for value in ("", "asoba-inference@m.service", sixteen):
+        assert re.fullmatch(spec["allowedPattern"], value), value
+    for bad in (" ", "a.service,b.service", "a.service;reboot", "$(id).service", sixteen + " x.service"):
+        assert not re.fullmatch(spec["allowedPattern"], bad), bad

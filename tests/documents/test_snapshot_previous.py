@@ -58,3 +58,49 @@ def test_an_installed_service_is_backed_up_and_the_record_replaced(
     assert (backup / "env").read_text() == "MODEL_NAME=old\n"
     assert (backup / "runtime" / "instance_runtime" / "__init__.py").read_text() == "# old runtime\n"
     assert not stale.exists()
+
+
+def test_a_resident_units_record_is_its_own(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    from tests.documents.residents_support import resident_roots
+
+    # Given the primary's record, and a resident model's unit, env file and profile installed
+    sandbox = make_sandbox(gpu=False)
+    primary_record = sandbox.state_dir / "previous"
+    primary_record.mkdir(parents=True)
+    (sandbox.state_dir / ".asoba-state").touch()
+    (primary_record / "services").write_text("asoba-inference.service\tactive\tenabled\n")
+    unit = "asoba-inference@qwen2.5-0.5b.service"
+    (sandbox.unit_dir / unit).write_text("[Service]\nExecStart=/bin/true\n")
+    env_dir = sandbox.env_dir / "models" / "qwen2.5-0.5b"
+    env_dir.mkdir(parents=True)
+    (env_dir / "env").write_text("MODEL_NAME=qwen2.5-0.5b\n")
+    (sandbox.env_dir / "env").write_text("MODEL_NAME=primary\n")
+    (sandbox.profile_dir / "asoba-inference@qwen2.5-0.5b.sh").write_text(
+        "export ASOBA_INFERENCE_QWEN2_5_0_5B_PORT=8002\n"
+    )
+    (sandbox.profile_dir / "asoba-inference.sh").write_text("export ASOBA_INFERENCE_PORT=8001\n")
+
+    # When the snapshot runs with the resident's roots (what the Lambdas pass for it)
+    result = ok(
+        run_document(aws.ssm, sandbox, "snapshot-previous", **resident_roots(sandbox, "qwen2.5-0.5b"))
+    )
+
+    # Then the resident's own files are backed up in its own record, the primary's left alone
+    backup = sandbox.state_dir / "models" / "qwen2.5-0.5b" / "previous"
+    assert result["backup_dir"] == str(backup)
+    services = result["services"]
+    assert isinstance(services, list)
+    assert [service["unit"] for service in services] == ["flux-api.service", unit]
+    assert (backup / "env").read_text() == "MODEL_NAME=qwen2.5-0.5b\n"
+    assert (backup / "profile").read_text() == "export ASOBA_INFERENCE_QWEN2_5_0_5B_PORT=8002\n"
+    assert (backup / "unit").read_text() == "[Service]\nExecStart=/bin/true\n"
+    assert (primary_record / "services").read_text() == "asoba-inference.service\tactive\tenabled\n"
+    assert sorted(p.name for p in primary_record.iterdir()) == ["services"]
+
+    # And a resident unit sent with the primary's StateDir is refused before it writes anything
+    wrong = run_document(aws.ssm, sandbox, "snapshot-previous", ServiceUnit=unit, EnvDir=str(env_dir))
+    assert wrong.status == "Failed"
+    assert wrong.result is not None and "its StateDir ends in /models/qwen2.5-0.5b" in str(
+        wrong.result["error"]
+    )
+    assert sorted(p.name for p in primary_record.iterdir()) == ["services"]

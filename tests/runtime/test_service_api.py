@@ -70,7 +70,8 @@ def test_status_is_healthy_with_exactly_the_seed_fields(
     # Then it is 200 with the seed's fields and values from this machine, and how it loaded
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == SEED_STATUS_FIELDS | {"load", "last_request_at"}
+    assert set(body) == SEED_STATUS_FIELDS | {"load", "last_request_at", "adapters"}
+    assert body["adapters"] == []
     load = body["load"]
     assert (load["from"], load["reason"]) == ("disk", "LOAD_FROM=disk")
     assert load["seconds"] > 0 and load["stage_seconds"] is None

@@ -9,7 +9,7 @@ from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.decide import Decision, decide
 from asoba_deploy.core.planner.estimate import gpu_memory_utilization
 from asoba_deploy.core.planner.explain import Explanation, explain
-from asoba_deploy.core.planner.models import Endpoints, Plan
+from asoba_deploy.core.planner.models import Endpoints, Plan, ResidentModel
 from asoba_deploy.core.planner.timing import time_to_healthy
 from asoba_deploy.core.policy import Policy
 from asoba_deploy.core.requirement_sets import install_download
@@ -36,7 +36,7 @@ def plan(
     decision = decide(manifest, snapshot, request, policy)
     words = explain(manifest, snapshot, request, policy, decision)
     download = install_download(decision.chosen.engine.engine, snapshot)
-    planned = _to_plan(manifest, policy, decision, words, download)
+    planned = _to_plan(manifest, request, policy, decision, words, download)
     planned = _with_load_source(planned, snapshot, policy, request.load_from is not None)
     planned = _with_time_to_healthy(planned, decision, snapshot, policy, elapsed_s)
     return _faster_load(planned, decision, snapshot, policy, elapsed_s)
@@ -132,8 +132,29 @@ def _folder_bytes(manifest: Manifest) -> int:
     return manifest.total_bytes + sum(f.bytes for f in manifest.skipped)
 
 
+def _resident_models(decision: Decision) -> list[ResidentModel]:
+    evicted = {s.unit for s in decision.chosen.evicted}
+    return [
+        ResidentModel(
+            model=s.model,
+            unit=s.unit,
+            port=s.port,
+            gpu_memory_bytes=s.gpu_memory_bytes,
+            rss_bytes=s.rss_bytes,
+            last_used_at=s.last_used_at,
+        )
+        for s in decision.placement.residents
+        if s.unit not in evicted
+    ]
+
+
 def _to_plan(
-    manifest: Manifest, policy: Policy, decision: Decision, words: Explanation, download: list[str]
+    manifest: Manifest,
+    request: DeployRequest,
+    policy: Policy,
+    decision: Decision,
+    words: Explanation,
+    download: list[str],
 ) -> Plan:
     chosen = decision.chosen
     option = chosen.option
@@ -177,7 +198,11 @@ def _to_plan(
         install_download=download,
         parameters=deploy.weights.parameters + (base.weights.parameters if base else 0),
         port=chosen.port,
-        unit=policy.runtime_unit,
+        unit=decision.placement.unit,
+        resident=request.resident,
+        resident_models=_resident_models(decision),
+        evict_units=[s.unit for s in chosen.evicted],
+        would_evict=[s.unit for s in decision.would_evict],
         model_path=f"{root}/{deploy.name}",
         models_root=root,
         models_root_reason=chosen.root.reason,

@@ -14,12 +14,18 @@
 4. Engine. Each option is estimated with the engine that would serve it (`core.engines`): vLLM
    where the GPU, the format and the runtime's packages allow it, whose own overheads the GPU
    and RAM needs then include; transformers otherwise.
+5. Residents (`core.residents`). With `resident: replace` the new model takes the primary unit's
+   place (or its own unit's, when it already runs as a resident). With `keep`, while the primary
+   serves another model, it runs as a resident unit of its own on the first free port above the
+   seed's, every other runtime unit keeps its measured memory, and when it does not fit the least
+   recently used residents that would make room are named, and stopped only with `evict: lru`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from asoba_deploy.core.contracts import DeployRequest
@@ -34,6 +40,7 @@ from asoba_deploy.core.planner.estimate import (
 from asoba_deploy.core.planner.models import Action, DiskEstimate, Dtype, MemoryEstimate, PlanFile
 from asoba_deploy.core.planner.roots import RootChoice, choose_root
 from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.residents import free_port, is_runtime_unit, resident_unit
 from asoba_deploy.core.snapshot import CachedModel, InstanceSnapshot, ServiceState
 
 # Which branch of rule 1 applied (explain words each one).
@@ -60,6 +67,19 @@ class QuantChoice:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Which runtime unit the new model runs in, and the runtime units that keep serving."""
+
+    unit: str
+    replaced: ServiceState | None  # what runs in `unit` now, replaced in place (None: a new unit)
+    residents: tuple[ServiceState, ...]  # the other active runtime units: they stay
+
+
+def is_resident(unit: str) -> bool:
+    return is_runtime_unit(unit) and unit.startswith("asoba-inference@")
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """One (action, option) estimated against the instance, and which checks pass."""
 
@@ -77,6 +97,7 @@ class Evaluation:
     port_holders: tuple[str, ...]  # who keeps the port after the stops; empty: it is free
     engine: EngineChoice  # the engine that serves this option; the needs include its overheads
     root: RootChoice  # the models root the files go to (planner.roots); files and disk are its
+    evicted: tuple[ServiceState, ...] = ()  # resident models stopped to make room (`evict: lru`)
 
     @property
     def gpu_fits(self) -> bool:
@@ -99,6 +120,10 @@ class Decision:
     chosen: Evaluation
     dtype: Dtype
     replaces_runtime: bool
+    placement: Placement
+    # the least recently used residents whose stop would make room when nothing else does
+    # (empty: none would, or it fits); stopped only with `evict: lru` (then chosen.evicted)
+    would_evict: tuple[ServiceState, ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -174,17 +199,54 @@ def stops_for(action: Action, snapshot: InstanceSnapshot, policy: Policy) -> tup
     return (policy.flux_unit,) if action == "replace" and flux is not None and flux.active else ()
 
 
-def leaving_services(stops: Sequence[str], snapshot: InstanceSnapshot, policy: Policy) -> list[ServiceState]:
-    """The services whose memory and ports are freed: the stopped ones and the runtime unit."""
+def leaving_services(
+    stops: Sequence[str],
+    snapshot: InstanceSnapshot,
+    placement: Placement,
+    evicted: Sequence[ServiceState] = (),
+) -> list[ServiceState]:
+    """The services whose memory and ports are freed: the stopped ones, the unit the new model
+    replaces in place, and the evicted residents."""
     leaving = [s for s in (snapshot.service(u) for u in stops) if s is not None]
-    runtime = snapshot.service(policy.runtime_unit)
-    if runtime is not None:
-        leaving.append(runtime)  # the new deployment replaces the runtime unit in place
-    return leaving
+    if placement.replaced is not None:
+        leaving.append(placement.replaced)
+    return leaving + list(evicted)
 
 
-def port_for(request: DeployRequest, action: Action, policy: Policy) -> int:
-    return request.port or (policy.coexist_port if action == "coexist" else policy.replace_port)
+def place(request: DeployRequest, snapshot: InstanceSnapshot, policy: Policy) -> Placement:
+    """The unit of the new model (rule 5)."""
+    runtimes = {s.unit: s for s in snapshot.services if is_runtime_unit(s.unit)}
+    primary = runtimes.get(policy.runtime_unit)
+    own = resident_unit(request.model) if request.model is not None else policy.runtime_unit
+    if own in runtimes:
+        unit = own  # already a resident: redeployed in its own unit
+    elif (
+        request.resident == "keep"
+        and primary is not None
+        and primary.active
+        and primary.model != request.model  # unknown (None): kept too, never replaced by guess
+    ):
+        unit = own
+    else:
+        unit = policy.runtime_unit
+    staying = tuple(s for s in runtimes.values() if s.active and s.unit != unit)
+    return Placement(unit, runtimes.get(unit), staying)
+
+
+def port_for(
+    request: DeployRequest, action: Action, policy: Policy, placement: Placement, held: Sequence[int] = ()
+) -> int:
+    """The seed's port for the primary unit; a resident keeps its own, or takes the first port
+    above the seed's that nothing holds (the seed's two stay theirs)."""
+    if request.port:
+        return request.port
+    if not is_resident(placement.unit):
+        return policy.coexist_port if action == "coexist" else policy.replace_port
+    if placement.replaced is not None and placement.replaced.port is not None:
+        return placement.replaced.port
+    taken = {*held, policy.coexist_port, policy.replace_port}
+    found = free_port(taken, first=policy.coexist_port + 1)
+    return found if found is not None else policy.coexist_port
 
 
 def _service_port(service: ServiceState, policy: Policy) -> int | None:
@@ -216,9 +278,11 @@ def evaluate(
     action: Action,
     option: Option,
     tokens: int,
+    placement: Placement,
+    evicted: tuple[ServiceState, ...] = (),
 ) -> Evaluation:
     stops = stops_for(action, snapshot, policy)
-    leaving = leaving_services(stops, snapshot, policy)
+    leaving = leaving_services(stops, snapshot, placement, evicted)
     engine = engine_for(option, snapshot, policy)
     gpu = memory_estimate(
         gpu_need(manifest, option, tokens, policy, engine.engine),
@@ -234,8 +298,8 @@ def evaluate(
     )
     deploy = option.deploy
     root = choose_root([deploy] if deploy.base is None else [deploy.base, deploy], snapshot, policy)
-    port = port_for(request, action, policy)
     holders = port_holders(snapshot, policy, {s.unit for s in leaving})
+    port = port_for(request, action, policy, placement, list(holders))
     return Evaluation(
         action=action,
         option=option,
@@ -251,7 +315,20 @@ def evaluate(
         port_holders=tuple(holders.get(port, ())),
         engine=engine,
         root=root,
+        evicted=evicted,
     )
+
+
+def least_recently_used(residents: Sequence[ServiceState]) -> list[ServiceState]:
+    """Residents, the least recently used first: by their last generation, else their start
+    (never asked since it started), ties by unit name."""
+    never = datetime.min.replace(tzinfo=UTC)
+
+    def last_use(service: ServiceState) -> datetime:
+        moment = service.last_used_at or service.since or never
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+    return sorted(residents, key=lambda s: (last_use(s), s.unit))
 
 
 def pick(evaluations: Sequence[Evaluation], last_action: Action, blocked: bool) -> Evaluation:
@@ -282,19 +359,38 @@ def decide(
     tokens = context_tokens(manifest, request)
     action = choose_action(manifest, snapshot, request, policy)
     quantization = quantization_options(manifest, request, policy, tokens, snapshot)
-    evaluations = [
-        evaluate(manifest, snapshot, request, policy, a, option, tokens)
-        for a in action.actions
-        for option in quantization.options
-    ]
-    # An unsupported stored quantization blocks every option; the plan still shows the closest.
-    chosen = pick(evaluations, action.actions[-1], blocked=quantization.rule == "unsupported")
-    runtime = snapshot.service(policy.runtime_unit)
+    placement = place(request, snapshot, policy)
+    blocked = quantization.rule == "unsupported"
+
+    def best(evicted: tuple[ServiceState, ...]) -> Evaluation:
+        evaluations = [
+            evaluate(manifest, snapshot, request, policy, a, option, tokens, placement, evicted)
+            for a in action.actions
+            for option in quantization.options
+        ]
+        # An unsupported stored quantization blocks every option; the plan still shows the closest.
+        return pick(evaluations, action.actions[-1], blocked=blocked)
+
+    chosen = best(())
+    would_evict: tuple[ServiceState, ...] = ()
+    if not chosen.fits and not blocked and placement.residents:
+        # the fewest least recently used residents whose stop makes room, if any does
+        order = least_recently_used(placement.residents)
+        for count in range(1, len(order) + 1):
+            candidate = best(tuple(order[:count]))
+            if candidate.fits:
+                would_evict = candidate.evicted
+                if request.evict == "lru":
+                    chosen = candidate
+                break
+    replaced = placement.replaced
     return Decision(
         tokens=tokens,
         action=action,
         quantization=quantization,
         chosen=chosen,
         dtype=dtype_for(manifest, chosen.option, policy),
-        replaces_runtime=runtime is not None and runtime.active,
+        replaces_runtime=replaced is not None and replaced.active,
+        placement=placement,
+        would_evict=would_evict,
     )

@@ -14,7 +14,7 @@ from asoba_deploy.core.planner.decide import Decision, Evaluation
 from asoba_deploy.core.planner.estimate import Option, gpu_memory_utilization
 from asoba_deploy.core.policy import GIB, Policy
 from asoba_deploy.core.requirement_sets import download_sentence, install_download
-from asoba_deploy.core.snapshot import InstanceSnapshot
+from asoba_deploy.core.snapshot import InstanceSnapshot, ServiceState
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,65 @@ def _port_sentence(chosen: Evaluation, after: str) -> tuple[bool, str]:
     return False, f"port {chosen.port} is in use by {holder}, {keeps}"
 
 
+def _resident_label(service: ServiceState) -> str:
+    name = service.model or "an unnamed model"
+    memory = f"{gib(service.gpu_memory_bytes)} GPU, {gib(service.rss_bytes)} RAM"
+    return f"{name} ({service.unit}, port {service.port}, {memory})"
+
+
+def _last_use(service: ServiceState) -> str:
+    if service.last_used_at is not None:
+        return f"last used {service.last_used_at:%Y-%m-%dT%H:%M:%SZ}"
+    if service.since is not None:
+        return f"not used since it started {service.since:%Y-%m-%dT%H:%M:%SZ}"
+    return "never used"
+
+
+def _resident_words(
+    request: DeployRequest, policy: Policy, decision: Decision
+) -> tuple[list[str], list[str]]:
+    """Where the model runs among the resident ones, what stays, what is (or would be) evicted:
+    (reasons, shortfalls)."""
+    placement, chosen = decision.placement, decision.chosen
+    reasons: list[str] = []
+    if placement.unit != policy.runtime_unit:
+        kept = "its own unit" if placement.replaced is not None else "a unit of its own"
+        reasons.append(
+            f"resident {request.resident}: {request.model} runs as {placement.unit} on port {chosen.port} "
+            f"({kept}; {policy.runtime_unit} keeps serving)"
+        )
+    evicted = {s.unit for s in chosen.evicted}
+    staying = [s for s in placement.residents if s.unit not in evicted]
+    if staying:
+        reasons.append(
+            "keeps serving, its measured memory counted: " + "; ".join(_resident_label(s) for s in staying)
+        )
+    if chosen.evicted:
+        reasons.append(
+            'evict "lru": stops the least recently used '
+            + "; ".join(f"{_resident_label(s)}, {_last_use(s)}" for s in chosen.evicted)
+            + " to make room"
+        )
+    shortfalls: list[str] = []
+    if decision.would_evict and not chosen.evicted:
+        how = (
+            'give "evict": "lru" to stop them'
+            if request.resident == "keep"
+            else 'deploy with "resident": "keep", "evict": "lru", or undeploy them'
+        )
+        shortfalls.append(
+            "fits only if these resident models stop, least recently used first: "
+            + "; ".join(f"{_resident_label(s)}, {_last_use(s)}" for s in decision.would_evict)
+            + f"; {how}"
+        )
+    elif not chosen.fits and placement.residents and not chosen.evicted:
+        shortfalls.append(
+            "would not fit even with every resident model stopped: "
+            + "; ".join(_resident_label(s) for s in placement.residents)
+        )
+    return reasons, shortfalls
+
+
 def _engine_reasons(policy: Policy, decision: Decision) -> list[str]:
     """Why this engine, and with vLLM the budget it is given (what it preallocates)."""
     chosen = decision.chosen
@@ -300,7 +359,7 @@ def _deployment_warnings(
     if declared not in (None, "bfloat16", "float16") and chosen.option.quantization not in ("awq", "gptq"):
         warnings.append(f"config.json declares {declared}; loading in {decision.dtype}")
     if decision.replaces_runtime:
-        warnings.append(f"the running {policy.runtime_unit} is replaced by this deployment")
+        warnings.append(f"the running {decision.placement.unit} is replaced by this deployment")
     warnings += _package_warnings(snapshot, decision)
     return warnings
 
@@ -345,6 +404,7 @@ def explain(
     fallback_reasons, fallback_warnings = _fallback(manifest, policy, decision)
     threshold_reasons, threshold_warnings = _by_threshold(manifest, policy, decision)
     passed, failed = _resources(snapshot, policy, decision)
+    resident_reasons, resident_shortfalls = _resident_words(request, policy, decision)
     reasons = [
         _action_reason(manifest, policy, decision),
         *stored.reasons,
@@ -352,9 +412,10 @@ def explain(
         *threshold_reasons,
         *_engine_reasons(policy, decision),
         _install_reason(snapshot, decision),
+        *resident_reasons,
         *passed,
     ]
-    shortfalls = stored.shortfalls + failed
+    shortfalls = stored.shortfalls + resident_shortfalls + failed
     warnings = [
         *_input_warnings(manifest, request, decision),
         *stored.warnings,

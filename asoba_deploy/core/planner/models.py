@@ -49,7 +49,15 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
                         has no venv of that engine and set yet (the first install builds it),
                         empty when install reuses one
     parameters          logical parameter count (base + adapter)
-    port, unit          TCP port and systemd unit of the runtime
+    port, unit          TCP port and systemd unit of the runtime: asoba-inference.service (the
+                        primary) or asoba-inference@<model>.service (a resident, core.residents)
+    resident            the execution's "replace" | "keep": whether the other models stay
+    resident_models     [{model, unit, port, gpu_memory_bytes, rss_bytes, last_used_at}] the runtime
+                        units that keep serving beside this one (their measured memory is counted)
+    evict_units         resident units the evict step stops first (`evict: lru`), least recently
+                        used first; empty when nothing is evicted
+    would_evict         when the model fits only if residents stop: those units (LRU first), whether
+                        or not the input lets the plan stop them
     model_path          <models_root>/<deploy_model> (the adapter's folder for adapters)
     models_root         the models root chosen among the candidates (planner.roots): the fastest
                         measured one with room, or the one already holding the model
@@ -72,6 +80,7 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -90,6 +99,7 @@ __all__ = [
     "Plan",
     "PlanFile",
     "Quantization",
+    "ResidentModel",
     "TimeToHealthy",
 ]
 
@@ -158,6 +168,19 @@ class TimeToHealthy(BaseModel):
     basis: dict[str, Any] = Field(default_factory=dict)
 
 
+class ResidentModel(BaseModel):
+    """A runtime unit that keeps serving beside the deployment (core.residents)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str | None
+    unit: str
+    port: int | None
+    gpu_memory_bytes: int = Field(ge=0)
+    rss_bytes: int = Field(ge=0)
+    last_used_at: datetime | None = None
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -202,6 +225,11 @@ class Plan(BaseModel):
     parameters: int
     port: int
     unit: str
+    # Added with resident models (core.residents); older plans replaced the primary.
+    resident: Literal["replace", "keep"] = "replace"
+    resident_models: list[ResidentModel] = Field(default_factory=list)
+    evict_units: list[str] = Field(default_factory=list)
+    would_evict: list[str] = Field(default_factory=list)
     model_path: str
     models_root: str
     models_root_reason: str = ""
