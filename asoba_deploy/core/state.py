@@ -46,6 +46,8 @@ class ExecutionState(BaseModel):
     rollback_error: Failure | None = None
     benchmark_failure: Failure | None = None  # the benchmark's Catch (the deployment stands)
     restore_flux: bool = False  # undeploy only
+    # undeploy only: the runtime unit removed (a resident model's; None: the primary's)
+    undeploy_unit: str | None = None
     wake: dict[str, Any] | None = None  # wake-instance's progress (core/wake.py WakeProgress)
 
     def result(self, key: str) -> dict[str, Any] | None:

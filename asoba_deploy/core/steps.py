@@ -37,6 +37,7 @@ from asoba_deploy.core.config import RUNTIME_UNIT
 from asoba_deploy.core.errors import CommandFailed, DeployError, SyncFailed
 from asoba_deploy.core.planner import Plan
 from asoba_deploy.core.requirement_sets import requirement_packages
+from asoba_deploy.core.residents import unit_roots
 from asoba_deploy.core.settings import Settings
 from asoba_deploy.core.state import ExecutionState
 
@@ -73,6 +74,18 @@ def _units(config: Settings) -> dict[str, str]:
     return {"FluxUnit": config.flux_service, "ServiceUnit": RUNTIME_UNIT}
 
 
+def _service_unit(config: Settings, unit: str) -> dict[str, str]:
+    """ServiceUnit and the folders of that unit's own files (core.residents): the primary's are
+    the roots themselves, a resident model's <EnvDir>/models/<model> and <StateDir>/models/<model>."""
+    roots = unit_roots(config.instance_roots, unit)
+    return {"ServiceUnit": unit, "EnvDir": roots.env_dir, "StateDir": roots.state_dir}
+
+
+def _plan_unit(state: ExecutionState) -> str:
+    """The runtime unit the plan deploys into (older plans: the primary's)."""
+    return _plan(state).unit if state.plan is not None and state.plan.unit else RUNTIME_UNIT
+
+
 def collect_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {
         **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
@@ -82,20 +95,31 @@ def collect_parameters(config: Settings, state: ExecutionState) -> dict[str, str
         "Packages": " ".join(requirement_packages()),
         # probed for the engines it can import while the runtime venv does not exist yet
         "BasePython": config.deploy.base_python,
+        # every resident model's unit file there is reported beside the primary's
+        **_roots(config, "UnitDir"),
         **_units(config),
     }
 
 
 def snapshot_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {
-        **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
-        **_units(config),
+        **_roots(config, "RuntimeRoot", "UnitDir", "ProfileDir"),
+        "FluxUnit": config.flux_service,
+        **_service_unit(config, _plan_unit(state)),
     }
 
 
 def stop_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     units = _plan(state).stop_services or [config.flux_service]
     return {"Unit": str(units[0]), "WaitSeconds": str(max(10, config.step_budgets.stop_flux - 30))}
+
+
+def evict_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+    """The resident units the plan evicts (`evict: lru`), the least recently used first."""
+    units = _plan(state).evict_units
+    if not units:
+        raise CommandFailed("evict runs only when the plan names units to evict ($.plan.evict_units)")
+    return {"Units": " ".join(units), "WaitSeconds": str(max(10, config.step_budgets.evict - 30))}
 
 
 def sync_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
@@ -135,10 +159,15 @@ def install_parameters(config: Settings, state: ExecutionState) -> dict[str, str
         **({"BaseModelPath": plan.base_model_path} if plan.base_model_path else {}),
         **_load_parameters(plan),
         "BasePython": config.deploy.base_python,
-        **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
-        "ServiceUnit": RUNTIME_UNIT,
+        **_roots(config, "RuntimeRoot", "UnitDir", "ProfileDir"),
+        **_without_state_dir(_service_unit(config, plan.unit)),
         "ServiceUser": config.deploy.service_user,
     }
+
+
+def _without_state_dir(parameters: dict[str, str]) -> dict[str, str]:
+    """For the documents that keep no record (install, start-service)."""
+    return {name: value for name, value in parameters.items() if name != "StateDir"}
 
 
 def _load_parameters(plan: Plan) -> dict[str, str]:
@@ -200,7 +229,7 @@ def start_service_parameters(config: Settings, state: ExecutionState) -> dict[st
         raise CommandFailed("start-service needs the execution's name to find this sync's marker")
     budget = start_service_budget(config, state)
     return {
-        "ServiceUnit": RUNTIME_UNIT,
+        "ServiceUnit": plan.unit,
         "ModelPath": plan.model_path,
         "WaitForSync": "true" if wait else "false",
         "ExecutionName": token,
@@ -213,10 +242,13 @@ def health_parameters(config: Settings, state: ExecutionState) -> dict[str, str]
 
 
 def rollback_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
-    # Flux is restarted from what snapshot-previous recorded, so no Flux unit here.
+    # Flux is restarted from what snapshot-previous recorded, so no Flux unit here; the units the
+    # evict step stopped are started again (they are not in the record as stopped by us).
+    evicted = state.plan.evict_units if state.plan is not None else []
     return {
-        **_roots(config, "StateDir", "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir"),
-        "ServiceUnit": RUNTIME_UNIT,
+        **_roots(config, "RuntimeRoot", "UnitDir", "ProfileDir"),
+        **_service_unit(config, _plan_unit(state)),
+        **({"RestartUnits": " ".join(evicted)} if evicted else {}),
     }
 
 
@@ -232,10 +264,11 @@ def check_instance_parameters(config: Settings, state: ExecutionState) -> dict[s
 
 
 def undeploy_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
-    """`state.restore_flux`: start Flux again afterwards."""
+    """`state.restore_flux`: start Flux again afterwards; `state.undeploy_unit`: which runtime
+    unit goes (the primary's when absent)."""
     return {
-        **_roots(config, "RuntimeRoot", "StateDir", "UnitDir", "EnvDir", "ProfileDir"),
-        "ServiceUnit": RUNTIME_UNIT,
+        **_roots(config, "RuntimeRoot", "UnitDir", "ProfileDir"),
+        **_service_unit(config, state.undeploy_unit or RUNTIME_UNIT),
         "FluxUnit": config.flux_service,
         "StartFlux": "true" if state.restore_flux else "false",
     }
@@ -501,6 +534,15 @@ STEPS: dict[str, Step] = _registry(
     # The install (venv, packages, env, unit) needs none of the model's bytes: it runs while the
     # model syncs; start-service then starts the unit once the sync's marker is there (at once
     # when the runtime streams the weights), and the health check waits for it, still beside the sync.
+    Step(
+        "evict",
+        Phase.CHANGE,
+        "Stop the least recently used resident models the plan evicts",
+        errors.EvictFailed,
+        InstanceStep(evict_parameters, _budget("evict")),
+        grants=_SEE_INSTANCES,
+        run_if="$.plan.evict_units[0]",
+    ),
     Step(
         "sync",
         Phase.CHANGE,

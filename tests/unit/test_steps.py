@@ -86,12 +86,25 @@ def test_phases_that_take_one_step_have_one() -> None:
         assert len(phase(which)) == 1, which
 
 
+def as_resident(plan: Plan) -> Plan:
+    """The plan deployed as a resident unit beside others, two of which it evicts."""
+    evicted = ["asoba-inference@old-a.service", "asoba-inference@old-b.service"]
+    return plan.model_copy(
+        update={"unit": f"asoba-inference@{plan.deploy_model}.service", "port": 8003, "evict_units": evicted}
+    )
+
+
+@pytest.mark.parametrize("resident", [False, True], ids=["primary", "resident"])
 @pytest.mark.parametrize("step", instance_steps(), ids=lambda s: s.name)
-def test_parameters_match_the_document(step: object, qwen_plan: Plan) -> None:
+def test_parameters_match_the_document(step: object, resident: bool, qwen_plan: Plan) -> None:
     spec = step.instance  # type: ignore[attr-defined]
     document = step.document  # type: ignore[attr-defined]
     declared = yaml.safe_load((DOCUMENTS / f"{document}.yaml").read_text())["parameters"]
-    sent = spec.parameters(CONFIG, state_with(qwen_plan))
+    if document == "evict" and not resident:
+        with pytest.raises(errors.CommandFailed, match="evict_units"):
+            spec.parameters(CONFIG, state_with(qwen_plan))
+        return
+    sent = spec.parameters(CONFIG, state_with(as_resident(qwen_plan) if resident else qwen_plan))
     assert set(sent) <= set(declared), f"{document} does not declare {set(sent) - set(declared)}"
     required = {name for name, p in declared.items() if "default" not in p}
     assert required <= set(sent), f"{document} requires {required - set(sent)}"
@@ -107,3 +120,34 @@ def test_health_budget_grows_with_model_size(qwen_plan: Plan) -> None:
     small = health_budget(CONFIG, state_with(qwen_plan.model_copy(update={"total_bytes": 1024**3})))
     large = health_budget(CONFIG, state_with(qwen_plan.model_copy(update={"total_bytes": 30 * 1024**3})))
     assert large - small == 29 * CONFIG.step_budgets.health_check_per_gb
+
+
+def test_a_resident_plan_sends_its_own_unit_and_folders(qwen_plan: Plan) -> None:
+    plan = as_resident(qwen_plan)
+    state = state_with(plan)
+    roots = CONFIG.instance_roots
+    own = {
+        "ServiceUnit": plan.unit,
+        "EnvDir": f"{roots.env_dir}/models/{plan.deploy_model}",
+        "StateDir": f"{roots.state_dir}/models/{plan.deploy_model}",
+    }
+    for name in ("snapshot-previous", "rollback"):
+        sent = STEPS[name].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
+        assert {k: sent[k] for k in own} == own, name
+    installed = STEPS["install"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
+    assert (installed["ServiceUnit"], installed["EnvDir"], installed["Port"]) == (
+        plan.unit,
+        own["EnvDir"],
+        "8003",
+    )
+    started = STEPS["start-service"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
+    assert started["ServiceUnit"] == plan.unit
+    # the rollback starts the evicted residents again; the evict step stops exactly them
+    rollback = STEPS["rollback"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
+    assert rollback["RestartUnits"] == "asoba-inference@old-a.service asoba-inference@old-b.service"
+    evict = STEPS["evict"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
+    assert evict["Units"] == rollback["RestartUnits"]
+    # the primary's plan sends no RestartUnits and the seed's folders
+    primary = STEPS["rollback"].instance.parameters(CONFIG, state_with(qwen_plan))  # type: ignore[union-attr]
+    assert "RestartUnits" not in primary
+    assert (primary["ServiceUnit"], primary["EnvDir"]) == ("asoba-inference.service", roots.env_dir)
