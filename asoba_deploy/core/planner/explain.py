@@ -389,6 +389,7 @@ def _summary(manifest: Manifest, decision: Decision, shortfalls: list[str]) -> s
     return (
         f"{manifest.name}: {chosen.action}"
         + (f" (stop {', '.join(stops)})" if stops else "")
+        + (f" (evict {', '.join(s.unit for s in chosen.evicted)})" if chosen.evicted else "")
         + f", deploy {option.deploy.name} {describe_quantization(option)} on port {chosen.port} "
         + f"with {chosen.engine.engine}; "
         + f"GPU {gib(chosen.gpu.need_bytes)} of {gib(chosen.gpu.available_bytes)} available; "
