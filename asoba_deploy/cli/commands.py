@@ -28,9 +28,20 @@ from asoba_deploy.cli.render import (
 from asoba_deploy.cli.stack import Aws, CliError, StackInfo
 from asoba_deploy.core import commands as ssm_commands
 from asoba_deploy.core import steps as registry
+from asoba_deploy.core.config import RUNTIME_UNIT
 from asoba_deploy.core.contracts import DeployRequest, parse_request
 from asoba_deploy.core.errors import DeployError, InvalidInput
-from asoba_deploy.core.ledger import LedgerRecord, current_deployment, put, recent, undeploy_record, utcnow
+from asoba_deploy.core.ledger import (
+    LedgerRecord,
+    Resident,
+    all_records,
+    current_deployment,
+    put,
+    recent,
+    resident_models,
+    undeploy_record,
+    utcnow,
+)
 from asoba_deploy.core.planner import Plan
 from asoba_deploy.core.settings import Settings
 from asoba_deploy.core.state import ExecutionState
@@ -98,9 +109,13 @@ def build_request(
     instance_id: str | None = None,
     benchmark: bool = True,
     load_from: str | None = None,
+    keep_others: bool = False,
+    evict: str | None = None,
 ) -> dict[str, Any]:
     """The execution input with only what the user chose (the machine applies its defaults),
-    checked against the contract before anything is started (InvalidInput otherwise)."""
+    checked against the contract before anything is started (InvalidInput otherwise).
+    `keep_others`: `"resident": "keep"` (the models served stay, the new one beside them);
+    `evict`: `"evict": "lru"` (only with keep_others, as the contract says)."""
     payload: dict[str, Any] = {"model": model}
     if dry_run:
         payload["dry_run"] = True
@@ -118,6 +133,10 @@ def build_request(
         payload["benchmark"] = False
     if load_from is not None:
         payload["load_from"] = load_from
+    if keep_others:
+        payload["resident"] = "keep"
+    if evict is not None:
+        payload["evict"] = evict
     parse_request(payload)
     return payload
 
@@ -189,6 +208,8 @@ def deploy(
     follow_it: bool,
     benchmark: bool = True,
     load_from: str | None = None,
+    keep_others: bool = False,
+    evict: str | None = None,
 ) -> int:
     payload = build_request(
         model,
@@ -200,6 +221,8 @@ def deploy(
         instance_id=instance_id,
         benchmark=benchmark,
         load_from=load_from,
+        keep_others=keep_others,
+        evict=evict,
     )
     if instance_id:
         ctx.stack.choose_instance(instance_id)
@@ -289,19 +312,37 @@ def _holder_running(ctx: Context, holder: str) -> bool:
 
 
 def instance_status(ctx: Context, instance_id: str) -> InstanceStatus:
-    records = recent(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, instance_id, limit=50)
-    deployed = current_deployment(records)
+    # every record: a resident deployed long ago still serves (the newest 50 would miss it)
+    records = all_records(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, instance_id)
+    newest_first = records[::-1]
     lock = _lock(ctx, instance_id)
     if lock and not _holder_running(ctx, lock["holder"]):
         lock = None
     return InstanceStatus(
         instance_id=instance_id,
-        deployed=deployed,
-        latest=records[0] if records else None,
+        deployed=current_deployment(newest_first),
+        latest=newest_first[0] if newest_first else None,
         lock_holder=lock["holder"] if lock else None,
         lock_model=lock["model"] if lock else None,
         power=instance_power.describe(instance_power.power_of(ctx, instance_id)),
+        residents=tuple(resident_models(records)),
     )
+
+
+# What `status --json` says of each resident model (the contract scripts read).
+RESIDENT_KEYS = (
+    "model",
+    "port",
+    "unit",
+    "engine",
+    "quantization",
+    "gpu_memory_bytes",
+    "rss_bytes",
+    "since",
+    "memory_source",
+    "execution",
+    "status_url",
+)
 
 
 def status(ctx: Context, instance_id: str | None) -> int:
@@ -317,6 +358,7 @@ def status(ctx: Context, instance_id: str | None) -> int:
                 "latest_outcome": s.latest.outcome if s.latest else None,
                 "deployment_in_progress": s.lock_holder,
                 "power": s.power,
+                "residents": [r.model_dump(mode="json", include=set(RESIDENT_KEYS)) for r in s.residents],
             }
             for s in statuses
         ]
@@ -324,8 +366,13 @@ def status(ctx: Context, instance_id: str | None) -> int:
         return EXIT_OK
     ctx.say(status_table(statuses, ctx.term))
     for entry in statuses:
-        if entry.deployed and entry.deployed.endpoints.get("status"):
-            ctx.say(f"\n{entry.instance_id}: {entry.deployed.endpoints['status']}")
+        urls = [(r.model, r.status_url) for r in entry.residents if r.status_url]
+        if not entry.residents and entry.deployed and entry.deployed.endpoints.get("status"):
+            urls = [(None, entry.deployed.endpoints["status"])]
+        if urls:  # one block per instance; each model named when it serves several
+            named = len(urls) > 1
+            ctx.say()
+            ctx.say("\n".join(f"{entry.instance_id}{f' {m}' if named else ''}: {url}" for m, url in urls))
     return EXIT_OK
 
 
@@ -353,19 +400,61 @@ def history(ctx: Context, instance_id: str | None, limit: int) -> int:
 UNDEPLOY = "undeploy"  # the registry's on-demand step
 
 
-def undeploy_parameters(config: Settings, instance_id: str, restore_flux: bool) -> dict[str, str]:
-    """The undeploy document's parameters, as the registry's step builds them."""
+def undeploy_parameters(
+    config: Settings, instance_id: str, restore_flux: bool, unit: str | None = None
+) -> dict[str, str]:
+    """The undeploy document's parameters, as the registry's step builds them: `unit` is the runtime
+    unit removed with its own folders (None: the primary's)."""
     step = registry.STEPS[UNDEPLOY]
     assert step.instance is not None
     # No execution runs an undeploy: its state carries what the parameters read, and the
     # request ExecutionState requires is one without a model.
     state = ExecutionState(
-        request=DeployRequest(mode="validate"), instance_id=instance_id, restore_flux=restore_flux
+        request=DeployRequest(mode="validate"),
+        instance_id=instance_id,
+        restore_flux=restore_flux,
+        undeploy_unit=unit,
     )
     return step.instance.parameters(config, state)
 
 
-def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout: float = 330.0) -> int:
+@dataclass(frozen=True)
+class Removal:
+    """One runtime unit to remove, and the model the ledger says it serves (None: not known)."""
+
+    unit: str
+    model: str | None = None
+
+
+def removals(residents: list[Resident], model: str | None, every: bool, target: str) -> list[Removal]:
+    """What an undeploy removes: the primary (no model), that model's unit (CliError when the ledger
+    knows no such model), or with `every` each resident unit by port and the primary last (it is
+    sent even when the ledger knows none: the document removes whatever is installed)."""
+    if every:
+        others = [Removal(r.unit, r.model) for r in residents if not r.primary]
+        primary = next((r for r in residents if r.primary), None)
+        return [*others, Removal(RUNTIME_UNIT, primary.model if primary else None)]
+    if model is None:
+        primary = next((r for r in residents if r.primary), None)
+        return [Removal(RUNTIME_UNIT, primary.model if primary else None)]
+    found = next((r for r in residents if model in (r.model, r.deploy_model)), None)
+    if found is None:
+        serving = ", ".join(f"{r.model} ({r.unit})" for r in residents) or "nothing"
+        raise CliError(f"{model} is not served on {target} (ledger: {serving}); nothing was sent", EXIT_USAGE)
+    return [Removal(found.unit, found.model)]
+
+
+def undeploy(
+    ctx: Context,
+    instance_id: str | None,
+    restore_flux: bool,
+    timeout: float = 330.0,
+    *,
+    model: str | None = None,
+    every: bool = False,
+) -> int:
+    """Remove the primary's unit (no model), the unit serving `model`, or with `every` each runtime
+    unit the ledger knows, the primary last: one document and one `undeployed` record per unit."""
     target = ctx.stack.choose_instance(instance_id)
     lock = _lock(ctx, target)
     if lock and _holder_running(ctx, lock["holder"]):
@@ -373,6 +462,57 @@ def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout:
             f"DeploymentInProgress: instance {target} is being deployed by "
             f"{lock['holder'].rsplit(':', 1)[-1]} (model {lock['model'] or '?'}); nothing was changed"
         )
+    dynamodb = ctx.aws.client("dynamodb")
+    # the bare undeploy sends what it always sent; a named model or --all needs the inventory
+    residents = (
+        resident_models(all_records(dynamodb, ctx.stack.ledger_table, target)) if model or every else []
+    )
+    queue = removals(residents, model, every, target)
+    done: list[str] = []
+    results: list[dict[str, Any]] = []
+    ssm_status: str | None = None
+    while queue:
+        removal = queue.pop(0)
+        # Flux comes back once, after the last unit: only then is its memory free
+        start_flux = restore_flux and not queue
+        try:
+            ssm_status, result = _undeploy_unit(ctx, target, removal, start_flux, timeout)
+        except DeployError as error:
+            if ctx.json_output:
+                failed: dict[str, Any] = {
+                    "status": "Failed",
+                    "error": type(error).__name__,
+                    "message": str(error),
+                    "result": None,
+                }
+                ctx.out.write(
+                    json.dumps({**failed, "results": results} if every else failed, indent=2) + "\n"
+                )
+            ctx.err.write(error_line(type(error).__name__, str(error)) + "\n")
+            return EXIT_FAILED
+        done.append(removal.unit)
+        results.append(result)
+        if every and queue:
+            # units the instance still has that the ledger does not know (a failed rollback's):
+            # removed too, before the primary (the last in the queue)
+            known = {*done, *(r.unit for r in queue)}
+            unknown = [str(u) for u in result.get("remaining_units") or [] if str(u) not in known]
+            queue[-1:-1] = [Removal(unit) for unit in unknown]
+    if ctx.json_output:
+        body = (
+            {"status": ssm_status, "results": results}
+            if every
+            else {"status": ssm_status, "result": results[-1]}
+        )
+        ctx.out.write(json.dumps(body, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _undeploy_unit(
+    ctx: Context, target: str, removal: Removal, start_flux: bool, timeout: float
+) -> tuple[str | None, dict[str, Any]]:
+    """Send the undeploy document for one unit, wait for it, record it, say what it did; the SSM
+    status and the document's result (DeployError when it failed: nothing is recorded)."""
     step = registry.STEPS[UNDEPLOY]
     assert step.document is not None
     config = ctx.stack.settings()
@@ -384,39 +524,49 @@ def undeploy(ctx: Context, instance_id: str | None, restore_flux: bool, timeout:
         step=step.key,
         document=document,
         instance_id=target,
-        parameters=undeploy_parameters(config, target, restore_flux),
+        parameters=undeploy_parameters(config, target, start_flux, unit=removal.unit),
         timeout_seconds=round(timeout),
         now=time.time(),
         comment="deploy-model undeploy",
         plugins=step.plugins,
     )
-    ctx.say(f"sent {document} to {target} (command {ref.command_id})")
-    try:
-        ref = ssm_commands.wait(ssm, ref, error=step.error, sleep=ctx.sleep, poll_seconds=ctx.poll_seconds)
-        result = ref.result or {}
-        if not result.get("ok", False):
-            raise step.error(str(result.get("error") or f"{document} reported no success on {target}"))
-    except DeployError as error:
-        if ctx.json_output:
-            body = {"status": "Failed", "error": type(error).__name__, "message": str(error), "result": None}
-            ctx.out.write(json.dumps(body, indent=2) + "\n")
-        ctx.err.write(error_line(type(error).__name__, str(error)) + "\n")
-        return EXIT_FAILED
-    if ctx.json_output:
-        ctx.out.write(json.dumps({"status": ref.ssm_status, "result": result}, indent=2) + "\n")
+    ctx.say(f"sent {document} to {target} for {removal.unit} (command {ref.command_id})")
+    ref = ssm_commands.wait(ssm, ref, error=step.error, sleep=ctx.sleep, poll_seconds=ctx.poll_seconds)
+    result = ref.result or {}
+    if not result.get("ok", False):
+        raise step.error(str(result.get("error") or f"{document} reported no success on {target}"))
     record = undeploy_record(
-        target, instance_type=ctx.stack.instance_type, now=utcnow(), command_id=ref.command_id, result=result
+        target,
+        instance_type=ctx.stack.instance_type,
+        now=utcnow(),
+        command_id=ref.command_id,
+        result=result,
+        unit=removal.unit,
+        model=removal.model,
     )
     put(ctx.aws.client("dynamodb"), ctx.stack.ledger_table, record)
+    if not ctx.json_output:
+        ctx.say(_undeploy_summary(ctx, target, removal, result, time.monotonic() - started))
+    return ref.ssm_status, result
+
+
+def _undeploy_summary(
+    ctx: Context, target: str, removal: Removal, result: dict[str, Any], seconds: float
+) -> str:
     removed = result.get("removed") or []
+    what = f"{removal.model} " if removal.model else ""
     lines = [
-        f"undeployed from {target} in {human_seconds(time.monotonic() - started)}",
-        f"  service   {'stopped' if result.get('stopped') else 'was not running'}",
+        f"undeployed {what}from {target} in {human_seconds(seconds)}",
+        f"  unit      {removal.unit} {'stopped' if result.get('stopped') else 'was not running'}",
         f"  removed   {len(removed)} path(s)" + "".join(f"\n              {path}" for path in removed),
+    ]
+    if "remaining_units" in result:  # older documents do not say
+        remaining = result.get("remaining_units") or []
+        gone = " (the runtime they shared was removed)" if result.get("runtime_removed") else ""
+        lines.append(f"  remaining {', '.join(remaining) if remaining else 'no runtime unit' + gone}")
+    lines += [
         f"  flux      {ctx.stack.flux_service} {result.get('flux_state', '?')}"
         + (" (started)" if result.get("flux_started") else ""),
         "  models stay cached on the instance",
     ]
-    if not ctx.json_output:
-        ctx.say("\n".join(lines))
-    return EXIT_OK
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """deploy-model: plan, deploy, validate and undeploy models through the deployed stack.
 
-    deploy-model <model> [--dry-run] [--force-quantize] [--no-follow]
-    deploy-model status | history | validate | undeploy [--restore-flux]
+    deploy-model <model> [--dry-run] [--force-quantize] [--no-follow] [--keep-others [--evict lru]]
+    deploy-model status | history | validate | undeploy [<model> | --all] [--restore-flux]
     deploy-model bench [<model>] | cost [--since 7d]
     deploy-model start [--instance-id i-...]
 
@@ -29,7 +29,9 @@ examples:
   deploy-model qwen3-14b                            deploy and follow each step
   deploy-model qwen3-14b --force-quantize --no-follow
   deploy-model status                               what runs where (from the ledger)
+  deploy-model qwen3-14b --keep-others --evict lru  beside the models served, stopping the LRU ones
   deploy-model undeploy --restore-flux              remove the service, start Flux again
+  deploy-model undeploy qwen3-14b                   remove that model only, the others keep serving
   deploy-model bench qwen3-14b                      measure the deployed model again
   deploy-model cost --since 7d                      hours served and dollars, per model
   deploy-model start                                start a stopped instance, wait until Online
@@ -108,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--no-benchmark", action="store_true", help="skip the benchmark after the health check"
     )
+    deploy.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="keep the models already served: the new one runs beside them on a free port when "
+        'everything fits ("resident": "keep")',
+    )
+    deploy.add_argument(
+        "--evict",
+        choices=("lru",),
+        help="with --keep-others: when the model does not fit, stop the least recently used "
+        'resident models until it does ("evict": "lru"; without it the plan names them and stops nothing)',
+    )
     fleet_options = deploy.add_argument_group("fleet (one execution rolls the model out across instances)")
     targets = fleet_options.add_mutually_exclusive_group()
     targets.add_argument("--instances", metavar="ID,ID,...", help="these instances of the stack, in order")
@@ -137,7 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--instance-id")
 
     undeploy = sub.add_parser(
-        "undeploy", parents=[common], help="stop and remove the inference service (models stay cached)"
+        "undeploy",
+        parents=[common],
+        help="stop and remove the inference service (models stay cached)",
+        description="Remove the primary inference service, the unit serving <model>, or with --all "
+        "every runtime unit (the primary last). The other models keep serving; models stay cached.",
+    )
+    undeploy.add_argument(
+        "model", nargs="?", help="the model to remove (status lists them; default: the primary's)"
+    )
+    undeploy.add_argument(
+        "--all", action="store_true", dest="every", help="remove every resident model, the primary last"
     )
     undeploy.add_argument("--instance-id")
     undeploy.add_argument("--restore-flux", action="store_true", help="start the Flux service afterwards")
@@ -194,6 +218,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         parser.print_help(err)
         return commands.EXIT_USAGE
     options = parser.parse_args(normalize_argv(raw))
+    if options.command == "deploy" and options.evict is not None and not options.keep_others:
+        parser.error("--evict lru: only with --keep-others (a replace stops no other model to evict)")
+    if options.command == "undeploy" and options.every and options.model is not None:
+        parser.error("undeploy: give a model or --all, not both")
     try:
         endpoint = endpoint_from_env(options.endpoint_url)
         aws = Aws.connect(options.region, endpoint)
@@ -221,6 +249,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
                 context_tokens=options.context_tokens,
                 benchmark=not options.no_benchmark,
                 load_from=options.load_from,
+                keep_others=options.keep_others,
+                evict=options.evict,
             )
             try:
                 payload = fleet.fleet_request(
@@ -247,6 +277,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
                 follow_it=not options.no_follow,
                 benchmark=not options.no_benchmark,
                 load_from=options.load_from,
+                keep_others=options.keep_others,
+                evict=options.evict,
             )
         if options.command == "status":
             return commands.status(ctx, options.instance_id)
@@ -256,7 +288,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             return commands.validate(ctx, options.instance_id)
         if options.command == "undeploy":
             return commands.undeploy(
-                ctx, options.instance_id, options.restore_flux, timeout=options.timeout or 330
+                ctx,
+                options.instance_id,
+                options.restore_flux,
+                timeout=options.timeout or 330,
+                model=options.model,
+                every=options.every,
             )
         if options.command == "bench":
             return measure.bench(ctx, options.model, options.instance_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.text import Text
@@ -28,7 +27,15 @@ from asoba_deploy.core import cost as cost_core
 from asoba_deploy.core import steps as registry
 from asoba_deploy.core.errors import DeployError
 from asoba_deploy.core.instance_step import AGENT_MIN_TIMEOUT_SECONDS, AGENT_REPORT_MARGIN_SECONDS
-from asoba_deploy.core.ledger import LedgerRecord, bench_record, current_deployment, put, recent, utcnow
+from asoba_deploy.core.ledger import (
+    LedgerRecord,
+    all_records,
+    bench_record,
+    current_deployment,
+    put,
+    resident_deployment,
+    utcnow,
+)
 
 BENCHMARK = "benchmark"  # the registry's step; the CLI sends its document on demand
 
@@ -143,15 +150,19 @@ def bench(ctx: Context, model: str | None, instance_id: str | None) -> int:
             f"{lock['holder'].rsplit(':', 1)[-1]} (model {lock['model'] or '?'}); benchmark it afterwards"
         )
     dynamodb = ctx.aws.client("dynamodb")
-    deployed = current_deployment(recent(dynamodb, ctx.stack.ledger_table, target, limit=50))
+    # every record: the primary may have been deployed long before the newest 50 records
+    records = all_records(dynamodb, ctx.stack.ledger_table, target)
+    deployed = current_deployment(records[::-1])
+    if model is not None and (deployed is None or model not in (deployed.model, deployed.deploy_model)):
+        # not the primary's: a model resident beside it (`deploy --keep-others`) is benchmarked too
+        deployed = resident_deployment(records, model)
+        if deployed is None:
+            raise CliError(
+                f"{model} is not what {target} serves (ledger; deploy-model status lists what it serves)",
+                EXIT_USAGE,
+            )
     if deployed is None:
         raise CliError(f"nothing is deployed on {target} (ledger): deploy a model first", EXIT_USAGE)
-    if model is not None and model not in (deployed.model, deployed.deploy_model):
-        raise CliError(
-            f"{model} is not what {target} serves: it serves {deployed.model} "
-            f"(deploy-model bench {deployed.model})",
-            EXIT_USAGE,
-        )
     step = registry.STEPS[BENCHMARK]
     parameters, budget = benchmark_parameters(ctx, deployed)
     document = ctx.stack.document(str(step.document))
@@ -195,24 +206,6 @@ def bench(ctx: Context, model: str | None, instance_id: str | None) -> int:
 
 
 # ------------------------------------------------------------------------------- cost
-
-
-def all_records(dynamodb: Any, table: str, instance_id: str) -> list[LedgerRecord]:
-    """Every ledger record of the instance (the cost needs each deployment's successor)."""
-    records: list[LedgerRecord] = []
-    query: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": "instance_id = :id",
-        "ExpressionAttributeValues": {":id": {"S": instance_id}},
-    }
-    while True:
-        response = dynamodb.query(**query)
-        records += [
-            LedgerRecord.model_validate(json.loads(item["record"]["S"])) for item in response.get("Items", [])
-        ]
-        if not response.get("LastEvaluatedKey"):
-            return records
-        query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
 
 def cost(ctx: Context, since_text: str | None, instance_id: str | None) -> int:

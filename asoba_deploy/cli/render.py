@@ -25,8 +25,9 @@ from rich.text import Text
 
 from asoba_deploy.cli.benchmark_view import benchmark_lines
 from asoba_deploy.core import steps as registry
-from asoba_deploy.core.ledger import ESTIMATE_TOLERANCE, LedgerRecord, TimeToHealthy
+from asoba_deploy.core.ledger import ESTIMATE_TOLERANCE, LedgerRecord, Resident, TimeToHealthy
 from asoba_deploy.core.planner import DiskEstimate, MemoryEstimate, Plan
+from asoba_deploy.core.residents import model_of_unit
 
 KIB = 1024
 PLAIN_WIDTH = 4000  # plain text is never wrapped: one record, one line
@@ -363,7 +364,10 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
             f"{human_bytes(plan.bytes_to_transfer)} to transfer, {human_bytes(cached)} cached",
         ),
         ("action", action),
-        ("port / unit", f"{plan.port} / {plan.unit}"),
+        (
+            "port / unit",
+            f"{plan.port} / {plan.unit}" + (" (beside the primary)" if model_of_unit(plan.unit) else ""),
+        ),
         ("quantization", quantization),
         ("engine", engine),
         ("context", f"{plan.context_tokens} tokens reserved for the KV cache"),
@@ -380,6 +384,7 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
     ]
     if plan.skipped_count:
         rows.append(("skipped", f"{plan.skipped_count} files, {human_bytes(plan.skipped_bytes)}"))
+    rows += _resident_rows(plan)
     header = Text.assemble("Plan for ", (plan.model, "bold"))
     if dry_run:
         header.append(" (dry run: nothing was changed)")
@@ -407,6 +412,31 @@ def plan_view(plan: Plan, *, dry_run: bool = True) -> RenderableType:
         Text.assemble("  ", verdict, f"  {plan.summary}"),
     ]
     return Group(*parts)
+
+
+def _resident_rows(plan: Plan) -> list[tuple[str, Cell]]:
+    """The other models on the instance (core.residents): those that keep serving, those the plan
+    stops to make room (`evict: lru`) and those that would have to stop for the model to fit."""
+    rows: list[tuple[str, Cell]] = []
+    if plan.resident_models:
+        rows.append(
+            (
+                "keeps serving",
+                "\n".join(
+                    f"{r.model or '?'} on port {r.port or '-'} ({r.unit}): "
+                    f"GPU {human_bytes(r.gpu_memory_bytes)}, RAM {human_bytes(r.rss_bytes)} measured"
+                    for r in plan.resident_models
+                ),
+            )
+        )
+    if plan.evict_units:
+        rows.append(
+            ("evicts", ", ".join(plan.evict_units) + "  (least recently used first; stopped before the sync)")
+        )
+    if plan.would_evict and plan.would_evict != plan.evict_units:
+        hint = "" if plan.evict_units else "  (--keep-others --evict lru stops them; or undeploy them)"
+        rows.append(("would evict", ", ".join(plan.would_evict) + hint))
+    return rows
 
 
 def plan_table(plan: Plan | Mapping[str, Any], term: Term = PLAIN, *, dry_run: bool = True) -> str:
@@ -521,6 +551,8 @@ def record_view(record: LedgerRecord) -> RenderableType:
                 ", ".join(plan.stop_services) + "  (deploy-model undeploy --restore-flux brings it back)",
             )
         )
+    if plan is not None and plan.evict_units:
+        rows.append(("evicted", ", ".join(plan.evict_units) + "  (least recently used)"))
     sync = sync_summary(record.results.get(registry.STEPS["sync"].key))
     if sync:
         rows.append(("sync", sync))
@@ -581,33 +613,72 @@ def history_table(records: Sequence[LedgerRecord], term: Term = PLAIN) -> str:
 @dataclass(frozen=True)
 class InstanceStatus:
     instance_id: str
-    deployed: LedgerRecord | None  # the newest successful (not dry-run) deployment
+    deployed: LedgerRecord | None  # the primary unit's deployment (ledger.current_deployment)
     latest: LedgerRecord | None  # the newest record of any kind
     lock_holder: str | None  # execution ARN of a deployment in progress
     lock_model: str | None
     # the instance's power: "running", "stopped", "running, no request for 12 min" (cli/power.py)
     power: str | None = None
+    # every model served, the primary included, by port (ledger.resident_models)
+    residents: tuple[Resident, ...] = ()
+
+
+def _memory(value: int | None, resident: Resident) -> str:
+    """Measured bytes as they are; the plan's estimate marked `~` (nothing measured it since)."""
+    text = human_bytes(value)
+    return f"~{text}" if value is not None and resident.memory_source == "planned" else text
+
+
+def _resident_row(instance_id: str, resident: Resident, action: str | None) -> list[Cell]:
+    return [
+        instance_id,
+        resident.model or "-",
+        str(resident.port or "-"),
+        resident.unit,
+        action or "-",
+        resident.engine or "-",
+        resident.quantization or "-",
+        _memory(resident.gpu_memory_bytes, resident),
+        _memory(resident.rss_bytes, resident),
+        human_time(resident.since),
+        resident.execution.rsplit(":", 1)[-1],
+    ]
+
+
+def _deployed_row(instance_id: str, record: LedgerRecord) -> list[Cell]:
+    """A deployment without its inventory (a status built from the record alone)."""
+    plan = plan_of(record.plan)
+    return [
+        instance_id,
+        record.model or "-",
+        str(record.port or "-"),
+        plan.unit if plan is not None else "-",
+        record.action or "-",
+        plan.engine if plan is not None else "-",
+        record.quantization or "-",
+        "-",
+        "-",
+        human_time(record.finished_at),
+        record.execution.rsplit(":", 1)[-1],
+    ]
 
 
 def status_table(statuses: Sequence[InstanceStatus], term: Term = PLAIN) -> str:
+    """One row per model served (the primary and each resident), one per instance serving none."""
     rows: list[list[Cell]] = []
     notes: list[RenderableType] = []
+    estimated = False
     for status in statuses:
         record = status.deployed
-        if record is None:
-            rows.append([status.instance_id, styled("nothing deployed", "dim"), "-", "-", "-", "-", "-"])
+        if status.residents:
+            action = record.action if record is not None else None
+            for resident in status.residents:
+                rows.append(_resident_row(status.instance_id, resident, action if resident.primary else None))
+                estimated = estimated or resident.memory_source == "planned"
+        elif record is not None:
+            rows.append(_deployed_row(status.instance_id, record))
         else:
-            rows.append(
-                [
-                    status.instance_id,
-                    record.model or "-",
-                    str(record.port or "-"),
-                    record.action or "-",
-                    record.quantization or "-",
-                    human_time(record.finished_at),
-                    record.execution.rsplit(":", 1)[-1],
-                ]
-            )
+            rows.append([status.instance_id, styled("nothing deployed", "dim"), *["-"] * 9])
         if status.power:
             notes.append(styled(f"{status.instance_id}: {status.power}", "dim"))
         if status.lock_holder:
@@ -628,8 +699,10 @@ def status_table(statuses: Sequence[InstanceStatus], term: Term = PLAIN) -> str:
                     "red",
                 )
             )
-    headers = ["instance", "model", "port", "action", "quant", "since (UTC)", "execution"]
-    view = grid(headers, rows, align="<<><<<<")
+    if estimated:
+        notes.append(styled("~: the plan's estimate (no collect-resources measured it since)", "dim"))
+    headers = ["instance", "model", "port", "unit", "action", "engine", "quant", "GPU", "RAM", "since (UTC)"]
+    view = grid([*headers, "execution"], rows, align="<<><<<<>><<")
     return term.text(view, *([Text(""), *notes] if notes else []))
 
 

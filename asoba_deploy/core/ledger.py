@@ -12,6 +12,7 @@ from asoba_deploy.core import cost
 from asoba_deploy.core.benchmark import BenchmarkResult, from_state
 from asoba_deploy.core.benchmark import from_result as benchmark_from_result
 from asoba_deploy.core.commands import CommandRef
+from asoba_deploy.core.config import RUNTIME_UNIT
 from asoba_deploy.core.state import ExecutionState
 
 # On-demand list prices: the table lives with the cost arithmetic (core.cost).
@@ -89,6 +90,9 @@ class LedgerRecord(BaseModel):
     benchmark: BenchmarkResult | None = None
     error: str | None = None
     cause: str | None = None
+    # an `undeployed` record: the runtime unit removed (None: an older record, which removed
+    # everything the instance served)
+    unit: str | None = None
 
 
 def _timing(command: CommandRef) -> StepTiming:
@@ -188,15 +192,23 @@ def build_record(
 
 
 def undeploy_record(
-    instance_id: str, *, instance_type: str, now: datetime, command_id: str, result: dict[str, Any]
+    instance_id: str,
+    *,
+    instance_type: str,
+    now: datetime,
+    command_id: str,
+    result: dict[str, Any],
+    unit: str = RUNTIME_UNIT,
+    model: str | None = None,
 ) -> LedgerRecord:
-    """An undeploy ends what the last deployment started: `status` reads it as "nothing deployed"."""
+    """An undeploy ends what `unit` served (`model`, when the ledger knew it): the inventory
+    (`resident_models`) drops that unit, the other resident models keep serving."""
     stamp = now.isoformat()
     return LedgerRecord(
         instance_id=instance_id,
         record_key=f"{stamp}#undeploy-{command_id}",
         execution=f"ssm:{command_id}",
-        model=None,
+        model=model,
         dry_run=False,
         outcome="undeployed",
         started_at=stamp,
@@ -204,6 +216,7 @@ def undeploy_record(
         instance_type=instance_type,
         cost_per_hour_usd=ON_DEMAND_USD_PER_HOUR.get(instance_type),
         results={"undeploy": result},
+        unit=unit,
     )
 
 
@@ -231,18 +244,135 @@ def bench_record(
     )
 
 
-def current_deployment(records: list[LedgerRecord]) -> LedgerRecord | None:
-    """The deployment in place, from records newest first: the last success not undeployed since."""
-    rolled_back: set[str] = set()  # executions whose deployment was undone since
-    for record in records:
-        if record.outcome == "rolled-back":
-            rolled_back.add(record.execution)
-            continue
-        if record.outcome == "undeployed":
-            return None
+# Where the bytes of a resident come from: a later collect-resources measured its unit, or
+# nothing measured it since it was deployed and the plan's estimate stands in.
+MemorySource = Literal["measured", "planned"]
+
+
+class Resident(BaseModel):
+    """One model served on the instance, as the ledger knows it (`resident_models`)."""
+
+    model: str | None
+    deploy_model: str | None = None  # the folder deployed (a variant of `model`, or the same)
+    unit: str
+    port: int | None
+    engine: str | None = None
+    quantization: str | None = None
+    gpu_memory_bytes: int | None = None
+    rss_bytes: int | None = None
+    memory_source: MemorySource | None = None  # None: neither measured nor planned (older records)
+    since: str  # when its deployment finished
+    execution: str  # the deployment's execution
+    status_url: str | None = None  # its runtime's /status, as the deployment recorded it
+
+    @property
+    def primary(self) -> bool:
+        return self.unit == RUNTIME_UNIT
+
+
+def _deployed_unit(record: LedgerRecord) -> str:
+    """The runtime unit a deployment went into: its plan's (older plans: the primary)."""
+    unit = (record.plan or {}).get("unit")
+    return unit if isinstance(unit, str) and unit else RUNTIME_UNIT
+
+
+def _served(records: list[LedgerRecord]) -> dict[str, tuple[int, LedgerRecord]]:
+    """Replay `records`, oldest first: runtime unit -> (index, the deployment serving in it).
+
+    A succeeded deployment takes its unit and stops its plan's `evict_units`; an undeploy removes
+    its unit (an older one without a unit removed everything); a fleet's `rolled-back` record undoes
+    its execution's deployment, so the one before it (and what it evicted) serves again, as
+    `current_deployment` always read it. Failures, dry runs, benchmarks and idle stops change nothing.
+    """
+    rolled_back = {r.execution for r in records if r.outcome == "rolled-back"}
+    served: dict[str, tuple[int, LedgerRecord]] = {}
+    for index, record in enumerate(records):
         if record.outcome == "succeeded" and not record.dry_run and record.execution not in rolled_back:
+            for evicted in (record.plan or {}).get("evict_units") or []:
+                served.pop(str(evicted), None)
+            served[_deployed_unit(record)] = (index, record)
+        elif record.outcome == "undeployed":
+            if record.unit is None:
+                served.clear()
+            else:
+                served.pop(record.unit, None)
+    return served
+
+
+def current_deployment(records: list[LedgerRecord]) -> LedgerRecord | None:
+    """The primary unit's deployment in place, from records newest first: the last success into it
+    not undeployed, evicted or rolled back since. A resident model's deploy or undeploy leaves it."""
+    found = _served(list(reversed(records))).get(RUNTIME_UNIT)
+    return found[1] if found is not None else None
+
+
+def resident_deployment(records: list[LedgerRecord], model: str) -> LedgerRecord | None:
+    """The deployment serving `model` (requested or deployed folder) in any runtime unit, from
+    records in any order (every record of the instance, `all_records`)."""
+    for _, record in _served(sorted(records, key=_effect_order)).values():
+        if model in (record.model, record.deploy_model):
             return record
     return None
+
+
+def _measured(records: list[LedgerRecord], unit: str) -> tuple[int, int] | None:
+    """(gpu_memory_bytes, rss_bytes) of `unit` from the newest of `records` whose collect-resources
+    saw it running (an inactive unit's zeros say nothing of what the model takes)."""
+    for record in reversed(records):
+        collected = record.results.get("collect_resources")
+        services = collected.get("services") if isinstance(collected, dict) else None
+        for service in services if isinstance(services, list) else []:
+            if not isinstance(service, dict) or service.get("unit") != unit:
+                continue
+            if service.get("state") in ("active", "activating", "reloading"):
+                return int(service.get("gpu_memory_bytes") or 0), int(service.get("rss_bytes") or 0)
+    return None
+
+
+def _planned_need(plan: dict[str, Any], part: str) -> int | None:
+    estimate = plan.get(part)
+    need = estimate.get("need_bytes") if isinstance(estimate, dict) else None
+    return int(need) if isinstance(need, int | float) else None
+
+
+def _effect_order(record: LedgerRecord) -> tuple[float, str]:
+    """When a record took effect (its end), then the table's order (its key)."""
+    finished = _iso_seconds(record.finished_at)
+    return (finished if finished is not None else 0.0, record.record_key)
+
+
+def resident_models(records: list[LedgerRecord]) -> list[Resident]:
+    """Every model the instance serves, from its ledger records (any order; every record of the
+    instance for a truthful answer, see `all_records`), by port. The memory is the newest
+    collect-resources measurement of its unit taken after its deployment, else the plan's need."""
+    ordered = sorted(records, key=_effect_order)
+    residents: list[Resident] = []
+    for unit, (index, record) in _served(ordered).items():
+        plan = record.plan or {}
+        measured = _measured(ordered[index + 1 :], unit)
+        gpu, rss = (
+            measured if measured is not None else (_planned_need(plan, "gpu"), _planned_need(plan, "ram"))
+        )
+        source: MemorySource | None = "measured" if measured is not None else None
+        if source is None and (gpu is not None or rss is not None):
+            source = "planned"
+        residents.append(
+            Resident(
+                model=record.model,
+                deploy_model=record.deploy_model,
+                unit=unit,
+                port=record.port if record.port is not None else plan.get("port"),
+                engine=plan.get("engine"),
+                quantization=record.quantization or plan.get("quantization"),
+                gpu_memory_bytes=gpu,
+                rss_bytes=rss,
+                memory_source=source,
+                since=record.finished_at,
+                execution=record.execution,
+                status_url=record.endpoints.get("status"),
+            )
+        )
+    return sorted(residents, key=lambda r: (r.port is None, r.port or 0, r.unit))
 
 
 def put(dynamodb: Any, table: str, record: LedgerRecord) -> None:
@@ -258,6 +388,12 @@ def put(dynamodb: Any, table: str, record: LedgerRecord) -> None:
     )
 
 
+def _records(response: dict[str, Any]) -> list[LedgerRecord]:
+    return [
+        LedgerRecord.model_validate(json.loads(item["record"]["S"])) for item in response.get("Items", [])
+    ]
+
+
 def recent(dynamodb: Any, table: str, instance_id: str, limit: int = 20) -> list[LedgerRecord]:
     """Newest first."""
     response = dynamodb.query(
@@ -267,9 +403,25 @@ def recent(dynamodb: Any, table: str, instance_id: str, limit: int = 20) -> list
         ScanIndexForward=False,
         Limit=limit,
     )
-    return [
-        LedgerRecord.model_validate(json.loads(item["record"]["S"])) for item in response.get("Items", [])
-    ]
+    return _records(response)
+
+
+def all_records(dynamodb: Any, table: str, instance_id: str) -> list[LedgerRecord]:
+    """Every record of the instance, oldest first: a query page is at most 1 MB, so the pages are
+    followed (LastEvaluatedKey) to the end. What the inventory and the cost need."""
+    query: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "instance_id = :id",
+        "ExpressionAttributeValues": {":id": {"S": instance_id}},
+        "ScanIndexForward": True,
+    }
+    records: list[LedgerRecord] = []
+    while True:
+        response = dynamodb.query(**query)
+        records += _records(response)
+        if not response.get("LastEvaluatedKey"):
+            return records
+        query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
 
 def utcnow() -> datetime:

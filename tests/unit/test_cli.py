@@ -673,7 +673,20 @@ def test_status_and_history_tables() -> None:
         ]
     )
     header, first, second = status.splitlines()[:3]
-    assert header.split() == ["instance", "model", "port", "action", "quant", "since", "(UTC)", "execution"]
+    assert header.split() == [
+        "instance",
+        "model",
+        "port",
+        "unit",
+        "action",
+        "engine",
+        "quant",
+        "GPU",
+        "RAM",
+        "since",
+        "(UTC)",
+        "execution",
+    ]
     assert "tiny-llama" in first and str(record.port) in first
     assert "nothing deployed" in second
     assert "deployment in progress: qwen3 by deploy-x" in status
