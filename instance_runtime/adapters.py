@@ -63,8 +63,9 @@ def check_extra_adapter(name: str, path: Path, base_path: Path) -> None:
         return
     base = base_path.resolve()
     same_folder = any(c.resolve() == base for c in _base_candidates(path, named) if c.is_dir())
-    # A hub id or bucket prefix whose tail is the base's folder name (the sync keeps that name).
-    if not same_folder and Path(named).name != base.name:
+    # A hub id or bucket prefix whose tail is the base's folder name (the sync keeps that name,
+    # lower-cased as the planner resolves a hub id to a bucket folder).
+    if not same_folder and Path(named).name.lower() != base.name.lower():
         raise ConfigurationError(
             f"{label}: its adapter_config.json names the base {named!r}, but the base served here is "
             f"{base_path}; every adapter in ADAPTERS must be trained on that base"

@@ -342,6 +342,7 @@ RESIDENT_KEYS = (
     "memory_source",
     "execution",
     "status_url",
+    "adapters",
 )
 
 
@@ -438,6 +439,15 @@ def removals(residents: list[Resident], model: str | None, every: bool, target: 
         primary = next((r for r in residents if r.primary), None)
         return [Removal(RUNTIME_UNIT, primary.model if primary else None)]
     found = next((r for r in residents if model in (r.model, r.deploy_model)), None)
+    joined = next((r for r in residents if model in r.adapters), None)
+    if found is None and joined is not None:
+        # its process serves more than it: removing the unit would take the base and the others too
+        raise CliError(
+            f"{model} is a LoRA adapter served by {joined.unit} beside {joined.model} "
+            f"(adapters: {', '.join(joined.adapters)}); `undeploy {joined.model}` removes the unit with "
+            "all of them, one adapter alone cannot be removed yet; nothing was sent",
+            EXIT_USAGE,
+        )
     if found is None:
         serving = ", ".join(f"{r.model} ({r.unit})" for r in residents) or "nothing"
         raise CliError(f"{model} is not served on {target} (ledger: {serving}); nothing was sent", EXIT_USAGE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -264,6 +265,8 @@ class Resident(BaseModel):
     since: str  # when its deployment finished
     execution: str  # the deployment's execution
     status_url: str | None = None  # its runtime's /status, as the deployment recorded it
+    # LoRA adapters that joined its process since (their OpenAI model ids), oldest first
+    adapters: list[str] = []
 
     @property
     def primary(self) -> bool:
@@ -276,21 +279,40 @@ def _deployed_unit(record: LedgerRecord) -> str:
     return unit if isinstance(unit, str) and unit else RUNTIME_UNIT
 
 
-def _served(records: list[LedgerRecord]) -> dict[str, tuple[int, LedgerRecord]]:
-    """Replay `records`, oldest first: runtime unit -> (index, the deployment serving in it).
+@dataclass
+class _Serving:
+    """What one runtime unit serves in the replay: the deployment that put its process there,
+    and the adapters that joined that process since (planner rule 6)."""
 
-    A succeeded deployment takes its unit and stops its plan's `evict_units`; an undeploy removes
-    its unit (an older one without a unit removed everything); a fleet's `rolled-back` record undoes
-    its execution's deployment, so the one before it (and what it evicted) serves again, as
-    `current_deployment` always read it. Failures, dry runs, benchmarks and idle stops change nothing.
+    index: int
+    record: LedgerRecord
+    adapters: list[str] = field(default_factory=list)
+
+
+def _served(records: list[LedgerRecord]) -> dict[str, _Serving]:
+    """Replay `records`, oldest first: runtime unit -> what serves in it.
+
+    A succeeded deployment takes its unit and stops its plan's `evict_units`; an adapter that
+    joined a unit's process (the plan's `joins`) adds itself to that unit's adapters; an undeploy
+    removes its unit (an older one without a unit removed everything); a fleet's `rolled-back`
+    record undoes its execution's deployment, so the one before it (and what it evicted) serves
+    again, as `current_deployment` always read it. Failures, dry runs, benchmarks and idle stops
+    change nothing.
     """
     rolled_back = {r.execution for r in records if r.outcome == "rolled-back"}
-    served: dict[str, tuple[int, LedgerRecord]] = {}
+    served: dict[str, _Serving] = {}
     for index, record in enumerate(records):
         if record.outcome == "succeeded" and not record.dry_run and record.execution not in rolled_back:
-            for evicted in (record.plan or {}).get("evict_units") or []:
+            plan = record.plan or {}
+            for evicted in plan.get("evict_units") or []:
                 served.pop(str(evicted), None)
-            served[_deployed_unit(record)] = (index, record)
+            unit = _deployed_unit(record)
+            name = record.deploy_model or record.model
+            if plan.get("joins") and unit in served and name:
+                joined = served[unit]
+                joined.adapters = [a for a in joined.adapters if a != name] + [name]
+            else:
+                served[unit] = _Serving(index, record)
         elif record.outcome == "undeployed":
             if record.unit is None:
                 served.clear()
@@ -303,15 +325,15 @@ def current_deployment(records: list[LedgerRecord]) -> LedgerRecord | None:
     """The primary unit's deployment in place, from records newest first: the last success into it
     not undeployed, evicted or rolled back since. A resident model's deploy or undeploy leaves it."""
     found = _served(list(reversed(records))).get(RUNTIME_UNIT)
-    return found[1] if found is not None else None
+    return found.record if found is not None else None
 
 
 def resident_deployment(records: list[LedgerRecord], model: str) -> LedgerRecord | None:
     """The deployment serving `model` (requested or deployed folder) in any runtime unit, from
     records in any order (every record of the instance, `all_records`)."""
-    for _, record in _served(sorted(records, key=_effect_order)).values():
-        if model in (record.model, record.deploy_model):
-            return record
+    for serving in _served(sorted(records, key=_effect_order)).values():
+        if model in (serving.record.model, serving.record.deploy_model, *serving.adapters):
+            return serving.record
     return None
 
 
@@ -347,7 +369,8 @@ def resident_models(records: list[LedgerRecord]) -> list[Resident]:
     collect-resources measurement of its unit taken after its deployment, else the plan's need."""
     ordered = sorted(records, key=_effect_order)
     residents: list[Resident] = []
-    for unit, (index, record) in _served(ordered).items():
+    for unit, serving in _served(ordered).items():
+        index, record = serving.index, serving.record
         plan = record.plan or {}
         measured = _measured(ordered[index + 1 :], unit)
         gpu, rss = (
@@ -370,6 +393,7 @@ def resident_models(records: list[LedgerRecord]) -> list[Resident]:
                 since=record.finished_at,
                 execution=record.execution,
                 status_url=record.endpoints.get("status"),
+                adapters=list(serving.adapters),
             )
         )
     return sorted(residents, key=lambda r: (r.port is None, r.port or 0, r.unit))

@@ -48,7 +48,10 @@ class ServiceState(BaseModel):
     # A runtime unit (the primary or a resident model's, core.residents), from its env file and
     # systemd; None for other units or when not reported.
     model: str | None = None  # MODEL_NAME
+    model_path: str | None = None  # MODEL_PATH: the folder it serves (an adapter's, with a base)
     base_model_path: str | None = None  # BASE_MODEL_PATH: the unit serves a LoRA adapter of it
+    # ADAPTERS: more adapters of the same base its process serves, "name=/path,..." (None: none)
+    adapters: str | None = None
     engine: str | None = None  # ENGINE
     quantization: str | None = None  # QUANTIZATION
     since: datetime | None = None  # systemd's ActiveEnterTimestamp (active units)

@@ -157,6 +157,8 @@ def install_parameters(config: Settings, state: ExecutionState) -> dict[str, str
         "ContextTokens": str(plan.max_model_len or plan.context_tokens or 4096),
         **_engine_parameters(config, plan),
         **({"BaseModelPath": plan.base_model_path} if plan.base_model_path else {}),
+        # an adapter joining the process that serves its base: only that unit's ADAPTERS change
+        **({"KeepEnv": "true", "Adapters": plan.joins.adapters} if plan.joins is not None else {}),
         **_load_parameters(plan),
         "BasePython": config.deploy.base_python,
         **_roots(config, "RuntimeRoot", "UnitDir", "ProfileDir"),

@@ -394,7 +394,8 @@ def test_every_resident_model_is_reported_from_its_own_env_file(
         sandbox,
         "asoba-inference.service",
         sandbox.env_dir / "env",
-        f"MODEL_NAME=model-a\nBASE_MODEL_PATH=/opt/models/base-a\nENGINE=transformers\n"
+        f"MODEL_NAME=model-a\nMODEL_PATH=/opt/models/model-a\nBASE_MODEL_PATH=/opt/models/base-a\n"
+        f"ADAPTERS=model-b=/opt/models/model-b,model-c=/opt/models/model-c\nENGINE=transformers\n"
         f"QUANTIZATION=none\nPORT={primary_port}\nSTATUS_LAST_REQUEST_AT=none\n",
         start=True,
     )
@@ -438,6 +439,11 @@ def test_every_resident_model_is_reported_from_its_own_env_file(
         "none",
         primary_port,
     )
+    # the folder it serves and the adapters its process serves beside it
+    assert (primary.model_path, primary.adapters) == (
+        "/opt/models/model-a",
+        "model-b=/opt/models/model-b,model-c=/opt/models/model-c",
+    )
     # active: since when (systemd's time, in UTC), and its runtime never answered a generation
     assert primary.since is not None and primary.since.isoformat() == "2026-12-02T19:36:50+00:00"
     assert primary.last_used_at is None
@@ -450,6 +456,7 @@ def test_every_resident_model_is_reported_from_its_own_env_file(
         "awq",
     )
     assert resident.port == resident_port
+    assert (resident.model_path, resident.adapters) == (None, None)
     assert resident.main_pid == sandbox.processes()["asoba-inference@qwen2.5-0.5b.service"]
     assert resident.gpu_memory_bytes == 3000 * MIB and resident.rss_bytes > 0
     assert (

@@ -261,3 +261,70 @@ def test_adapters_are_name_path_pairs() -> None:
         assert re.fullmatch(pattern, value), value
     for value in bad:
         assert not re.fullmatch(pattern, value), value
+
+
+def test_an_adapter_joining_a_unit_keeps_its_env_but_adapters(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    # Given the primary installed for its base model, with one adapter beside it
+    sandbox = make_sandbox(gpu=False)
+    bundle = upload(aws.s3, aws.bucket, fake_runtime_bundle(tmp_path / "runtime.zip"), "assets/runtime.zip")
+    base = sandbox.models_root / "tiny-base"
+    first = f"lora-a={sandbox.models_root}/lora-a"
+    port = str(free_port())
+    installed = run_document(
+        aws.ssm,
+        sandbox,
+        "install",
+        RuntimeBundleUri=bundle,
+        ModelName="tiny-base",
+        ModelPath=str(base),
+        Port=port,
+        Host="127.0.0.1",
+        ContextTokens="1024",
+        Adapters=first,
+    )
+    assert installed.status == "Success", installed.explain()
+    env_before = env_values(sandbox)
+    unit_before = (sandbox.unit_dir / "asoba-inference.service").read_bytes()
+    profile_before = (sandbox.profile_dir / "asoba-inference.sh").read_bytes()
+
+    # When a second adapter joins its process (the plan's other values are the adapter's own)
+    both = f"{first},lora-b={sandbox.models_root}/lora-b"
+    joined = run_document(
+        aws.ssm,
+        sandbox,
+        "install",
+        RuntimeBundleUri=bundle,
+        ModelName="lora-b",
+        ModelPath=str(sandbox.models_root / "lora-b"),
+        Port="9999",
+        ContextTokens="4096",
+        KeepEnv="true",
+        Adapters=both,
+    )
+
+    # Then only ADAPTERS changed: the unit serves what it served, with both adapters
+    assert joined.status == "Success", joined.explain()
+    assert env_values(sandbox) == {**env_before, "ADAPTERS": both}
+    assert (sandbox.env_dir / "env").read_text().count("ADAPTERS=") == 1
+    assert (sandbox.unit_dir / "asoba-inference.service").read_bytes() == unit_before
+    assert (sandbox.profile_dir / "asoba-inference.sh").read_bytes() == profile_before
+
+    # And joining a unit that has no env file fails: no unit or env is written for it
+    lonely = run_document(
+        aws.ssm,
+        sandbox,
+        "install",
+        RuntimeBundleUri=bundle,
+        ModelName="lora-c",
+        ModelPath=str(sandbox.models_root / "lora-c"),
+        ServiceUnit="asoba-inference@nobody.service",
+        EnvDir=str(sandbox.env_dir / "models" / "nobody"),
+        KeepEnv="true",
+        Adapters=f"lora-c={sandbox.models_root}/lora-c",
+    )
+    assert lonely.status == "Failed"
+    assert lonely.result is not None and "there is no process to join" in str(lonely.result["error"])
+    assert not (sandbox.env_dir / "models" / "nobody").exists()
+    assert not (sandbox.unit_dir / "asoba-inference@nobody.service").exists()

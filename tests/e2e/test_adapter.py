@@ -112,3 +112,80 @@ def test_an_adapter_deploys_on_its_base_and_answers_as_the_adapter(
     assert code == 200 and status["status"] == "healthy"
     adapter_text = greedy_answer(ports.coexist, ADAPTER)
     assert adapter_text != base_text, "the adapter did not change the greedy answer"
+
+
+SECOND_ADAPTER = "tiny-base-llama-lora-b"
+
+
+@pytest.fixture(scope="module")
+def second_adapter_in_bucket(
+    local_cloud: Any, model_bucket: str, tiny_model: Path, tmp_path_factory: Any, adapter_in_bucket: str
+) -> str:
+    from local.bucket import upload_model
+    from local.models import build_tiny_lora
+
+    folder = tmp_path_factory.mktemp("adapter-b") / SECOND_ADAPTER
+    adapter = build_tiny_lora(tiny_model, folder, base_name=BASE_HUB_ID, seed=7)
+    upload_model(local_cloud.client("s3"), model_bucket, SECOND_ADAPTER, adapter)
+    return SECOND_ADAPTER
+
+
+def completion(port: int, model: str) -> str:
+    code, body = get_json(
+        f"http://127.0.0.1:{port}/v1/completions",
+        {"model": model, "prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "ignore_eos": True},
+    )
+    assert code == 200 and body["model"] == model, body
+    return str(body["choices"][0]["text"])
+
+
+def test_two_adapters_of_one_base_join_the_process_that_serves_it(
+    sfn: Any,
+    machine_arn: str,
+    instance: Any,
+    adapter_in_bucket: str,
+    second_adapter_in_bucket: str,
+    ports: Ports,
+) -> None:
+    # Given the base model deployed (the primary unit)
+    base_run = run_execution(sfn, machine_arn, {"model": BASE, "benchmark": False}, timeout=600)
+    assert base_run.status == "SUCCEEDED", (base_run.error, base_run.cause)
+    base_text = completion(ports.coexist, BASE)
+
+    # When two adapters of it are deployed, each with "resident": "keep"
+    plans = []
+    for adapter in (adapter_in_bucket, second_adapter_in_bucket):
+        run = run_execution(
+            sfn, machine_arn, {"model": adapter, "resident": "keep", "benchmark": False}, timeout=600
+        )
+        assert run.status == "SUCCEEDED", (run.error, run.cause)
+        plans.append(run.output["plan"])
+
+    # Then each joined the base's process: same unit and port, no second copy of the base, and
+    # the plan says how much GPU memory that saved
+    for plan in plans:
+        assert (plan["unit"], plan["port"]) == ("asoba-inference.service", ports.coexist)
+        assert plan["joins"]["unit"] == "asoba-inference.service"
+        assert plan["joins"]["serving"] == BASE
+        assert plan["joins"]["gpu_saved_bytes"] > plan["gpu"]["need_bytes"] > 0
+    both = plans[1]["joins"]["adapters"]
+    assert both == (
+        f"{ADAPTER}={instance.models_root / ADAPTER},{SECOND_ADAPTER}={instance.models_root / SECOND_ADAPTER}"
+    )
+    runtimes = {u for u in instance.processes() if u.startswith("asoba-inference")}
+    assert runtimes == {"asoba-inference.service"}
+    env = (instance.env_dir / "env").read_text()
+    assert f"MODEL_NAME={BASE}\n" in env and f"ADAPTERS={both}\n" in env
+
+    # And /v1/models lists the base and both adapters, each answering as itself
+    code, listed = get_json(f"http://127.0.0.1:{ports.coexist}/v1/models")
+    assert code == 200
+    assert [(m["id"], m.get("parent")) for m in listed["data"]] == [
+        (BASE, None),
+        (ADAPTER, BASE),
+        (SECOND_ADAPTER, BASE),
+    ]
+    answers = {name: completion(ports.coexist, name) for name in (BASE, ADAPTER, SECOND_ADAPTER)}
+    assert answers[BASE] == base_text
+    assert len(set(answers.values())) == 3, answers
+    assert {name: completion(ports.coexist, name) for name in answers} == answers

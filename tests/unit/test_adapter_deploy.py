@@ -146,3 +146,80 @@ def test_sync_checks_the_base_folder_against_the_plan(adapter_manifest: Manifest
         check_sync({**model, "base": None}, expect)  # a document that did not sync the base
     with pytest.raises(SyncFailed, match="the model folder changed"):
         check_sync({**model, "files_total": 0, "base": base}, expect)
+
+
+def serving_the_base(adapters: str | None = None) -> Any:
+    """The seed's instance whose primary unit serves tiny-base (3 GiB of GPU), with `adapters`."""
+    snapshot = seed_snapshot()
+    primary = {
+        "unit": "asoba-inference.service",
+        "state": "active",
+        "main_pid": 5151,
+        "rss_bytes": 2 * 1024**3,
+        "gpu_memory_bytes": 3 * 1024**3,
+        "port": 8001,
+        "model": "tiny-base",
+        "model_path": "/opt/models/tiny-base",
+        "engine": "transformers",
+        "quantization": "none",
+        "adapters": adapters,
+    }
+    services = [s for s in snapshot.model_dump(mode="json")["services"] if s["unit"] != primary["unit"]]
+    gpus = snapshot.model_dump(mode="json")["gpus"]
+    gpus[0]["memory_used_bytes"] += primary["gpu_memory_bytes"]
+    return seed_snapshot(services=[*services, primary], gpus=gpus, listening_ports=[22, 8000, 8001])
+
+
+def test_with_keep_an_adapter_joins_the_process_that_serves_its_base(adapter_manifest: Manifest) -> None:
+    # Given the primary serving the adapter's base, with another adapter already
+    snapshot = serving_the_base(adapters="other=/opt/models/other")
+
+    # When the adapter is planned with "resident": "keep"
+    result = plan(adapter_manifest, snapshot, DeployRequest(model="tiny-lora", resident="keep"), Policy())
+
+    # Then it joins that unit on its port: only the adapter's own weights are needed, the base's
+    # (bf16, once loaded) are what it saves
+    assert result.fits, result.shortfalls
+    assert (result.unit, result.port, result.action, result.stop_services) == (
+        "asoba-inference.service",
+        8001,
+        "coexist",
+        [],
+    )
+    assert result.joins is not None
+    assert (result.joins.unit, result.joins.serving, result.joins.model_path) == (
+        "asoba-inference.service",
+        "tiny-base",
+        "/opt/models/tiny-base",
+    )
+    assert result.joins.adapters == "other=/opt/models/other,tiny-lora=/opt/models/tiny-lora"
+    assert result.gpu.breakdown["weights"] == lora_params() * ADAPTER_BYTES_PER_PARAM
+    assert result.joins.gpu_saved_bytes >= TINY_PARAMS * 2
+    # the base's memory stays counted: nothing of the unit is freed
+    assert result.gpu.used_by_others_after_bytes == snapshot.gpu_used_bytes
+    assert not result.replaces_runtime
+    assert any("joins that process" in r for r in result.reasons)
+    assert any("restarts to load the adapter" in w for w in result.warnings)
+    # And install is told to keep that unit's env, ADAPTERS aside
+    sent = install_parameters(CONFIG, state_with(result))
+    assert (sent["KeepEnv"], sent["Adapters"], sent["ServiceUnit"]) == (
+        "true",
+        result.joins.adapters,
+        "asoba-inference.service",
+    )
+
+
+def test_without_keep_or_without_its_base_served_an_adapter_loads_its_own_base(
+    adapter_manifest: Manifest,
+) -> None:
+    # The seed's default (replace) replaces the primary, base and all, as before
+    replaced = plan(adapter_manifest, serving_the_base(), DeployRequest(model="tiny-lora"), Policy())
+    assert replaced.joins is None and replaced.replaces_runtime
+    assert replaced.gpu.breakdown["weights"] == TINY_PARAMS * 2 + lora_params() * ADAPTER_BYTES_PER_PARAM
+    assert "KeepEnv" not in install_parameters(CONFIG, state_with(replaced))
+    # keep, with no process holding its base: a unit of its own with the base loaded
+    alone = plan(
+        adapter_manifest, seed_snapshot(), DeployRequest(model="tiny-lora", resident="keep"), Policy()
+    )
+    assert alone.joins is None
+    assert alone.gpu.breakdown["weights"] == TINY_PARAMS * 2 + lora_params() * ADAPTER_BYTES_PER_PARAM

@@ -148,6 +148,34 @@ def test_two_residents_an_eviction_and_an_undeploy_replay_into_what_runs() -> No
     assert tiny.execution.endswith(":d4") and tiny.status_url == "http://10.0.0.5:8002/status"
 
 
+def test_adapters_that_joined_a_process_are_listed_with_it_not_instead_of_it() -> None:
+    # Given the base served by the primary, and two adapters that joined its process
+    base = deployed("d1", "tiny-base", 1)
+
+    def joined(execution: str, adapter: str, minute: int) -> LedgerRecord:
+        record = deployed(execution, adapter, minute)
+        assert record.plan is not None
+        return record.model_copy(update={"plan": {**record.plan, "joins": {"unit": RUNTIME_UNIT}}})
+
+    records = [base, joined("d2", "lora-a", 2), joined("d3", "lora-b", 3), joined("d4", "lora-a", 4)]
+    # When the inventory is read
+    (primary,) = resident_models(records)
+    # Then the unit still serves the base, with both adapters (a redeploy listed once)
+    assert (primary.model, primary.unit, primary.adapters) == (
+        "tiny-base",
+        RUNTIME_UNIT,
+        ["lora-b", "lora-a"],
+    )
+    assert current_deployment(records[::-1]) == base
+    assert ledger.resident_deployment(records, "lora-b") == base
+    # And undeploying one adapter alone is refused (its unit serves the base and the other one)
+    with pytest.raises(CliError, match=r"lora-b is a LoRA adapter served by asoba-inference\.service"):
+        commands.removals(resident_models(records), "lora-b", False, INSTANCE)
+    assert commands.removals(resident_models(records), "tiny-base", False, INSTANCE) == [
+        commands.Removal(RUNTIME_UNIT, "tiny-base")
+    ]
+
+
 def test_undeploying_a_resident_leaves_the_primary_s_deployment_in_place() -> None:
     # Given a primary and a resident beside it, the resident then undeployed
     primary = deployed("d1", "mistral", 1)

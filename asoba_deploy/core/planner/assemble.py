@@ -9,9 +9,10 @@ from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.decide import Decision, decide
 from asoba_deploy.core.planner.estimate import gpu_memory_utilization
 from asoba_deploy.core.planner.explain import Explanation, explain
-from asoba_deploy.core.planner.models import Endpoints, Plan, ResidentModel
+from asoba_deploy.core.planner.models import AdapterJoin, Endpoints, Plan, Quantization, ResidentModel
 from asoba_deploy.core.planner.timing import time_to_healthy
 from asoba_deploy.core.policy import Policy
+from asoba_deploy.core.quantization import KINDS
 from asoba_deploy.core.requirement_sets import install_download
 from asoba_deploy.core.snapshot import InstanceSnapshot
 
@@ -148,6 +149,30 @@ def _resident_models(decision: Decision) -> list[ResidentModel]:
     ]
 
 
+def _joined_quantization(decision: Decision) -> Quantization | None:
+    """A joining adapter runs in its base's quantization, the joined process's."""
+    joined = decision.placement.joins
+    if joined is not None and joined.quantization in KINDS:
+        return joined.quantization  # type: ignore[return-value]
+    return None
+
+
+def _adapter_join(decision: Decision, name: str, path: str) -> AdapterJoin | None:
+    """What the joined unit serves after the join: its own models and ADAPTERS plus this one."""
+    joined = decision.placement.joins
+    if joined is None:
+        return None
+    kept = [e for e in (joined.adapters or "").split(",") if e and e.partition("=")[0] != name]
+    return AdapterJoin(
+        unit=joined.unit,
+        serving=joined.model,
+        model_path=joined.model_path,
+        base_model_path=joined.base_model_path,
+        adapters=",".join([*kept, f"{name}={path}"]),
+        gpu_saved_bytes=decision.chosen.gpu_saved_bytes,
+    )
+
+
 def _to_plan(
     manifest: Manifest,
     request: DeployRequest,
@@ -184,7 +209,7 @@ def _to_plan(
         action=chosen.action,
         stop_services=list(chosen.stop_services),
         replaces_runtime=decision.replaces_runtime,
-        quantization=option.quantization,
+        quantization=_joined_quantization(decision) or option.quantization,
         prequantized=option.prequantized,
         dtype=decision.dtype,
         context_tokens=decision.tokens,
@@ -203,6 +228,7 @@ def _to_plan(
         resident_models=_resident_models(decision),
         evict_units=[s.unit for s in chosen.evicted],
         would_evict=[s.unit for s in decision.would_evict],
+        joins=_adapter_join(decision, deploy.name, f"{root}/{deploy.name}"),
         model_path=f"{root}/{deploy.name}",
         models_root=root,
         models_root_reason=chosen.root.reason,

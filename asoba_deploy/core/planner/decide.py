@@ -19,19 +19,26 @@
    serves another model, it runs as a resident unit of its own on the first free port above the
    seed's, every other runtime unit keeps its measured memory, and when it does not fit the least
    recently used residents that would make room are named, and stopped only with `evict: lru`.
+6. Adapters join their base. With `keep`, a LoRA adapter whose base an active runtime unit's
+   process already holds (its MODEL_PATH, or BASE_MODEL_PATH when it serves an adapter, names the
+   base's folder) joins that process as one more ADAPTERS entry instead of loading the base again:
+   only the adapter's own memory is needed; the unit restarts with it, on its own port and engine.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from pathlib import PurePosixPath
+from typing import Literal, get_args
 
 from asoba_deploy.core.contracts import DeployRequest
-from asoba_deploy.core.engines import EngineChoice, choose_engine
+from asoba_deploy.core.engines import Engine, EngineChoice, choose_engine
 from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.estimate import (
+    ADAPTER_BYTES_PER_PARAM,
     Option,
     gpu_need,
     memory_estimate,
@@ -73,6 +80,8 @@ class Placement:
     unit: str
     replaced: ServiceState | None  # what runs in `unit` now, replaced in place (None: a new unit)
     residents: tuple[ServiceState, ...]  # the other active runtime units: they stay
+    # rule 6: the unit whose process the adapter joins (it stays, its memory counted; None: none)
+    joins: ServiceState | None = None
 
 
 def is_resident(unit: str) -> bool:
@@ -98,6 +107,7 @@ class Evaluation:
     engine: EngineChoice  # the engine that serves this option; the needs include its overheads
     root: RootChoice  # the models root the files go to (planner.roots); files and disk are its
     evicted: tuple[ServiceState, ...] = ()  # resident models stopped to make room (`evict: lru`)
+    gpu_saved_bytes: int = 0  # rule 6: GPU bytes of the base not loaded again (a join)
 
     @property
     def gpu_fits(self) -> bool:
@@ -213,11 +223,37 @@ def leaving_services(
     return leaving + list(evicted)
 
 
-def place(request: DeployRequest, snapshot: InstanceSnapshot, policy: Policy) -> Placement:
-    """The unit of the new model (rule 5)."""
+def weights_folder(service: ServiceState) -> str | None:
+    """The folder name of the base weights a runtime unit's process holds (None: not reported)."""
+    path = service.base_model_path or service.model_path
+    return PurePosixPath(path).name if path else None
+
+
+def joinable(
+    manifest: Manifest, request: DeployRequest, snapshot: InstanceSnapshot, policy: Policy
+) -> ServiceState | None:
+    """The active runtime unit whose process an adapter joins (rule 6), the primary first."""
+    base = manifest.base
+    if request.resident != "keep" or manifest.adapter is None or base is None:
+        return None
+    units = sorted(
+        (s for s in snapshot.services if is_runtime_unit(s.unit) and s.active),
+        key=lambda s: (s.unit != policy.runtime_unit, s.unit),
+    )
+    return next((s for s in units if weights_folder(s) == base.name), None)
+
+
+def place(
+    request: DeployRequest, snapshot: InstanceSnapshot, policy: Policy, manifest: Manifest | None = None
+) -> Placement:
+    """The unit of the new model (rules 5 and 6)."""
     runtimes = {s.unit: s for s in snapshot.services if is_runtime_unit(s.unit)}
     primary = runtimes.get(policy.runtime_unit)
     own = resident_unit(request.model) if request.model is not None else policy.runtime_unit
+    joined = joinable(manifest, request, snapshot, policy) if manifest is not None else None
+    if joined is not None:
+        staying = tuple(s for s in runtimes.values() if s.active and s.unit != joined.unit)
+        return Placement(joined.unit, None, staying, joins=joined)
     if own in runtimes:
         unit = own  # already a resident: redeployed in its own unit
     elif (
@@ -238,6 +274,8 @@ def port_for(
 ) -> int:
     """The seed's port for the primary unit; a resident keeps its own, or takes the first port
     above the seed's that nothing holds (the seed's two stay theirs)."""
+    if placement.joins is not None and placement.joins.port is not None:
+        return placement.joins.port  # the process it joins answers for it
     if request.port:
         return request.port
     if not is_resident(placement.unit):
@@ -284,14 +322,23 @@ def evaluate(
     stops = stops_for(action, snapshot, policy)
     leaving = leaving_services(stops, snapshot, placement, evicted)
     engine = engine_for(option, snapshot, policy)
+    gpu_parts = gpu_need(manifest, option, tokens, policy, engine.engine)
+    ram_parts = ram_need(option, policy, engine.engine)
+    saved = 0
+    if placement.joins is not None:
+        # rule 6: the process holds the base (and its KV cache) already; the adapter comes on top
+        engine = joined_engine(placement.joins, engine)
+        alone = sum(gpu_need(manifest, option, tokens, policy, engine.engine).values())
+        gpu_parts, ram_parts = adapter_needs(option, policy)
+        saved = max(0, alone - sum(gpu_parts.values()))
     gpu = memory_estimate(
-        gpu_need(manifest, option, tokens, policy, engine.engine),
+        gpu_parts,
         snapshot.gpu_total_bytes,
         snapshot.gpu_used_bytes,
         sum(s.gpu_memory_bytes for s in leaving),
     )
     ram = memory_estimate(
-        ram_need(option, policy, engine.engine),
+        ram_parts,
         snapshot.ram_total_bytes,
         max(0, snapshot.ram_total_bytes - snapshot.ram_available_bytes),
         sum(s.rss_bytes for s in leaving),
@@ -312,11 +359,37 @@ def evaluate(
         stale_copies=root.chosen.stale,
         has_gpu=bool(snapshot.gpus),
         ram_within_memory_max=ram.need_bytes <= policy.runtime_memory_max_bytes,
-        port_holders=tuple(holders.get(port, ())),
+        # a joined process holds its own port: that is where the adapter answers
+        port_holders=tuple(
+            u for u in holders.get(port, ()) if placement.joins is None or u != placement.joins.unit
+        ),
         engine=engine,
         root=root,
         evicted=evicted,
+        gpu_saved_bytes=saved,
     )
+
+
+def adapter_needs(option: Option, policy: Policy) -> tuple[dict[str, int], dict[str, int]]:
+    """GPU and RAM breakdowns of an adapter joining a process that holds its base: its own
+    weights (PEFT keeps them in fp32) and their margin; in RAM, its largest file while loading."""
+    adapter = option.deploy.weights
+    weights = adapter.float_elements * ADAPTER_BYTES_PER_PARAM + adapter.quantized.stored_bytes
+    margin = math.ceil(weights * policy.memory_margin_fraction)
+    load = adapter.largest_file_bytes
+    # the process's KV cache, CUDA context and runtime are there already: zero, not left out
+    return (
+        {"weights": weights, "kv_cache": 0, "cuda_context": 0, "margin": margin},
+        {"runtime": 0, "load_buffer": load, "margin": math.ceil(load * policy.memory_margin_fraction)},
+    )
+
+
+def joined_engine(joined: ServiceState, chosen: EngineChoice) -> EngineChoice:
+    """The engine of the process an adapter joins: the one it runs, whatever a new one would be."""
+    if joined.engine in get_args(Engine):
+        engine: Engine = joined.engine  # type: ignore[assignment]
+        return EngineChoice(engine, f"joins {joined.unit}, whose {engine} process serves the base")
+    return chosen
 
 
 def least_recently_used(residents: Sequence[ServiceState]) -> list[ServiceState]:
@@ -359,17 +432,19 @@ def decide(
     tokens = context_tokens(manifest, request)
     action = choose_action(manifest, snapshot, request, policy)
     quantization = quantization_options(manifest, request, policy, tokens, snapshot)
-    placement = place(request, snapshot, policy)
+    placement = place(request, snapshot, policy, manifest)
     blocked = quantization.rule == "unsupported"
+    # a joining adapter stops nothing: the process it joins runs beside whatever runs now
+    actions: Sequence[Action] = ("coexist",) if placement.joins is not None else action.actions
 
     def best(evicted: tuple[ServiceState, ...]) -> Evaluation:
         evaluations = [
             evaluate(manifest, snapshot, request, policy, a, option, tokens, placement, evicted)
-            for a in action.actions
+            for a in actions
             for option in quantization.options
         ]
         # An unsupported stored quantization blocks every option; the plan still shows the closest.
-        return pick(evaluations, action.actions[-1], blocked=blocked)
+        return pick(evaluations, actions[-1], blocked=blocked)
 
     chosen = best(())
     would_evict: tuple[ServiceState, ...] = ()

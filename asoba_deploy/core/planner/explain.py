@@ -263,7 +263,15 @@ def _resident_words(
     (reasons, shortfalls)."""
     placement, chosen = decision.placement, decision.chosen
     reasons: list[str] = []
-    if placement.unit != policy.runtime_unit:
+    joined = placement.joins
+    if joined is not None:
+        reasons.append(
+            f"resident keep: {request.model} is a LoRA adapter of the base {joined.unit} already serves "
+            f"({joined.model or 'an unnamed model'}, port {chosen.port}): it joins that process as one "
+            f"more adapter instead of loading the base again ({gib(chosen.gpu_saved_bytes)} GPU saved); "
+            "the unit restarts to load it"
+        )
+    elif placement.unit != policy.runtime_unit:
         kept = "its own unit" if placement.replaced is not None else "a unit of its own"
         reasons.append(
             f"resident {request.resident}: {request.model} runs as {placement.unit} on port {chosen.port} "
@@ -360,6 +368,12 @@ def _deployment_warnings(
         warnings.append(f"config.json declares {declared}; loading in {decision.dtype}")
     if decision.replaces_runtime:
         warnings.append(f"the running {decision.placement.unit} is replaced by this deployment")
+    if decision.placement.joins is not None:
+        joined = decision.placement.joins
+        warnings.append(
+            f"{joined.unit} restarts to load the adapter: {joined.model or 'what it serves'} does not "
+            "answer until it is healthy again"
+        )
     warnings += _package_warnings(snapshot, decision)
     return warnings
 

@@ -58,6 +58,9 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
                         used first; empty when nothing is evicted
     would_evict         when the model fits only if residents stop: those units (LRU first), whether
                         or not the input lets the plan stop them
+    joins               a LoRA adapter joining the process that serves its base (`resident: keep`):
+                        {unit, serving, model_path, base_model_path, adapters, gpu_saved_bytes}; the
+                        unit keeps its env but ADAPTERS ("name=/path,..." after the join); null: none
     model_path          <models_root>/<deploy_model> (the adapter's folder for adapters)
     models_root         the models root chosen among the candidates (planner.roots): the fastest
                         measured one with room, or the one already holding the model
@@ -92,6 +95,7 @@ from asoba_deploy.core.quantization import Quantization
 __all__ = [
     "PLAN_SCHEMA_VERSION",
     "Action",
+    "AdapterJoin",
     "DiskEstimate",
     "Dtype",
     "Endpoints",
@@ -181,6 +185,19 @@ class ResidentModel(BaseModel):
     last_used_at: datetime | None = None
 
 
+class AdapterJoin(BaseModel):
+    """A LoRA adapter served by the process that already holds its base (planner rule 6)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    unit: str
+    serving: str | None  # the unit's MODEL_NAME, which it keeps serving
+    model_path: str | None  # its MODEL_PATH
+    base_model_path: str | None  # its BASE_MODEL_PATH (it serves an adapter of the base)
+    adapters: str  # ADAPTERS after the join: "name=/path,..." (this adapter last)
+    gpu_saved_bytes: int = Field(ge=0)  # the base's GPU bytes not loaded a second time
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -230,6 +247,7 @@ class Plan(BaseModel):
     resident_models: list[ResidentModel] = Field(default_factory=list)
     evict_units: list[str] = Field(default_factory=list)
     would_evict: list[str] = Field(default_factory=list)
+    joins: AdapterJoin | None = None
     model_path: str
     models_root: str
     models_root_reason: str = ""
