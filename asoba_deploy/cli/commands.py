@@ -111,11 +111,13 @@ def build_request(
     load_from: str | None = None,
     keep_others: bool = False,
     evict: str | None = None,
+    strategy: str | None = None,
 ) -> dict[str, Any]:
     """The execution input with only what the user chose (the machine applies its defaults),
     checked against the contract before anything is started (InvalidInput otherwise).
     `keep_others`: `"resident": "keep"` (the models served stay, the new one beside them);
-    `evict`: `"evict": "lru"` (only with keep_others, as the contract says)."""
+    `evict`: `"evict": "lru"` (only with keep_others, as the contract says); `strategy`: how the
+    stable endpoint moves (auto, stop-start, blue-green: --zero-downtime)."""
     payload: dict[str, Any] = {"model": model}
     if dry_run:
         payload["dry_run"] = True
@@ -137,6 +139,8 @@ def build_request(
         payload["resident"] = "keep"
     if evict is not None:
         payload["evict"] = evict
+    if strategy is not None:
+        payload["strategy"] = strategy
     parse_request(payload)
     return payload
 
@@ -210,6 +214,7 @@ def deploy(
     load_from: str | None = None,
     keep_others: bool = False,
     evict: str | None = None,
+    strategy: str | None = None,
 ) -> int:
     payload = build_request(
         model,
@@ -223,6 +228,7 @@ def deploy(
         load_from=load_from,
         keep_others=keep_others,
         evict=evict,
+        strategy=strategy,
     )
     if instance_id:
         ctx.stack.choose_instance(instance_id)

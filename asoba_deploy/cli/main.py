@@ -1,6 +1,7 @@
 """deploy-model: plan, deploy, validate and undeploy models through the deployed stack.
 
     deploy-model <model> [--dry-run] [--force-quantize] [--no-follow] [--keep-others [--evict lru]]
+                 [--zero-downtime | --strategy auto|stop-start|blue-green]
     deploy-model status | history | validate | undeploy [<model> | --all] [--restore-flux]
     deploy-model bench [<model>] | cost [--since 7d]
     deploy-model start [--instance-id i-...]
@@ -30,6 +31,7 @@ examples:
   deploy-model qwen3-14b --force-quantize --no-follow
   deploy-model status                               what runs where (from the ledger)
   deploy-model qwen3-14b --keep-others --evict lru  beside the models served, stopping the LRU ones
+  deploy-model qwen3-14b --zero-downtime          switch the stable endpoint without dropping a request
   deploy-model undeploy --restore-flux              remove the service, start Flux again
   deploy-model undeploy qwen3-14b                   remove that model only, the others keep serving
   deploy-model bench qwen3-14b                      measure the deployed model again
@@ -121,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("lru",),
         help="with --keep-others: when the model does not fit, stop the least recently used "
         'resident models until it does ("evict": "lru"; without it the plan names them and stops nothing)',
+    )
+    switching = deploy.add_mutually_exclusive_group()
+    switching.add_argument(
+        "--strategy",
+        choices=("auto", "stop-start", "blue-green"),
+        help="how the stable endpoint moves from the model serving it: blue-green (the new one "
+        "beside the old, then the router switches), stop-start (the old first, its downtime "
+        "measured), auto (blue-green when both fit together; the default)",
+    )
+    switching.add_argument(
+        "--zero-downtime",
+        action="store_const",
+        const="blue-green",
+        dest="strategy",
+        help='--strategy blue-green ("strategy": "blue-green")',
     )
     fleet_options = deploy.add_argument_group("fleet (one execution rolls the model out across instances)")
     targets = fleet_options.add_mutually_exclusive_group()
@@ -251,6 +268,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
                 load_from=options.load_from,
                 keep_others=options.keep_others,
                 evict=options.evict,
+                strategy=options.strategy,
             )
             try:
                 payload = fleet.fleet_request(
@@ -279,6 +297,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
                 load_from=options.load_from,
                 keep_others=options.keep_others,
                 evict=options.evict,
+                strategy=options.strategy,
             )
         if options.command == "status":
             return commands.status(ctx, options.instance_id)

@@ -436,6 +436,16 @@ def _resident_rows(plan: Plan) -> list[tuple[str, Cell]]:
     if plan.would_evict and plan.would_evict != plan.evict_units:
         hint = "" if plan.evict_units else "  (--keep-others --evict lru stops them; or undeploy them)"
         rows.append(("would evict", ", ".join(plan.would_evict) + hint))
+    if plan.strategy != "none":
+        rows.append(("switch", f"{plan.strategy}: {plan.strategy_reason}"))
+    if plan.joins is not None:
+        rows.append(
+            (
+                "joins",
+                f"{plan.joins.unit} (serving {plan.joins.serving or '?'}): ADAPTERS {plan.joins.adapters}; "
+                f"GPU {human_bytes(plan.joins.gpu_saved_bytes)} of the base not loaded again",
+            )
+        )
     return rows
 
 
@@ -553,6 +563,13 @@ def record_view(record: LedgerRecord) -> RenderableType:
         )
     if plan is not None and plan.evict_units:
         rows.append(("evicted", ", ".join(plan.evict_units) + "  (least recently used)"))
+    if record.switch is not None:
+        measured_downtime = (
+            f"downtime {human_seconds(record.switch.downtime_s)}"
+            if record.switch.downtime_s is not None
+            else "downtime not measured"
+        )
+        rows.append(("switch", f"{record.switch.strategy}, {measured_downtime} ({record.switch.basis})"))
     sync = sync_summary(record.results.get(registry.STEPS["sync"].key))
     if sync:
         rows.append(("sync", sync))

@@ -46,6 +46,8 @@ class StepBudgets(BaseModel):
     stop_flux: int = Field(default=180, ge=10)
     # evict: the least recently used resident models stopped (core.residents)
     evict: int = Field(default=180, ge=10)
+    # switch: the router pointed at the new unit, the old one drained (bounded) and stopped
+    switch: int = Field(default=300, ge=60)
     sync: int = Field(default=3600, ge=30)
     install: int = Field(default=1800, ge=30)
     # start-service: waiting for this execution's sync marker (normally there already) + restart

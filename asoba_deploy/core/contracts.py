@@ -61,6 +61,10 @@ class DeployRequest(BaseModel):
     # with resident "keep": when the new model does not fit, stop the least recently used
     # resident models until it does (absent: say which would have to stop, change nothing)
     evict: Literal["lru"] | None = None
+    # how the stable endpoint moves from the model serving it to this one (core.planner rule 7):
+    # blue-green (new beside old, then the router switches), stop-start (old first, the downtime
+    # measured) or auto (blue-green when both fit together)
+    strategy: Literal["auto", "stop-start", "blue-green"] = "auto"
 
     @field_validator("model")
     @classmethod

@@ -56,6 +56,10 @@ class EvictFailed(CommandFailed):
     """A resident model's unit could not be stopped or its GPU memory was not released."""
 
 
+class SwitchFailed(CommandFailed):
+    """The stable endpoint could not be moved to the new model (the switch put the old one back)."""
+
+
 class SyncFailed(CommandFailed):
     """The model could not be synced from S3 to the instance."""
 

@@ -59,6 +59,24 @@ class TimeToHealthy(BaseModel):
         return abs(self.actual_s - self.estimate_s) <= tolerance * self.estimate_s
 
 
+class SwitchOutcome(BaseModel):
+    """How the stable endpoint moved to the deployment (the plan's strategy), and how long it
+    refused or failed requests, measured:
+
+    - blue-green behind the router: none (the router moves each new request, the old backend's
+      finish), or the switch's `gap_s` when it first put the router in front of a unit that held
+      the port itself (its listener closed, the router not listening yet);
+    - stop-start in place: from start-service's restart to the health check's healthy answer,
+      both on the instance's clock (to the health check's poll interval);
+    - stop-start behind the router: from the evict command's send to the switch command's end
+      (SSM's clock), while the router had no backend that answered.
+    """
+
+    strategy: Literal["none", "stop-start", "blue-green"]
+    downtime_s: float | None = None  # None: not measured (the steps did not all run)
+    basis: str = ""
+
+
 class LedgerRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -91,6 +109,8 @@ class LedgerRecord(BaseModel):
     benchmark: BenchmarkResult | None = None
     error: str | None = None
     cause: str | None = None
+    # how the stable endpoint moved and its measured downtime (None: dry runs, older records)
+    switch: SwitchOutcome | None = None
     # an `undeployed` record: the runtime unit removed (None: an older record, which removed
     # everything the instance served)
     unit: str | None = None
@@ -152,6 +172,41 @@ def measure_time_to_healthy(state: ExecutionState) -> TimeToHealthy:
     )
 
 
+def _instance_time(result: dict[str, Any] | None, key: str) -> float | None:
+    return _iso_seconds(str(result.get(key) or "")) if isinstance(result, dict) else None
+
+
+def measure_switch(state: ExecutionState) -> SwitchOutcome | None:
+    """What `SwitchOutcome` says, from the plan's strategy and the finished steps' results."""
+    plan = state.plan
+    if plan is None or plan.strategy == "none":
+        return None
+    if plan.strategy == "blue-green":
+        switched = state.result("switch")
+        if not isinstance(switched, dict):
+            return SwitchOutcome(strategy="blue-green", basis="the switch did not run")
+        gap = switched.get("gap_s")
+        if isinstance(gap, int | float):
+            basis = "the router took the stable port over from the unit that held it (gap_s)"
+            return SwitchOutcome(strategy="blue-green", downtime_s=round(float(gap), 3), basis=basis)
+        return SwitchOutcome(strategy="blue-green", downtime_s=0.0, basis="the router switched backends")
+    if plan.switch is not None:
+        evict, switch = state.steps.get("evict"), state.steps.get("switch")
+        seconds = _span(evict.sent_at, _ended(switch)) if evict is not None else None
+        return SwitchOutcome(
+            strategy="stop-start",
+            downtime_s=seconds,
+            basis="the evict command sent to the switch command ended",
+        )
+    restarted = _instance_time(state.result("start_service"), "restarted_at")
+    healthy = _instance_time(state.result("health_check"), "checked_at")
+    return SwitchOutcome(
+        strategy="stop-start",
+        downtime_s=_span(restarted, healthy),
+        basis="start-service's restart to the healthy answer (the instance's clock)",
+    )
+
+
 def build_record(
     state: ExecutionState,
     outcome: Literal["succeeded", "failed"],
@@ -187,6 +242,7 @@ def build_record(
         plan=plan.model_dump(mode="json") if plan else None,
         time_to_healthy=None if dry_run else measure_time_to_healthy(state),
         benchmark=None if dry_run else from_state(state, measured_at=now.isoformat()),
+        switch=None if dry_run else measure_switch(state),
         error=state.failure.Error if state.failure else None,
         cause=state.failure.Cause if state.failure else None,
     )
@@ -290,6 +346,10 @@ class _Serving:
 
 
 def _served(records: list[LedgerRecord]) -> dict[str, _Serving]:
+    return _replay(records)[0]
+
+
+def _replay(records: list[LedgerRecord]) -> tuple[dict[str, _Serving], str]:
     """Replay `records`, oldest first: runtime unit -> what serves in it.
 
     A succeeded deployment takes its unit and stops its plan's `evict_units`; an adapter that
@@ -301,12 +361,17 @@ def _served(records: list[LedgerRecord]) -> dict[str, _Serving]:
     """
     rolled_back = {r.execution for r in records if r.outcome == "rolled-back"}
     served: dict[str, _Serving] = {}
+    stable = RUNTIME_UNIT  # the unit the stable endpoint (the seed's port) reaches
     for index, record in enumerate(records):
         if record.outcome == "succeeded" and not record.dry_run and record.execution not in rolled_back:
             plan = record.plan or {}
-            for evicted in plan.get("evict_units") or []:
-                served.pop(str(evicted), None)
+            switch = plan.get("switch") or {}
+            for evicted in [*(plan.get("evict_units") or []), switch.get("old_unit")]:
+                if evicted:
+                    served.pop(str(evicted), None)  # evicted, or stopped by the switch
             unit = _deployed_unit(record)
+            if switch.get("stable_port") or unit == RUNTIME_UNIT:
+                stable = unit
             name = record.deploy_model or record.model
             if plan.get("joins") and unit in served and name:
                 joined = served[unit]
@@ -318,13 +383,15 @@ def _served(records: list[LedgerRecord]) -> dict[str, _Serving]:
                 served.clear()
             else:
                 served.pop(record.unit, None)
-    return served
+    return served, stable
 
 
 def current_deployment(records: list[LedgerRecord]) -> LedgerRecord | None:
-    """The primary unit's deployment in place, from records newest first: the last success into it
+    """The stable endpoint's deployment in place (the primary unit's, or the unit a switch pointed
+    the router at), from records newest first: the last success into it
     not undeployed, evicted or rolled back since. A resident model's deploy or undeploy leaves it."""
-    found = _served(list(reversed(records))).get(RUNTIME_UNIT)
+    served, stable = _replay(list(reversed(records)))
+    found = served.get(stable)
     return found.record if found is not None else None
 
 

@@ -169,6 +169,28 @@ class RuntimeVenv(BaseModel):
     current: bool = False  # RuntimeRoot/venv links to it
 
 
+class RouterBackend(BaseModel):
+    """The runtime unit the router forwards the stable port to (EnvDir/router.json)."""
+
+    port: int
+    model: str
+    unit: str
+    generation: int = 0
+
+
+class RouterState(BaseModel):
+    """The stable-endpoint router (blue-green switches): its unit, stable port and backend."""
+
+    unit: str
+    state: str
+    port: int | None = None
+    backend: RouterBackend | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("active", "activating", "reloading")
+
+
 class InstanceSnapshot(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -180,6 +202,8 @@ class InstanceSnapshot(BaseModel):
     ram_available_bytes: int = NonNegative
     gpus: list[GpuDevice] = Field(default_factory=list)
     services: list[ServiceState] = Field(default_factory=list)
+    # the stable-endpoint router, when one was installed (None: the primary holds the port itself)
+    router: RouterState | None = None
     listening_ports: list[int] = Field(default_factory=list)
     models_root: str
     disk_free_bytes: int = NonNegative

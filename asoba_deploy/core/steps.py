@@ -239,6 +239,37 @@ def start_service_parameters(config: Settings, state: ExecutionState) -> dict[st
     }
 
 
+# The switch's waits for the router (start, reload) and the drain, within its step budget.
+ROUTER_WAIT_SECONDS = 30
+SWITCH_MARGIN_SECONDS = 90
+
+
+def switch_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+    """The router's stable port pointed at the plan's unit; the old unit drained, then stopped."""
+    plan = _plan(state)
+    switch = plan.switch
+    if switch is None:
+        raise CommandFailed("switch runs only when the plan moves the stable endpoint ($.plan.switch)")
+    drain = max(1, config.step_budgets.switch - ROUTER_WAIT_SECONDS - SWITCH_MARGIN_SECONDS)
+    old = (
+        {"OldUnit": switch.old_unit, "OldPort": str(switch.old_port)}
+        if switch.old_unit and switch.old_port
+        else {}
+    )
+    return {
+        "StablePort": str(switch.stable_port),
+        "BackendPort": str(plan.port),
+        "BackendModel": plan.deploy_model,
+        "BackendUnit": plan.unit,
+        **old,
+        "DrainSeconds": str(drain),
+        "RouterWaitSeconds": str(ROUTER_WAIT_SECONDS),
+        # the router's files are the primary's (its env and state folders), whoever it fronts
+        **_roots(config, "RuntimeRoot", "UnitDir", "EnvDir", "ProfileDir", "StateDir"),
+        "ServiceUser": config.deploy.service_user,
+    }
+
+
 def health_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {"Port": str(_plan(state).port)}
 
@@ -246,11 +277,18 @@ def health_parameters(config: Settings, state: ExecutionState) -> dict[str, str]
 def rollback_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     # Flux is restarted from what snapshot-previous recorded, so no Flux unit here; the units the
     # evict step stopped are started again (they are not in the record as stopped by us).
-    evicted = state.plan.evict_units if state.plan is not None else []
+    plan = state.plan
+    restart = list(plan.evict_units) if plan is not None else []
+    switch = plan.switch if plan is not None else None
+    if switch is not None and switch.old_unit and switch.old_unit not in restart:
+        restart.append(switch.old_unit)  # the switch stops it once the new one serves
     return {
         **_roots(config, "RuntimeRoot", "UnitDir", "ProfileDir"),
         **_service_unit(config, _plan_unit(state)),
-        **({"RestartUnits": " ".join(evicted)} if evicted else {}),
+        **({"RestartUnits": " ".join(restart)} if restart else {}),
+        # undo the switch from its record first, when the plan has one (the document reads
+        # <StateDir>/switch above a resident's own folder)
+        **({"RouterRestore": "true"} if switch is not None else {}),
     }
 
 
@@ -589,6 +627,17 @@ STEPS: dict[str, Step] = _registry(
         grants=_SEE_INSTANCES,
         parallel=PREPARE,
         branch=RUNTIME_BRANCH,
+    ),
+    # Blue-green: once the new unit is healthy (and stop-start behind the router), the router's
+    # stable port moves to it and the old unit drains and stops; still inside the rollback's reach.
+    Step(
+        "switch",
+        Phase.CHANGE,
+        "Point the stable endpoint's router at the new unit; drain and stop the old one",
+        errors.SwitchFailed,
+        InstanceStep(switch_parameters, _budget("switch")),
+        grants=_SEE_INSTANCES,
+        run_if="$.plan.switch.stable_port",
     ),
     # After ChangeInstance, with its own Catch: a failed benchmark is recorded, never rolled back.
     Step(

@@ -80,6 +80,7 @@ def test_snapshot_without_a_gpu_or_services(aws: Aws, make_sandbox: Callable[...
     ]
     assert snapshot.cached_models == []
     assert snapshot.disk_free_bytes > 0  # measured at the nearest existing parent
+    assert snapshot.router is None  # no router was ever installed
 
 
 def test_snapshot_reports_the_configured_port_and_runtime_version(
@@ -506,3 +507,61 @@ def test_many_resident_models_keep_the_result_line_whole(
     residents = [s.unit for s in snapshot.services if s.unit.startswith("asoba-inference@")]
     assert residents == [f"asoba-inference@{name}.service" for name in names[:16]]
     assert snapshot.warnings == [f"20 resident units in {sandbox.unit_dir}, the first 16 listed"]
+
+
+def test_the_router_and_the_backend_it_forwards_to_are_reported(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given the stable-endpoint router on its port (a stand-in server) in front of a resident
+    sandbox = make_sandbox(gpu=False)
+    stable, backend = free_port(), free_port()
+    add_runtime_unit(
+        sandbox,
+        "asoba-inference@model-b.service",
+        sandbox.env_dir / "models" / "model-b" / "env",
+        f"MODEL_NAME=model-b\nPORT={backend}\n",
+        start=True,
+    )
+    add_runtime_unit(
+        sandbox,
+        "asoba-router.service",
+        sandbox.env_dir / "router.env",
+        f"ROUTER_PORT={stable}\nPORT={stable}\n",
+        start=True,
+    )
+    (sandbox.env_dir / "router.json").write_text(
+        json.dumps(
+            {
+                "backend": {"port": backend, "model": "model-b", "unit": "asoba-inference@model-b.service"},
+                "generation": 3,
+            }
+        )
+    )
+    wait_for_port(stable, timeout_s=15)
+
+    # When collect-resources runs
+    run = run_document(aws.ssm, sandbox, "collect-resources", ProbeMiB=0)
+
+    # Then the router is a service holding the stable port (no runtime fields), and its backend is named
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    router = snapshot.service("asoba-router.service")
+    assert router is not None and router.active and router.port == stable and router.model is None
+    assert snapshot.router is not None and snapshot.router.active
+    assert snapshot.router.port == stable and snapshot.router.backend is not None
+    assert (
+        snapshot.router.backend.unit,
+        snapshot.router.backend.port,
+        snapshot.router.backend.generation,
+    ) == (
+        "asoba-inference@model-b.service",
+        backend,
+        3,
+    )
+
+    # And an unreadable router.json reports no backend rather than failing the snapshot
+    (sandbox.env_dir / "router.json").write_text("{not json")
+    run = run_document(aws.ssm, sandbox, "collect-resources", ProbeMiB=0)
+    assert run.status == "Success", run.explain()
+    snapshot = InstanceSnapshot.model_validate_json(run.stdout.strip())
+    assert snapshot.router is not None and snapshot.router.backend is None

@@ -33,6 +33,13 @@ REQUIRED = {
     "RuntimeBundleUri": "https://s3.us-west-2.amazonaws.com/bucket/assets/runtime.zip",
     "S5cmdUri": "https://s3.us-west-2.amazonaws.com/bucket/assets/s5cmd",
     "ModelPath": "/opt/models/tiny-model",
+    # evict: the resident units it stops
+    "Units": "asoba-inference@tiny-old.service",
+    # switch: the stable port moved to the new model's unit
+    "StablePort": "8001",
+    "BackendPort": "8002",
+    "BackendModel": "tiny-model",
+    "BackendUnit": "asoba-inference@tiny-model.service",
 }
 
 

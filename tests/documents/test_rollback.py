@@ -7,7 +7,22 @@ from pathlib import Path
 
 from local.sandbox import Sandbox, free_port, port_open, run_document
 from local.sandbox.bundles import fake_runtime_bundle, upload
+from tests.documents.residents_support import resident_roots
 from tests.documents.steps_support import install, ok, upload_model, wait_health
+from tests.documents.switch_support import (
+    PRIMARY_UNIT,
+    ROUTER_UNIT,
+    Backends,
+    SlowRequest,
+    backend,
+    lay_out_runtime,
+    router_config,
+    router_status,
+    state,
+    switch_values,
+    wait_until,
+    who,
+)
 from tests.fixtures import Aws
 
 
@@ -168,3 +183,199 @@ def test_restart_units_are_empty_or_up_to_sixteen_unit_names() -> None:
         assert re.fullmatch(spec["allowedPattern"], value), value
     for bad in (" ", "a.service,b.service", "a.service;reboot", "$(id).service", sixteen + " x.service"):
         assert not re.fullmatch(spec["allowedPattern"], bad), bad
+
+
+def test_rollback_puts_the_router_back_on_the_previous_backend(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+
+    # Given the router on the stable port in front of model-b
+    sandbox = make_sandbox()
+    lay_out_runtime(sandbox)
+    backends = Backends(sandbox)
+    stable, port_b, port_c = free_port(), free_port(), free_port()
+    unit_b, unit_c = "asoba-inference@model-b.service", "asoba-inference@model-c.service"
+    backends.add(unit_b, port_b, "model-b")
+    ok(run_document(aws.ssm, sandbox, "switch", **switch_values(stable, port_b, "model-b", unit_b)))
+    # And a deployment of model-c that records the units, starts model-c and switches to it,
+    # which stops and disables model-b
+    roots = resident_roots(sandbox, "model-c")
+    ok(run_document(aws.ssm, sandbox, "snapshot-previous", **roots))
+    backends.add(unit_c, port_c, "model-c")
+    switched = ok(
+        run_document(
+            aws.ssm,
+            sandbox,
+            "switch",
+            **switch_values(stable, port_c, "model-c", unit_c, old_unit=unit_b, old_port=port_b),
+        )
+    )
+    assert (switched["generation"], state(sandbox, unit_b)) == (2, "inactive")
+
+    # When the deployment is rolled back with the router
+    rolled = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RouterRestore="true"))
+
+    # Then model-b runs and is enabled again, and the router sends to it, in a new generation
+    b = backend(port_b, "model-b", unit_b)
+    assert rolled["router"] == {"action": "reloaded", "backend": b, "generation": 3, "old_unit_started": True}
+    assert router_config(sandbox) == {"backend": b, "generation": 3}
+    status = router_status(stable)
+    assert status is not None and (status["backend"], status["generation"]) == (b, 3)
+    assert who(stable) == "model-b"
+    assert (state(sandbox, unit_b), state(sandbox, unit_b, "UnitFileState")) == ("active", "enabled")
+    # And model-c leaves nothing, as any new resident rolled back
+    assert (rolled["stopped"], rolled["unit"]) == (True, "removed")
+    assert state(sandbox, unit_c) == "inactive" and not (sandbox.unit_dir / unit_c).exists()
+    # And a second rollback changes nothing more
+    before = sandbox.tree_digest()
+    twice = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RouterRestore="true"))
+    assert twice["router"] == {
+        "action": "already restored",
+        "backend": None,
+        "generation": None,
+        "old_unit_started": False,
+    }
+    assert sandbox.tree_digest() == before
+    assert who(stable) == "model-b"
+
+
+def test_rollback_of_a_first_switch_stops_the_router_and_gives_the_port_back(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+
+    # Given model-a serving on the stable port itself, with its MCP discovery profile
+    sandbox = make_sandbox()
+    lay_out_runtime(sandbox)
+    backends = Backends(sandbox)
+    stable, port_b = free_port(), free_port()
+    backends.add(PRIMARY_UNIT, stable, "model-a")
+    (sandbox.profile_dir / "asoba-inference.sh").write_text(f"export ASOBA_INFERENCE_PORT={stable}\n")
+    # And a deployment of model-b that records the units, starts model-b and switches to it: the
+    # router in front, model-a stopped and disabled
+    roots = resident_roots(sandbox, "model-b")
+    ok(run_document(aws.ssm, sandbox, "snapshot-previous", **roots))
+    etc_before = {p: d for p, d in sandbox.tree_files().items() if p.startswith("etc/")}
+    unit_b = "asoba-inference@model-b.service"
+    backends.add(unit_b, port_b, "model-b")
+    ok(
+        run_document(
+            aws.ssm,
+            sandbox,
+            "switch",
+            **switch_values(stable, port_b, "model-b", unit_b, old_unit=PRIMARY_UNIT, old_port=stable),
+        )
+    )
+    assert who(stable) == "model-b"
+
+    # When it is rolled back with the router
+    rolled = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RouterRestore="true"))
+
+    # Then the router is stopped and model-a serves on the stable port again, enabled
+    assert rolled["router"] == {
+        "action": "stopped",
+        "backend": None,
+        "generation": None,
+        "old_unit_started": True,
+    }
+    assert who(stable) == "model-a"
+    assert state(sandbox, PRIMARY_UNIT, "UnitFileState") == "enabled"
+    assert state(sandbox, ROUTER_UNIT) == "inactive"
+    # And every file under etc/ is as it was: no router unit, router.env or router.json, the
+    # profile model-a had, no model-b unit
+    assert {p: d for p, d in sandbox.tree_files().items() if p.startswith("etc/")} == etc_before
+
+
+def test_rollback_without_a_switch_record_leaves_the_router_alone(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given a deployment that recorded the units but never switched
+    sandbox = make_sandbox()
+    ok(run_document(aws.ssm, sandbox, "snapshot-previous"))
+    rolled = ok(run_document(aws.ssm, sandbox, "rollback", RouterRestore="true"))
+    assert rolled["router"] == {
+        "action": "nothing recorded",
+        "backend": None,
+        "generation": None,
+        "old_unit_started": False,
+    }
+    # and without RouterRestore the result says nothing of the router
+    assert ok(run_document(aws.ssm, sandbox, "rollback"))["router"] is None
+
+
+def test_a_switch_killed_at_its_timeout_is_rolled_back_with_the_router(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+
+    # Given the router in front of model-b, which holds a request in flight
+    sandbox = make_sandbox()
+    lay_out_runtime(sandbox)
+    backends = Backends(sandbox)
+    stable, port_b, port_c = free_port(), free_port(), free_port()
+    unit_b, unit_c = "asoba-inference@model-b.service", "asoba-inference@model-c.service"
+    backends.add(unit_b, port_b, "model-b")
+    ok(run_document(aws.ssm, sandbox, "switch", **switch_values(stable, port_b, "model-b", unit_b)))
+    roots = resident_roots(sandbox, "model-c")
+    ok(run_document(aws.ssm, sandbox, "snapshot-previous", **roots))
+    backends.add(unit_c, port_c, "model-c")
+    slow = SlowRequest(stable)
+    wait_until(lambda: backends.slow_started("model-b"), "model-b to hold the slow request")
+
+    # When the switch to model-c is killed at its 5 s timeout while it drains model-b (no trap runs)
+    run = run_document(
+        aws.ssm,
+        sandbox,
+        "switch",
+        **switch_values(stable, port_c, "model-c", unit_c, old_unit=unit_b, old_port=port_b),
+        executionTimeout=5,
+    )
+    assert run.status == "TimedOut", run.explain()
+    assert who(stable) == "model-c"
+
+    # And the deployment is rolled back with the router
+    rolled = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RouterRestore="true"))
+
+    # Then the router sends to model-b again, which never stopped
+    b = backend(port_b, "model-b", unit_b)
+    assert rolled["router"] == {
+        "action": "reloaded",
+        "backend": b,
+        "generation": 3,
+        "old_unit_started": False,
+    }
+    assert router_config(sandbox) == {"backend": b, "generation": 3}
+    assert who(stable) == "model-b"
+    assert (state(sandbox, unit_b), state(sandbox, unit_b, "UnitFileState")) == ("active", "enabled")
+    # And the request in flight all along completes
+    backends.open_gate()
+    assert slow.result() == (200, {"name": "model-b", "path": "/slow"})
+
+
+def test_rollback_leaves_an_earlier_deployments_switch_alone(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given the router in front of model-b since an earlier deployment switched to it
+    sandbox = make_sandbox()
+    lay_out_runtime(sandbox)
+    backends = Backends(sandbox)
+    stable, port_b, port_c = free_port(), free_port(), free_port()
+    unit_b, unit_c = "asoba-inference@model-b.service", "asoba-inference@model-c.service"
+    backends.add(unit_b, port_b, "model-b")
+    ok(run_document(aws.ssm, sandbox, "switch", **switch_values(stable, port_b, "model-b", unit_b)))
+    # And a deployment of model-c that records the units, then fails before its switch runs
+    roots = resident_roots(sandbox, "model-c")
+    ok(run_document(aws.ssm, sandbox, "snapshot-previous", **roots))
+    backends.add(unit_c, port_c, "model-c")
+
+    # When it is rolled back with the router
+    rolled = ok(run_document(aws.ssm, sandbox, "rollback", **roots, RouterRestore="true"))
+
+    # Then the earlier switch's record is left alone: the router stays in front of model-b
+    assert rolled["router"] == {
+        "action": "earlier deployment",
+        "backend": None,
+        "generation": None,
+        "old_unit_started": False,
+    }
+    assert router_config(sandbox) == {"backend": backend(port_b, "model-b", unit_b), "generation": 1}
+    assert who(stable) == "model-b"
+    assert state(sandbox, ROUTER_UNIT) == "active"

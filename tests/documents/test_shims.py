@@ -186,3 +186,42 @@ def test_close_kills_everything(tmp_path: Path) -> None:
     box.close()
     time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_reload_runs_exec_reload_on_the_main_process_as_systemd_does(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Given a unit that counts the SIGHUPs it gets, with ExecReload sending one to $MAINPID
+    count = tmp_path / "hups"
+    script = tmp_path / "hup.py"
+    script.write_text(
+        "import pathlib, signal, sys, time\n"
+        f"path = pathlib.Path({str(count)!r})\n"
+        "signal.signal(signal.SIGHUP, lambda *_: path.write_text(str(int(path.read_text() or 0) + 1)))\n"
+        "path.write_text('0')\n"
+        "while True:\n    time.sleep(0.05)\n"
+    )
+    write_unit(sandbox, "hup.service", f"/usr/bin/env python3 {script}", "ExecReload=/bin/kill -HUP $MAINPID")
+    write_unit(sandbox, "plain.service", "/bin/sleep 60")
+    # reloading an inactive unit is refused, as systemd refuses it
+    refused = run(sandbox, "systemctl", "reload", "hup.service")
+    assert refused.returncode == 1 and "cannot be reloaded because it is inactive" in refused.stderr
+    assert run(sandbox, "systemctl", "start", "hup.service").returncode == 0
+    deadline = time.monotonic() + 10
+    while not (count.exists() and count.read_text() == "0") and time.monotonic() < deadline:
+        time.sleep(0.05)  # its handler is installed
+    pid = sandbox.processes()["hup.service"]
+
+    # When it is reloaded twice
+    assert run(sandbox, "systemctl", "reload", "hup.service").returncode == 0
+    assert run(sandbox, "systemctl", "reload", "hup.service").returncode == 0
+
+    # Then its main process got two SIGHUPs and kept running
+    while count.read_text() != "2" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count.read_text() == "2"
+    assert sandbox.processes()["hup.service"] == pid
+    # And a unit without ExecReload cannot be reloaded
+    assert run(sandbox, "systemctl", "start", "plain.service").returncode == 0
+    plain = run(sandbox, "systemctl", "reload", "plain.service")
+    assert plain.returncode == 1 and "Job type reload is not applicable" in plain.stderr

@@ -70,8 +70,10 @@ def test_an_adapter_deploys_on_its_base_and_answers_as_the_adapter(
     base_folder = instance.models_root / BASE
     base_files = folder_state(base_folder)
 
-    # When the adapter is deployed
-    result = run_execution(sfn, machine_arn, {"model": adapter_in_bucket}, timeout=600)
+    # When the adapter is deployed in the base's place, the base stopping first
+    result = run_execution(
+        sfn, machine_arn, {"model": adapter_in_bucket, "strategy": "stop-start"}, timeout=600
+    )
 
     # Then the execution succeeded with a plan that names the base
     assert result.status == "SUCCEEDED", (result.error, result.cause)
@@ -80,6 +82,9 @@ def test_an_adapter_deploys_on_its_base_and_answers_as_the_adapter(
     plan = record["plan"]
     assert (plan["base_model"], plan["base_model_path"]) == (BASE, str(base_folder))
     assert plan["model_path"] == str(instance.models_root / ADAPTER)
+    # a stop-start in place: its downtime measured, from the restart to the healthy answer
+    assert record["switch"]["strategy"] == "stop-start" and plan["unit"] == "asoba-inference.service"
+    assert 0 < record["switch"]["downtime_s"] < 600, record["switch"]
     # the base was already on the instance: only the adapter's bytes were to move
     adapter_bytes = sum(
         p.stat().st_size

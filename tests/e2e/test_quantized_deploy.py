@@ -121,7 +121,12 @@ def _deploy_both(workdir: Path, out: Path) -> None:
             name = names[fmt]
             started = time.monotonic()
             result = run_execution(
-                sfn, env.stack.state_machine_arn, {"model": name}, name=f"deploy-{fmt}", timeout=700
+                # in place (stop-start): the second proves the first's processes all went
+                sfn,
+                env.stack.state_machine_arn,
+                {"model": name, "strategy": "stop-start"},
+                name=f"deploy-{fmt}",
+                timeout=700,
             )
             seen: dict[str, Any] = {
                 "status": result.status,

@@ -15,9 +15,7 @@ Flux may not be stopped, so the residents are the only room there is.
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import pytest
 from local.executions import run_execution
 from local.sandbox.sandbox import port_open
 from tests.conftest import Ports
-from tests.e2e.conftest import RUNTIME_UNIT, reset_instance
+from tests.e2e.conftest import RUNTIME_UNIT
 from tests.e2e.helpers import finish, get_json, start, wait_healthy, wait_until_state_entered
 from tests.e2e.test_cli import cli  # noqa: F401  (the fixture: the deploy-model script)
 
@@ -38,28 +36,6 @@ CLAIM_MIB = 9400
 
 def resident_unit(model: str) -> str:
     return f"asoba-inference@{model}.service"
-
-
-def remove_residents(sandbox: Any) -> None:
-    """Every resident model's unit stopped and its files gone (the primary: reset_instance)."""
-    for path in sandbox.unit_dir.glob("asoba-inference@*.service"):
-        sandbox.systemctl("stop", path.name, check=False)
-        sandbox.systemctl("disable", path.name, check=False)
-        path.unlink(missing_ok=True)
-    for folder in (sandbox.env_dir / "models", sandbox.state_dir / "models"):
-        shutil.rmtree(folder, ignore_errors=True)
-    for profile in sandbox.profile_dir.glob("asoba-inference@*.sh"):
-        profile.unlink()
-    sandbox.systemctl("daemon-reload", check=False)
-
-
-@pytest.fixture
-def residents_instance(sandbox: Any, ports: Ports) -> Iterator[Any]:
-    remove_residents(sandbox)
-    reset_instance(sandbox, ports)
-    yield sandbox
-    remove_residents(sandbox)
-    reset_instance(sandbox, ports)
 
 
 @dataclass(frozen=True)
@@ -96,13 +72,13 @@ def deploy(sfn: Any, machine_arn: str, model: str, **extra: Any) -> Any:
 def test_models_stay_resident_and_the_least_recently_used_is_evicted_only_when_allowed(
     sfn: Any,
     machine_arn: str,
-    residents_instance: Any,
+    instance: Any,
     residents_bucket: Bucket,
     tiny_in_bucket: str,
     ports: Ports,
     cli: Any,  # noqa: F811  (the fixture)
 ) -> None:
-    instance, first = residents_instance, tiny_in_bucket
+    first = tiny_in_bucket
     # Given the primary model deployed beside Flux (the seed's behaviour)
     primary = deploy(sfn, machine_arn, first)
     assert primary.status == "SUCCEEDED", (primary.error, primary.cause)

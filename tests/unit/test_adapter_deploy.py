@@ -212,8 +212,9 @@ def test_with_keep_an_adapter_joins_the_process_that_serves_its_base(adapter_man
 def test_without_keep_or_without_its_base_served_an_adapter_loads_its_own_base(
     adapter_manifest: Manifest,
 ) -> None:
-    # The seed's default (replace) replaces the primary, base and all, as before
-    replaced = plan(adapter_manifest, serving_the_base(), DeployRequest(model="tiny-lora"), Policy())
+    # replace with a stop-start replaces the primary, base and all, as the seed did
+    request = DeployRequest(model="tiny-lora", strategy="stop-start")
+    replaced = plan(adapter_manifest, serving_the_base(), request, Policy())
     assert replaced.joins is None and replaced.replaces_runtime
     assert replaced.gpu.breakdown["weights"] == TINY_PARAMS * 2 + lora_params() * ADAPTER_BYTES_PER_PARAM
     assert "KeepEnv" not in install_parameters(CONFIG, state_with(replaced))

@@ -117,7 +117,7 @@ def test_keep_runs_the_model_in_its_own_unit_on_8002_counting_the_primary(seed_b
 
     # When mistral_iac_generation is planned with "keep", and with the default "replace"
     kept, _ = plan_from_bucket(seed_bucket, "mistral_iac_generation", snapshot, resident="keep")
-    replaced, _ = plan_from_bucket(seed_bucket, "mistral_iac_generation", snapshot)
+    replaced, _ = plan_from_bucket(seed_bucket, "mistral_iac_generation", snapshot, strategy="stop-start")
 
     # Then with keep it runs as a resident unit of its own on the first port above the seed's
     assert kept.fits, kept.shortfalls
@@ -227,7 +227,7 @@ def test_replace_targets_the_primary_and_keeps_residents_counted(seed_bucket: Se
     snapshot = instance(POLICY_PRIMARY, resident)
 
     # When deepseek-r1-8b is deployed with the default (replace)
-    result, _ = plan_from_bucket(seed_bucket, "deepseek-r1-8b", snapshot)
+    result, _ = plan_from_bucket(seed_bucket, "deepseek-r1-8b", snapshot, strategy="stop-start")
 
     # Then it takes the primary unit (stopping Flux, a large model) on the seed's replace port
     assert result.fits, result.shortfalls

@@ -13,6 +13,7 @@ from asoba_deploy.core import errors
 from asoba_deploy.core.config import DeployConfig
 from asoba_deploy.core.contracts import DeployRequest
 from asoba_deploy.core.planner import Plan
+from asoba_deploy.core.planner.models import SwitchPlan
 from asoba_deploy.core.settings import Settings, StackResources
 from asoba_deploy.core.state import ExecutionState
 from asoba_deploy.core.steps import STEPS, Phase, health_budget, instance_steps, phase
@@ -89,8 +90,14 @@ def test_phases_that_take_one_step_have_one() -> None:
 def as_resident(plan: Plan) -> Plan:
     """The plan deployed as a resident unit beside others, two of which it evicts."""
     evicted = ["asoba-inference@old-a.service", "asoba-inference@old-b.service"]
+    switch = SwitchPlan(stable_port=8001, old_unit="asoba-inference.service", old_port=8001, old_model="x")
     return plan.model_copy(
-        update={"unit": f"asoba-inference@{plan.deploy_model}.service", "port": 8003, "evict_units": evicted}
+        update={
+            "unit": f"asoba-inference@{plan.deploy_model}.service",
+            "port": 8003,
+            "evict_units": evicted,
+            "switch": switch,
+        }
     )
 
 
@@ -100,8 +107,8 @@ def test_parameters_match_the_document(step: object, resident: bool, qwen_plan: 
     spec = step.instance  # type: ignore[attr-defined]
     document = step.document  # type: ignore[attr-defined]
     declared = yaml.safe_load((DOCUMENTS / f"{document}.yaml").read_text())["parameters"]
-    if document == "evict" and not resident:
-        with pytest.raises(errors.CommandFailed, match="evict_units"):
+    if document in ("evict", "switch") and not resident:
+        with pytest.raises(errors.CommandFailed, match=r"evict_units|plan\.switch"):
             spec.parameters(CONFIG, state_with(qwen_plan))
         return
     sent = spec.parameters(CONFIG, state_with(as_resident(qwen_plan) if resident else qwen_plan))
@@ -144,10 +151,27 @@ def test_a_resident_plan_sends_its_own_unit_and_folders(qwen_plan: Plan) -> None
     assert started["ServiceUnit"] == plan.unit
     # the rollback starts the evicted residents again; the evict step stops exactly them
     rollback = STEPS["rollback"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
-    assert rollback["RestartUnits"] == "asoba-inference@old-a.service asoba-inference@old-b.service"
+    assert rollback["RestartUnits"] == (
+        "asoba-inference@old-a.service asoba-inference@old-b.service asoba-inference.service"
+    )
     evict = STEPS["evict"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
-    assert evict["Units"] == rollback["RestartUnits"]
+    assert evict["Units"] == "asoba-inference@old-a.service asoba-inference@old-b.service"
+    # and the switch: the router's stable port to this unit, the old one drained; rollback undoes it
+    switched = STEPS["switch"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
+    assert (
+        switched["StablePort"],
+        switched["BackendPort"],
+        switched["BackendUnit"],
+        switched["OldUnit"],
+    ) == (
+        "8001",
+        "8003",
+        plan.unit,
+        "asoba-inference.service",
+    )
+    assert switched["EnvDir"] == roots.env_dir  # the router's files are the primary's
+    assert rollback["RouterRestore"] == "true"
     # the primary's plan sends no RestartUnits and the seed's folders
     primary = STEPS["rollback"].instance.parameters(CONFIG, state_with(qwen_plan))  # type: ignore[union-attr]
-    assert "RestartUnits" not in primary
+    assert "RestartUnits" not in primary and "RouterRestore" not in primary
     assert (primary["ServiceUnit"], primary["EnvDir"]) == ("asoba-inference.service", roots.env_dir)

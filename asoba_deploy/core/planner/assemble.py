@@ -9,7 +9,14 @@ from asoba_deploy.core.manifest import Manifest
 from asoba_deploy.core.planner.decide import Decision, decide
 from asoba_deploy.core.planner.estimate import gpu_memory_utilization
 from asoba_deploy.core.planner.explain import Explanation, explain
-from asoba_deploy.core.planner.models import AdapterJoin, Endpoints, Plan, Quantization, ResidentModel
+from asoba_deploy.core.planner.models import (
+    AdapterJoin,
+    Endpoints,
+    Plan,
+    Quantization,
+    ResidentModel,
+    SwitchPlan,
+)
 from asoba_deploy.core.planner.timing import time_to_healthy
 from asoba_deploy.core.policy import Policy
 from asoba_deploy.core.quantization import KINDS
@@ -157,6 +164,19 @@ def _joined_quantization(decision: Decision) -> Quantization | None:
     return None
 
 
+def _switch_plan(decision: Decision) -> SwitchPlan | None:
+    switch = decision.switch
+    if switch.stable_port is None:
+        return None
+    old = switch.old
+    return SwitchPlan(
+        stable_port=switch.stable_port,
+        old_unit=old.unit if old else None,
+        old_port=old.port if old else None,
+        old_model=old.model if old else None,
+    )
+
+
 def _adapter_join(decision: Decision, name: str, path: str) -> AdapterJoin | None:
     """What the joined unit serves after the join: its own models and ADAPTERS plus this one."""
     joined = decision.placement.joins
@@ -229,10 +249,14 @@ def _to_plan(
         evict_units=[s.unit for s in chosen.evicted],
         would_evict=[s.unit for s in decision.would_evict],
         joins=_adapter_join(decision, deploy.name, f"{root}/{deploy.name}"),
+        strategy=decision.switch.strategy,
+        strategy_reason=decision.switch.reason,
+        switch=_switch_plan(decision),
         model_path=f"{root}/{deploy.name}",
         models_root=root,
         models_root_reason=chosen.root.reason,
-        endpoints=_endpoints(policy.endpoint_host, chosen.port),
+        # behind the router, users call the stable port; the unit's own port is the backend's
+        endpoints=_endpoints(policy.endpoint_host, decision.switch.stable_port or chosen.port),
         gpu=chosen.gpu,
         ram=chosen.ram,
         disk=chosen.disk,

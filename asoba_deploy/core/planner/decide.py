@@ -23,12 +23,20 @@
    process already holds (its MODEL_PATH, or BASE_MODEL_PATH when it serves an adapter, names the
    base's folder) joins that process as one more ADAPTERS entry instead of loading the base again:
    only the adapter's own memory is needed; the unit restarts with it, on its own port and engine.
+7. Switching (`strategy`, with `resident: replace`). The stable endpoint is the seed's port; the
+   router (instance_runtime.router) holds it once a blue-green switch put it there. Blue-green:
+   the new model starts as a unit of its own on a spare port beside the old one, both counted,
+   and the switch step points the stable port at it, lets the old one's requests finish and
+   stops it. Stop-start: the old one goes first (in place without a router; behind the router
+   it is evicted, and the router is pointed at the new unit). `auto`: blue-green when old and
+   new fit together, stop-start otherwise. A redeploy of the model the router already serves is
+   a stop-start of its unit. With nothing serving, `blue-green` puts the router in front.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -84,6 +92,24 @@ class Placement:
     joins: ServiceState | None = None
 
 
+Strategy = Literal["none", "stop-start", "blue-green"]
+
+
+@dataclass(frozen=True)
+class Switch:
+    """How the stable endpoint moves to the new model (rule 7)."""
+
+    strategy: Strategy  # none: no model serves the stable endpoint now, or the model stays beside
+    reason: str
+    # the router's stable port when the router takes part (it starts or is pointed at the new
+    # unit by the switch step); None: the unit holds its port itself, as the seed's does
+    stable_port: int | None = None
+    old: ServiceState | None = None  # the unit serving the stable endpoint now
+
+
+NO_SWITCH = Switch("none", "")
+
+
 def is_resident(unit: str) -> bool:
     return is_runtime_unit(unit) and unit.startswith("asoba-inference@")
 
@@ -134,6 +160,7 @@ class Decision:
     # the least recently used residents whose stop would make room when nothing else does
     # (empty: none would, or it fits); stopped only with `evict: lru` (then chosen.evicted)
     would_evict: tuple[ServiceState, ...] = ()
+    switch: Switch = NO_SWITCH  # rule 7
 
     @property
     def fits(self) -> bool:
@@ -426,6 +453,27 @@ def dtype_for(manifest: Manifest, option: Option, policy: Policy) -> Dtype:
     return policy.default_dtype
 
 
+def stable_endpoint(
+    snapshot: InstanceSnapshot, policy: Policy
+) -> tuple[ServiceState | None, int | None, bool]:
+    """Who serves the stable endpoint now, on which port, and whether the router fronts it."""
+    router = snapshot.router
+    if router is not None and router.active and router.backend is not None:
+        backend = snapshot.service(router.backend.unit)
+        return (backend if backend is not None and backend.active else None), router.port, True
+    primary = snapshot.service(policy.runtime_unit)
+    if primary is not None and primary.active:
+        return primary, primary.port, False
+    return None, None, False
+
+
+def _beside(unit: str, snapshot: InstanceSnapshot) -> Placement:
+    """`unit` (a resident model's) placed beside every active runtime unit, the old one included."""
+    runtimes = {s.unit: s for s in snapshot.services if is_runtime_unit(s.unit)}
+    staying = tuple(s for s in runtimes.values() if s.active and s.unit != unit)
+    return Placement(unit, runtimes.get(unit), staying)
+
+
 def decide(
     manifest: Manifest, snapshot: InstanceSnapshot, request: DeployRequest, policy: Policy
 ) -> Decision:
@@ -437,22 +485,22 @@ def decide(
     # a joining adapter stops nothing: the process it joins runs beside whatever runs now
     actions: Sequence[Action] = ("coexist",) if placement.joins is not None else action.actions
 
-    def best(evicted: tuple[ServiceState, ...]) -> Evaluation:
+    def best(where: Placement, evicted: tuple[ServiceState, ...] = ()) -> Evaluation:
         evaluations = [
-            evaluate(manifest, snapshot, request, policy, a, option, tokens, placement, evicted)
+            evaluate(manifest, snapshot, request, policy, a, option, tokens, where, evicted)
             for a in actions
             for option in quantization.options
         ]
         # An unsupported stored quantization blocks every option; the plan still shows the closest.
         return pick(evaluations, actions[-1], blocked=blocked)
 
-    chosen = best(())
+    placement, chosen, switch = _switch(request, snapshot, policy, placement, best)
     would_evict: tuple[ServiceState, ...] = ()
-    if not chosen.fits and not blocked and placement.residents:
+    if not chosen.fits and not blocked and placement.residents and switch.strategy == "none":
         # the fewest least recently used residents whose stop makes room, if any does
         order = least_recently_used(placement.residents)
         for count in range(1, len(order) + 1):
-            candidate = best(tuple(order[:count]))
+            candidate = best(placement, tuple(order[:count]))
             if candidate.fits:
                 would_evict = candidate.evicted
                 if request.evict == "lru":
@@ -468,4 +516,60 @@ def decide(
         replaces_runtime=replaced is not None and replaced.active,
         placement=placement,
         would_evict=would_evict,
+        switch=switch,
     )
+
+
+def _switch(
+    request: DeployRequest,
+    snapshot: InstanceSnapshot,
+    policy: Policy,
+    placement: Placement,
+    best: Callable[[Placement, tuple[ServiceState, ...]], Evaluation],
+) -> tuple[Placement, Evaluation, Switch]:
+    """Rule 7: where the model goes and how the stable endpoint moves to it."""
+    default = best(placement, ())
+    if request.resident != "replace" or placement.joins is not None or request.model is None:
+        return placement, default, NO_SWITCH
+    old, stable_port, routed = stable_endpoint(snapshot, policy)
+    own = resident_unit(request.model)
+    if old is None:
+        if request.strategy != "blue-green":
+            return placement, default, NO_SWITCH
+        # nothing serves: the router goes in front of a unit of the model's own
+        where = _beside(own, snapshot)
+        chosen = best(where, ())
+        port = stable_port or (policy.coexist_port if chosen.action == "coexist" else policy.replace_port)
+        reason = f"blue-green: nothing serves port {port} yet; the router goes in front of {own}"
+        return where, chosen, Switch("blue-green", reason, port, None)
+    if old.unit == own or (not routed and old.model == request.model):
+        # the same model again: its own unit restarts (the router, if any, keeps the port)
+        reason = f"stop-start: {request.model} is redeployed in its own unit {old.unit}"
+        return placement, default, Switch("stop-start", reason, None, old)
+    beside = _beside(own, snapshot)
+    together = best(beside, ())
+    if routed:
+        # behind the router the old unit is evicted first for a stop-start
+        stop_start_where, stop_start = beside, best(beside, (old,))
+    else:
+        stop_start_where, stop_start = placement, default
+    label = f"{old.model or 'an unnamed model'} ({old.unit})"
+    if request.strategy == "blue-green" or (request.strategy == "auto" and together.fits):
+        if together.fits:
+            reason = (
+                f"blue-green: {request.model} starts as {own} beside {label}, which serves until the switch"
+            )
+        else:
+            reason = (
+                f"blue-green asked: {request.model} and {label} do not fit together; "
+                'give "strategy": "stop-start" (or auto) to stop the old model first'
+            )
+        if not routed:
+            reason += (
+                f"; the router takes port {stable_port} over from {old.unit} (a gap of the moment "
+                "its listener closes, measured as gap_s; later switches drop nothing)"
+            )
+        return beside, together, Switch("blue-green", reason, stable_port, old)
+    why = "asked" if request.strategy == "stop-start" else "old and new do not fit together"
+    reason = f"stop-start ({why}): {label} stops before {request.model} starts; the downtime is measured"
+    return stop_start_where, stop_start, Switch("stop-start", reason, stable_port if routed else None, old)

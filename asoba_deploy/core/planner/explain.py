@@ -277,6 +277,8 @@ def _resident_words(
             f"resident {request.resident}: {request.model} runs as {placement.unit} on port {chosen.port} "
             f"({kept}; {policy.runtime_unit} keeps serving)"
         )
+    if decision.switch.reason:
+        reasons.append(decision.switch.reason)
     evicted = {s.unit for s in chosen.evicted}
     staying = [s for s in placement.residents if s.unit not in evicted]
     if staying:

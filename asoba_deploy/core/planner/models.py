@@ -58,6 +58,12 @@ The Plan (JSON, `Plan.model_dump(mode="json")`), field: meaning
                         used first; empty when nothing is evicted
     would_evict         when the model fits only if residents stop: those units (LRU first), whether
                         or not the input lets the plan stop them
+    strategy            how the stable endpoint moves to this model: none (nothing served it, or the
+                        model stays beside), stop-start or blue-green (planner rule 7);
+                        strategy_reason says why
+    switch              {stable_port, old_unit, old_port, old_model} when the router takes part: the
+                        switch step points the stable port at this unit (blue-green: after the old
+                        one drained); null when the unit holds its port itself
     joins               a LoRA adapter joining the process that serves its base (`resident: keep`):
                         {unit, serving, model_path, base_model_path, adapters, gpu_saved_bytes}; the
                         unit keeps its env but ADAPTERS ("name=/path,..." after the join); null: none
@@ -104,6 +110,7 @@ __all__ = [
     "PlanFile",
     "Quantization",
     "ResidentModel",
+    "SwitchPlan",
     "TimeToHealthy",
 ]
 
@@ -185,6 +192,17 @@ class ResidentModel(BaseModel):
     last_used_at: datetime | None = None
 
 
+class SwitchPlan(BaseModel):
+    """The stable endpoint's move to the new unit through the router (planner rule 7)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stable_port: int
+    old_unit: str | None = None  # the unit serving the stable endpoint now (None: nothing)
+    old_port: int | None = None
+    old_model: str | None = None
+
+
 class AdapterJoin(BaseModel):
     """A LoRA adapter served by the process that already holds its base (planner rule 6)."""
 
@@ -248,6 +266,9 @@ class Plan(BaseModel):
     evict_units: list[str] = Field(default_factory=list)
     would_evict: list[str] = Field(default_factory=list)
     joins: AdapterJoin | None = None
+    strategy: Literal["none", "stop-start", "blue-green"] = "none"
+    strategy_reason: str = ""
+    switch: SwitchPlan | None = None
     model_path: str
     models_root: str
     models_root_reason: str = ""

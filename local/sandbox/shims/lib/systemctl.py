@@ -228,6 +228,36 @@ def stop(root: Path, unit: str) -> None:
         )
 
 
+def reload(root: Path, unit: str) -> None:
+    """ExecReload= of an active unit, $MAINPID its main process (systemd's own variable), as
+    systemd runs it; a unit without one, or not active, is refused as systemd refuses it."""
+    import shlex
+    import subprocess
+
+    path = unit_file(root, unit)
+    if path is None:
+        raise SandboxError(f"Failed to reload {unit}: Unit {unit} not found.", 5)
+    command = last(parse_unit_file(path.read_text()).get("Service", {}), "ExecReload")
+    if not command:
+        raise SandboxError(f"Failed to reload {unit}: Job type reload is not applicable for unit {unit}.", 1)
+    if active_state(root, unit) != "active":
+        raise SandboxError(
+            f"Failed to reload {unit}: Unit {unit} cannot be reloaded because it is inactive.", 1
+        )
+    pid = str(main_pid(root, unit))
+    argv = [
+        part.replace("${MAINPID}", pid).replace("$MAINPID", pid)
+        for part in shlex.split(command.lstrip("-@+!:"))
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SandboxError(
+            f"Job for {unit} failed because the control process exited with error code.\n"
+            f'See "systemctl status {unit}" and "journalctl -xeu {unit}" for details.',
+            1,
+        )
+
+
 def kill_unit(root: Path, unit: str) -> None:
     """SIGKILL a unit's processes and its supervisor, whatever their state (sandbox teardown)."""
     state = read_state(root, unit)
@@ -371,6 +401,8 @@ def _dispatch(
             if _known(root, unit) and unit_file(root, unit) is not None:
                 stop(root, unit)
             start(root, unit)
+        elif command == "reload":
+            reload(root, unit)
         elif command == "is-active":
             state = active_state(root, unit) if _known(root, unit) else "inactive"
             print(state)
