@@ -580,6 +580,13 @@ def _undeploy_summary(
         remaining = result.get("remaining_units") or []
         gone = " (the runtime they shared was removed)" if result.get("runtime_removed") else ""
         lines.append(f"  remaining {', '.join(remaining) if remaining else 'no runtime unit' + gone}")
+    if result.get("router_removed"):
+        lines.append("  router    removed with the last runtime unit (the stable port is free)")
+    elif result.get("router_backend_removed"):
+        lines.append(
+            "  router    its backend was this unit: the stable port answers 502 until a deployment "
+            "points it at another model"
+        )
     lines += [
         f"  flux      {ctx.stack.flux_service} {result.get('flux_state', '?')}"
         + (" (started)" if result.get("flux_started") else ""),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,4 +91,54 @@ def test_undeploy_removes_one_unit_and_the_runtime_with_the_last(
     assert sandbox.processes() == {}
     assert not sandbox.runtime_root.exists()
     assert not sandbox.env_dir.exists() and not sandbox.state_dir.exists()
+    assert sorted(instance_files(sandbox)) == []
+
+
+def test_the_router_goes_with_the_last_runtime_unit(
+    aws: Aws, make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    # Given two residents, the router (a stand-in process) in front of model-b on the stable port
+    sandbox = make_sandbox(gpu=False)
+    bundle = upload(aws.s3, aws.bucket, fake_runtime_bundle(tmp_path / "runtime.zip"), "assets/runtime.zip")
+    ports = {model: free_port() for model in ("model-b", "model-c")}
+    for model, port in ports.items():
+        ok(run_document(aws.ssm, sandbox, "sync", ModelName=model, SourceUri=upload_model(aws, model)))
+        ok(run_document(aws.ssm, sandbox, "snapshot-previous", **resident_roots(sandbox, model)))
+        install_resident(aws, sandbox, bundle, model, port)
+    sleeper = tmp_path / "router.py"
+    sleeper.write_text("import time\ntime.sleep(600)\n")
+    (sandbox.unit_dir / "asoba-router.service").write_text(
+        f"[Service]\nExecStart={sys.executable} {sleeper}\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+    (sandbox.env_dir / "router.env").write_text("ROUTER_PORT=8001\n")
+    backend = {"port": ports["model-b"], "model": "model-b", "unit": "asoba-inference@model-b.service"}
+    (sandbox.env_dir / "router.json").write_text(json.dumps({"backend": backend, "generation": 1}))
+    (sandbox.profile_dir / "asoba-inference.sh").write_text("export ASOBA_INFERENCE_PORT=8001\n")
+    (sandbox.state_dir / "switch").mkdir()
+    (sandbox.state_dir / ".asoba-state").touch()  # as the switch leaves it
+    sandbox.systemctl("daemon-reload")
+    sandbox.systemctl("enable", "asoba-router.service")
+    sandbox.systemctl("start", "asoba-router.service")
+
+    # When the router's backend is undeployed while model-c remains
+    first = ok(run_document(aws.ssm, sandbox, "undeploy", **resident_roots(sandbox, "model-b")))
+
+    # Then the router stays (the stable port answers 502 until a deployment points it elsewhere),
+    # and the result says its backend is gone
+    assert (first["router_removed"], first["router_backend_removed"]) == (False, True)
+    assert "asoba-router.service" in sandbox.processes()
+
+    # When the last unit is undeployed
+    last = ok(run_document(aws.ssm, sandbox, "undeploy", **resident_roots(sandbox, "model-c")))
+
+    # Then the router goes with it: process, unit, its files, the profile and the switch's record
+    assert (last["router_removed"], last["router_backend_removed"], last["runtime_removed"]) == (
+        True,
+        False,
+        True,
+    )
+    assert sandbox.processes() == {}
+    assert not (sandbox.unit_dir / "asoba-router.service").exists()
+    assert not sandbox.env_dir.exists() and not sandbox.state_dir.exists()
+    assert not (sandbox.profile_dir / "asoba-inference.sh").exists()
     assert sorted(instance_files(sandbox)) == []
