@@ -571,18 +571,18 @@ STEPS: dict[str, Step] = _registry(
         grants=_SEE_INSTANCES,
         run_if="$.plan.stop_services[0]",
     ),
-    # The install (venv, packages, env, unit) needs none of the model's bytes: it runs while the
-    # model syncs; start-service then starts the unit once the sync's marker is there (at once
-    # when the runtime streams the weights), and the health check waits for it, still beside the sync.
     Step(
         "evict",
         Phase.CHANGE,
-        "Stop the least recently used resident models the plan evicts",
+        "Stop the resident models the plan evicts (LRU; or the old one of a stop-start behind the router)",
         errors.EvictFailed,
         InstanceStep(evict_parameters, _budget("evict")),
         grants=_SEE_INSTANCES,
         run_if="$.plan.evict_units[0]",
     ),
+    # The install (venv, packages, env, unit) needs none of the model's bytes: it runs while the
+    # model syncs; start-service then starts the unit once the sync's marker is there (at once
+    # when the runtime streams the weights), and the health check waits for it, still beside the sync.
     Step(
         "sync",
         Phase.CHANGE,
