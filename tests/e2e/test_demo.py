@@ -128,7 +128,12 @@ def test_demo_end_to_end_then_the_kept_endpoint(tmp_path_factory: pytest.TempPat
 
         # The status, from the ledger
         status = section(text, "6/6", READY_MARKER)
-        assert re.search(rf"^i-[0-9a-f]+\s+{SMOLLM2}\s+\d+\s+coexist\s+none\s", status, re.M)
+        # one row per model served: instance, model, port, unit, action, engine, quantization
+        assert re.search(
+            rf"^i-[0-9a-f]+\s+{SMOLLM2}\s+\d+\s+asoba-inference\.service\s+coexist\s+\S+\s+none\s",
+            status,
+            re.M,
+        ), status
 
         # The pasted lines work against the kept endpoint: the real aws CLI ...
         exports = re.search(r"^  export (.*)$", text, re.M)

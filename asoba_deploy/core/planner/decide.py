@@ -283,11 +283,13 @@ def place(
         return Placement(joined.unit, None, staying, joins=joined)
     if own in runtimes:
         unit = own  # already a resident: redeployed in its own unit
-    elif (
-        request.resident == "keep"
-        and primary is not None
-        and primary.active
-        and primary.model != request.model  # unknown (None): kept too, never replaced by guess
+    elif request.resident == "keep" and (
+        (
+            primary is not None
+            and primary.active
+            and primary.model != request.model  # unknown (None): kept too, never replaced by guess
+        )
+        or (snapshot.router is not None and snapshot.router.active)  # it holds the seed's port
     ):
         unit = own
     else:
@@ -458,8 +460,8 @@ def stable_endpoint(
 ) -> tuple[ServiceState | None, int | None, bool]:
     """Who serves the stable endpoint now, on which port, and whether the router fronts it."""
     router = snapshot.router
-    if router is not None and router.active and router.backend is not None:
-        backend = snapshot.service(router.backend.unit)
+    if router is not None and router.active:
+        backend = snapshot.service(router.backend.unit) if router.backend is not None else None
         return (backend if backend is not None and backend.active else None), router.port, True
     primary = snapshot.service(policy.runtime_unit)
     if primary is not None and primary.active:
@@ -534,13 +536,14 @@ def _switch(
     old, stable_port, routed = stable_endpoint(snapshot, policy)
     own = resident_unit(request.model)
     if old is None:
-        if request.strategy != "blue-green":
+        if request.strategy != "blue-green" and not routed:
             return placement, default, NO_SWITCH
-        # nothing serves: the router goes in front of a unit of the model's own
+        # nothing serves: the router goes in front of a unit of the model's own (or, already there
+        # with no backend answering, is pointed at it)
         where = _beside(own, snapshot)
         chosen = best(where, ())
         port = stable_port or (policy.coexist_port if chosen.action == "coexist" else policy.replace_port)
-        reason = f"blue-green: nothing serves port {port} yet; the router goes in front of {own}"
+        reason = f"blue-green: nothing serves port {port}; the router goes in front of {own}"
         return where, chosen, Switch("blue-green", reason, port, None)
     if old.unit == own or (not routed and old.model == request.model):
         # the same model again: its own unit restarts (the router, if any, keeps the port)
