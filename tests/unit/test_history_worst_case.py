@@ -20,8 +20,9 @@ MIN_INTERVAL = int(DeployConfig.model_fields["poll_interval_seconds"].metadata[0
 MIN_SAFETY_NET = int(DeployConfig.model_fields["safety_net_seconds"].metadata[0].ge)
 # Every state of the machine outside the poll loops, entered once: an upper bound of the real
 # definition's state count (tests/e2e/test_service_limits.py checks it).
-# (150: the Rollout Map's own states beside the per-instance deployment's, issue 16)
-FIXED_STATES = 150
+# (150: the Rollout Map's own states beside the per-instance deployment's; 170: the Evict and
+# Switch steps of resident models and blue-green switches, 156 states in all)
+FIXED_STATES = 170
 DEPLOY_PHASES = (Phase.INSPECT, Phase.BACKUP, Phase.CHANGE, Phase.UNDO)
 
 
