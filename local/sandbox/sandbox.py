@@ -22,6 +22,7 @@ import getpass
 import hashlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -479,7 +480,29 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+# Ports handed out by free_port in this process: two calls never give the same one.
+_HANDED_OUT: set[int] = set()
+LOW_PORTS = range(20000, 32000)
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port a server can bind now, below the kernel's ephemeral range (as the instance's 8000 and
+    8001 are): a port the OS picks for a bind to 0 is also one it hands out as the source port of
+    outgoing connections (the tests' own HTTP clients), which can take it before the server binds."""
+    candidates = [p for p in LOW_PORTS if p < _ephemeral_floor() and p not in _HANDED_OUT]
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LOW_PORTS} below the ephemeral range")
