@@ -120,3 +120,17 @@ def test_rollback_on_failure_is_a_second_map_of_the_rollback_document_only(synth
     assert {"AcquireUndoLock", "UndoDeployment", "ReleaseUndoLock", "InstanceRolledBack"} <= names
     assert not names & {"AcquireLock", "Deploy", "Rollback", "RecordDeployment"}
     assert states["SummarizeRollBack"]["Next"] == "RolloutFailed"
+
+
+def test_an_instance_of_a_fleet_runs_no_more_states_than_the_worst_case_counts(synth: Synthesized) -> None:
+    # The fleet's history worst case (tests/unit/test_rollout.py) counts this many states per
+    # instance: the Rollout Map's deployment and the RollBackRollout Map's undo
+    from tests.unit.test_history_worst_case import PER_INSTANCE_STATES
+
+    states = synth.state_machine_definition["States"]
+    per_instance = sum(
+        len(_every_state_name(inner))
+        for name in ("Rollout", "RollBackRollout")
+        for inner in nested_machines(states[name])
+    )
+    assert 0 < per_instance <= PER_INSTANCE_STATES
