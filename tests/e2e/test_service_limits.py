@@ -49,7 +49,10 @@ def test_a_safety_net_round_costs_what_the_worst_case_counts(
     assert len(awaits) >= 2, types
     # a timed-out round: the Await's events, then Rearm, up to the next Await
     first, second = awaits[0], awaits[1]
-    assert second - first == SAFETY_NET_ROUND_EVENTS, types[first:second]
+    # the message names every event of the round (a list's repr would be cut short)
+    assert second - first == SAFETY_NET_ROUND_EVENTS, " ".join(
+        f"{t}:{n}" for t, n in zip(types[first:second], names[first:second], strict=True)
+    )
     assert "TaskTimedOut" in types[first:second]
     # the round that ends the command: the Await's events up to Finished?
     last = awaits[-1]
