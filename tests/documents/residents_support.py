@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from local.sandbox import Sandbox, run_document
-from tests.documents.steps_support import ok, start_service
+from local.sandbox import Sandbox
+from tests.documents.steps_support import install
 from tests.fixtures import Aws
 
 
@@ -29,20 +29,13 @@ def install_resident(
 ) -> dict[str, object]:
     """install, then start-service, of `model` as a resident unit; the install's result."""
     roots = resident_roots(sandbox, model)
-    installed = ok(
-        run_document(
-            aws.ssm,
-            sandbox,
-            "install",
-            RuntimeBundleUri=bundle,
-            ModelName=model,
-            ModelPath=str(sandbox.models_root / model),
-            Port=str(port),
-            Host="127.0.0.1",
-            ServiceUnit=roots["ServiceUnit"],
-            EnvDir=roots["EnvDir"],
-            Adapters=adapters,
-        )
+    return install(
+        aws,
+        sandbox,
+        bundle,
+        model,
+        port,
+        ServiceUnit=roots["ServiceUnit"],
+        EnvDir=roots["EnvDir"],
+        Adapters=adapters,
     )
-    start_service(aws, sandbox, model, ServiceUnit=roots["ServiceUnit"])
-    return installed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from local.sandbox import DocumentRun, Sandbox, run_document, send_document, wait_invocation
 from tests.fixtures import Aws
@@ -23,9 +24,13 @@ def ok(run: DocumentRun) -> dict[str, object]:
     return run.result
 
 
-def install(aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int) -> dict[str, object]:
-    """install, then start-service (install writes the unit, start-service starts it); the
-    install's result. The sync's marker is start-service's own test (test_start_service.py)."""
+def install(
+    aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int, **values: str
+) -> dict[str, object]:
+    """install, then start-service (install writes the unit, start-service starts it), with more
+    install `values` (a resident's ServiceUnit and EnvDir, Adapters); the install's result. The
+    sync's marker is start-service's own test (test_start_service.py)."""
+    parameters: dict[str, Any] = dict(values)  # document parameters, all strings
     installed = ok(
         run_document(
             aws.ssm,
@@ -36,9 +41,11 @@ def install(aws: Aws, sandbox: Sandbox, bundle: str, model: str, port: int) -> d
             ModelPath=str(sandbox.models_root / model),
             Port=str(port),
             Host="127.0.0.1",
+            **parameters,
         )
     )
-    start_service(aws, sandbox, model)
+    unit = {"ServiceUnit": values["ServiceUnit"]} if "ServiceUnit" in values else {}
+    start_service(aws, sandbox, model, **unit)
     return installed
 
 

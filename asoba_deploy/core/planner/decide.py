@@ -55,7 +55,7 @@ from asoba_deploy.core.planner.estimate import (
 from asoba_deploy.core.planner.models import Action, DiskEstimate, Dtype, MemoryEstimate, PlanFile
 from asoba_deploy.core.planner.roots import RootChoice, choose_root
 from asoba_deploy.core.policy import Policy
-from asoba_deploy.core.residents import free_port, is_runtime_unit, resident_unit
+from asoba_deploy.core.residents import free_port, is_runtime_unit, model_of_unit, resident_unit
 from asoba_deploy.core.snapshot import CachedModel, InstanceSnapshot, ServiceState
 
 # Which branch of rule 1 applied (explain words each one).
@@ -108,10 +108,6 @@ class Switch:
 
 
 NO_SWITCH = Switch("none", "")
-
-
-def is_resident(unit: str) -> bool:
-    return is_runtime_unit(unit) and unit.startswith("asoba-inference@")
 
 
 @dataclass(frozen=True)
@@ -307,7 +303,7 @@ def port_for(
         return placement.joins.port  # the process it joins answers for it
     if request.port:
         return request.port
-    if not is_resident(placement.unit):
+    if model_of_unit(placement.unit) is None:  # the primary
         return policy.coexist_port if action == "coexist" else policy.replace_port
     if placement.replaced is not None and placement.replaced.port is not None:
         return placement.replaced.port
