@@ -56,8 +56,16 @@ def _a_stopped_callback_task_aborts() -> None:
     on AWS. moto prunes every evaluation of a stopped execution, its timeout's too, yet the task
     pops that timeout next: stopped between its invoke and its wait, it fails (States.Runtime)
     and the execution reads FAILED. Here such a task's failure after the stop is dropped, as a
-    regular task's result is. A moto internal: moto is pinned exactly."""
+    regular task's result is.
+
+    A task its own TimeoutSeconds ended writes nothing more: moto leaves its evaluation running
+    beside the state that already wrote TaskTimedOut and moved on, and that evaluation would
+    write the task's TaskSucceeded into a later state's events (`_a_timed_out_token_is_refused`
+    ends its wait at once). A moto internal: moto is pinned exactly."""
     import importlib
+
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackTimeoutError
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
 
     callback = (
         "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback"
@@ -74,10 +82,66 @@ def _a_stopped_callback_task_aborts() -> None:
         except Exception:
             if env.is_running():
                 raise
+            if not isinstance(env.program_state(), ProgramStopped):
+                raise  # timed out: the state already went on without this evaluation
             env.stack.append(None)  # stopped: nothing after this runs; the execution ends ABORTED
+            return
+        if not env.is_running() and not isinstance(env.program_state(), ProgramStopped):
+            # completed after its state timed out: on AWS that completion was refused
+            raise CallbackTimeoutError()
 
     _eval_integration_pattern._stop_safe = True  # type: ignore[attr-defined]
     StateTaskServiceCallback._eval_integration_pattern = _eval_integration_pattern
+
+
+def _a_timed_out_token_is_refused() -> None:
+    """A task token whose `.waitForTaskToken` task timed out answers SendTaskSuccess, Failure and
+    Heartbeat with TaskTimedOut, as on AWS. moto kept the token open after the timeout: a late
+    completion was accepted (and its task's TaskSucceeded written after the TaskTimedOut). Here
+    the state's timeout marks its token timed out and wakes its waiting evaluation. A moto
+    internal: moto is pinned exactly."""
+    from moto.core.exceptions import AWSError
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
+    from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
+    from moto.stepfunctions.parser.asl.eval.callback.callback import (
+        CallbackConsumerTimeout,
+        CallbackPoolManager,
+    )
+
+    if getattr(ExecutionState._evaluate_with_timeout, "_times_out_token", False):
+        return
+    original = ExecutionState._evaluate_with_timeout
+
+    # moto's backend would answer TaskDoesNotExist (or fail building TaskTimedOut): answer here,
+    # with the code and message Step Functions gives
+    def refusing(answer: Any) -> Any:
+        def wrapped(self: Any, callback_id: str, *args: Any, **kwargs: Any) -> Any:
+            endpoint = self.get(callback_id)
+            if endpoint is not None and isinstance(endpoint.consumer_error, CallbackConsumerTimeout):
+                raise AWSError(
+                    "Task Timed Out: 'Provided task does not exist anymore'",
+                    exception_type="TaskTimedOut",
+                )
+            return answer(self, callback_id, *args, **kwargs)
+
+        return wrapped
+
+    CallbackPoolManager.notify = refusing(CallbackPoolManager.notify)  # type: ignore[method-assign]
+    CallbackPoolManager.heartbeat = refusing(CallbackPoolManager.heartbeat)  # type: ignore[method-assign]
+
+    def _evaluate_with_timeout(self: Any, env: Any) -> None:
+        try:
+            original(self, env)
+        except EvalTimeoutError:
+            token = env.states.context_object.context_object_data.get("Task", {}).get("Token")
+            endpoint = env.callback_pool_manager.get(token) if token else None
+            if endpoint is not None:
+                endpoint.report(CallbackConsumerTimeout())
+                endpoint.interrupt_all()
+            raise
+
+    _evaluate_with_timeout._times_out_token = True  # type: ignore[attr-defined]
+    ExecutionState._evaluate_with_timeout = _evaluate_with_timeout  # type: ignore[method-assign]
 
 
 def _a_stopped_map_aborts() -> None:
@@ -147,6 +211,7 @@ class LocalCloud:
         events.install()  # EventBridge rules deliver to Lambda targets (moto's cannot)
         _send_task_failure_keeps_its_cause()
         _a_stopped_callback_task_aborts()
+        _a_timed_out_token_is_refused()
         _a_stopped_map_aborts()
         dynamodb_atomic.install()  # item writes serialized, as DynamoDB does
         if self.enforce_iam:

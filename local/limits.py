@@ -85,13 +85,11 @@ def _index(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 TASK_EVENTS = 5
 FLOW_EVENTS = 2
 AWAIT_EVENTS = 6
-# The round that ends the command: one event more when the Await's own read completes its
-# token while its Lambda still runs (moto writes that invocation's TaskSucceeded too).
-ENDING_ROUND_EVENTS = AWAIT_EVENTS + 1
 # One safety-net round of the run-on-instance fragment: the Await timed out, Rearm, Await again.
+# A timed-out Await writes nothing later (its token refused, local/cloud.py).
 SAFETY_NET_ROUND_EVENTS = AWAIT_EVENTS + FLOW_EVENTS
 # One command: send, the Await round that ends it, Finished?.
-COMMAND_EVENTS = TASK_EVENTS + ENDING_ROUND_EVENTS + FLOW_EVENTS
+COMMAND_EVENTS = TASK_EVENTS + AWAIT_EVENTS + FLOW_EVENTS
 
 
 def poll_rounds(budget: float, schedule: Any) -> int:

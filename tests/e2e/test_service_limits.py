@@ -9,7 +9,7 @@ from typing import Any
 
 from local import events
 from local.executions import run_execution
-from local.limits import AWAIT_EVENTS, ENDING_ROUND_EVENTS, FLOW_EVENTS, SAFETY_NET_ROUND_EVENTS
+from local.limits import AWAIT_EVENTS, FLOW_EVENTS, SAFETY_NET_ROUND_EVENTS
 from local.stack import nested_machines
 from tests.unit.test_history_worst_case import FIXED_STATES
 
@@ -57,7 +57,7 @@ def test_a_safety_net_round_costs_what_the_worst_case_counts(
     # the round that ends the command: the Await's events up to Finished?
     last = awaits[-1]
     finished = names.index("CollectResources.Finished?", last)
-    assert AWAIT_EVENTS <= finished - last <= ENDING_ROUND_EVENTS, types[last:finished]
+    assert finished - last == AWAIT_EVENTS, types[last:finished]
     assert types[finished : finished + FLOW_EVENTS] == ["ChoiceStateEntered", "ChoiceStateExited"]
 
     definition = json.loads(sfn.describe_state_machine(stateMachineArn=machine_arn)["definition"])
