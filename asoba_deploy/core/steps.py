@@ -298,7 +298,8 @@ def check_instance_parameters(config: Settings, state: ExecutionState) -> dict[s
         "S5cmdUri": config.stack.s5cmd_uri,
         "Port": str(config.coexist_port),
         "BasePython": config.deploy.base_python,
-        **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir"),
+        # every resident model's unit there is checked beside the primary's
+        **_roots(config, "ModelsRoot", "RuntimeRoot", "EnvDir", "UnitDir"),
         **_units(config),
     }
 
