@@ -45,6 +45,7 @@ from aws_cdk import (
 )
 from constructs import Construct
 
+from asoba_deploy.core.state import SKIPPED
 from asoba_deploy.core.steps import Phase, Step, label_of, phase, the
 from stacks.rollout import rollout
 from stacks.run_on_instance import RunOnInstance, invoke
@@ -119,11 +120,9 @@ class DeployStateMachine(Construct):
             its Catch)."""
             label = label_of(group)
             scratch = f"$.{group.replace('-', '_')}"
-            for step in steps:
-                if step.run_if is not None:
-                    # a skipped branch would leave no result for the selector to pick
-                    raise ValueError(f"step {step.name}: a step of a parallel group cannot have run_if")
             # Each branch returns the whole state with its own results added: pick each result.
+            # A step with run_if sits behind "<Label>?"; skipped, its result is {"skipped": true}
+            # (the selector needs the path; core.state reads it as a step that did not run).
             # (States.JsonMerge would merge the branches' $.steps in one go, but moto's evaluates
             # $[1].steps to a list: a Pass per step instead, which both run alike.)
             lanes = branches(steps)
@@ -139,11 +138,25 @@ class DeployStateMachine(Construct):
                 comment="At once: " + " | ".join(" -> ".join(step.name for step in lane) for lane in lanes),
             )
             for lane in lanes:
-                first = run(lane[0])
-                lane_chain: sfn.Chain = sfn.Chain.start(first)
-                for step in lane[1:]:
-                    lane_chain = lane_chain.next(run(step))
-                parallel.branch(lane_chain)
+                after: sfn.State | None = None  # the first state of the lane's next step
+                for step in reversed(lane):
+                    fragment = run(step)
+                    if after is not None:
+                        fragment.next(after)
+                    head: sfn.State = fragment.start_state
+                    if step.run_if is not None:
+                        skipped = sfn.Pass(
+                            self,
+                            f"{step.label}.Skipped",
+                            result=sfn.Result.from_object({SKIPPED: True}),
+                            result_path=step.result_path,
+                        )
+                        if after is not None:
+                            skipped.next(after)
+                        head = guarded(step, fragment, skipped)
+                    after = head
+                assert after is not None
+                parallel.branch(after)
             chained = sfn.Chain.start(parallel)
             for step in steps:
                 chained = chained.next(

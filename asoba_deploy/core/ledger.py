@@ -68,8 +68,9 @@ class SwitchOutcome(BaseModel):
       the port itself (its listener closed, the router not listening yet);
     - stop-start in place: from start-service's restart to the health check's healthy answer,
       both on the instance's clock (to the health check's poll interval);
-    - stop-start behind the router: from the evict command's send to the switch command's end
-      (SSM's clock), while the router had no backend that answered.
+    - stop-start behind the router: from the evict's stop of the old unit (once the new model
+      synced) to the router on the new unit, both on the instance's clock, while the router had
+      no backend that answered.
     """
 
     strategy: Literal["none", "stop-start", "blue-green"]
@@ -191,12 +192,14 @@ def measure_switch(state: ExecutionState) -> SwitchOutcome | None:
             return SwitchOutcome(strategy="blue-green", downtime_s=round(float(gap), 3), basis=basis)
         return SwitchOutcome(strategy="blue-green", downtime_s=0.0, basis="the router switched backends")
     if plan.switch is not None:
-        evict, switch = state.steps.get("evict"), state.steps.get("switch")
-        seconds = _span(evict.sent_at, _ended(switch)) if evict is not None else None
+        # behind the router: the old unit stops once the new model synced (evict), the new one
+        # starts and passes its health check, and the router moves to it (switch)
+        stopped_at = _instance_time(state.result("evict"), "stopped_at")
+        switched_at = _instance_time(state.result("switch"), "switched_at")
         return SwitchOutcome(
             strategy="stop-start",
-            downtime_s=seconds,
-            basis="the evict command sent to the switch command ended",
+            downtime_s=_span(stopped_at, switched_at),
+            basis="the evict's stop to the router on the new unit (the instance's clock)",
         )
     restarted = _instance_time(state.result("start_service"), "restarted_at")
     healthy = _instance_time(state.result("health_check"), "checked_at")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.parser import parse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from asoba_deploy.core.commands import CommandRef
 from asoba_deploy.core.contracts import DeployRequest, describe_validation_error
@@ -25,6 +25,11 @@ class Failure(BaseModel):
 
     Error: str = "DeploymentFailed"
     Cause: str = ""
+
+
+# What a parallel group's step that its run_if skipped leaves at $.steps.<key>
+# (stacks/state_machine.py): {"skipped": true}, read as a step that did not run.
+SKIPPED = "skipped"
 
 
 class ExecutionState(BaseModel):
@@ -49,6 +54,13 @@ class ExecutionState(BaseModel):
     # undeploy only: the runtime unit removed (a resident model's; None: the primary's)
     undeploy_unit: str | None = None
     wake: dict[str, Any] | None = None  # wake-instance's progress (core/wake.py WakeProgress)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _only_steps_that_ran(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if not (isinstance(v, dict) and v.get(SKIPPED) is True)}
+        return value
 
     def result(self, key: str) -> dict[str, Any] | None:
         """The JSON result line of a finished step, by its key."""

@@ -114,12 +114,33 @@ def stop_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {"Unit": str(units[0]), "WaitSeconds": str(max(10, config.step_budgets.stop_flux - 30))}
 
 
+def evict_budget(config: Settings, state: ExecutionState) -> int:
+    """evict runs beside the sync, as start-service does: waiting for its marker, it may take as
+    long as the sync may, and then the stop (its own budget); streaming, only the stop."""
+    budgets = config.step_budgets
+    return int(budgets.evict + (budgets.sync if waits_for_sync(_plan(state)) else 0))
+
+
 def evict_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
-    """The resident units the plan evicts (`evict: lru`), the least recently used first."""
-    units = _plan(state).evict_units
+    """The resident units the plan evicts (`evict: lru`, or the old unit of a stop-start behind
+    the router), the least recently used first, stopped once this execution's sync is complete."""
+    plan = _plan(state)
+    units = plan.evict_units
     if not units:
         raise CommandFailed("evict runs only when the plan names units to evict ($.plan.evict_units)")
-    return {"Units": " ".join(units), "WaitSeconds": str(max(10, config.step_budgets.evict - 30))}
+    wait = waits_for_sync(plan)
+    token = sync_marker_token(state)
+    if wait and not token:
+        raise CommandFailed("evict needs the execution's name to find this sync's marker")
+    sync_wait = max(1, evict_budget(config, state) - config.step_budgets.evict)
+    return {
+        "Units": " ".join(units),
+        "WaitSeconds": str(max(10, config.step_budgets.evict - 30)),
+        "ModelPath": plan.model_path,
+        "WaitForSync": "true" if wait else "false",
+        "ExecutionName": token,
+        "SyncWaitSeconds": str(sync_wait),
+    }
 
 
 def sync_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
@@ -572,15 +593,6 @@ STEPS: dict[str, Step] = _registry(
         grants=_SEE_INSTANCES,
         run_if="$.plan.stop_services[0]",
     ),
-    Step(
-        "evict",
-        Phase.CHANGE,
-        "Stop the resident models the plan evicts (LRU; or the old one of a stop-start behind the router)",
-        errors.EvictFailed,
-        InstanceStep(evict_parameters, _budget("evict")),
-        grants=_SEE_INSTANCES,
-        run_if="$.plan.evict_units[0]",
-    ),
     # The install (venv, packages, env, unit) needs none of the model's bytes: it runs while the
     # model syncs; start-service then starts the unit once the sync's marker is there (at once
     # when the runtime streams the weights), and the health check waits for it, still beside the sync.
@@ -606,6 +618,20 @@ STEPS: dict[str, Step] = _registry(
         errors.InstallFailed,
         InstanceStep(install_parameters, _budget("install"), fetches=(FETCH_RUNTIME_BUNDLE,)),
         grants=_SEE_INSTANCES,
+        parallel=PREPARE,
+        branch=RUNTIME_BRANCH,
+    ),
+    # Last before the start: the models it stops serve on while the new one syncs (it waits for
+    # the sync's marker too, unless the runtime streams the weights).
+    Step(
+        "evict",
+        Phase.CHANGE,
+        "Once the sync is complete, stop the resident models the plan evicts (LRU; or the old one of a "
+        "stop-start behind the router)",
+        errors.EvictFailed,
+        InstanceStep(evict_parameters, evict_budget),
+        grants=_SEE_INSTANCES,
+        run_if="$.plan.evict_units[0]",
         parallel=PREPARE,
         branch=RUNTIME_BRANCH,
     ),

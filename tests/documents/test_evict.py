@@ -1,5 +1,6 @@
 """evict: resident models' units stopped and disabled until their GPU memory is released, within
-WaitSeconds; nothing removed; an inactive unit is fine, memory that stays held is a failure."""
+WaitSeconds; nothing removed; an inactive unit is fine, memory that stays held is a failure. With
+WaitForSync, nothing stops before this execution's sync is complete."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from local.sandbox import Sandbox, run_document
+from local.sandbox import Sandbox, run_document, send_document, wait_invocation
 from tests.documents.steps_support import ok
 from tests.fixtures import Aws
 
@@ -132,3 +134,69 @@ def test_units_are_one_to_sixteen_unit_names() -> None:
         sixteen + " x.service",
     ):
         assert not re.fullmatch(pattern, bad), bad
+
+
+def test_with_wait_for_sync_the_units_serve_until_this_executions_sync_is_complete(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given a resident serving, and the new model's folder holding an earlier sync's marker
+    sandbox = make_sandbox(gpu=False)
+    unit = "asoba-inference@old.service"
+    add_unit(sandbox, unit)
+    folder = sandbox.models_root / "new-model"
+    folder.mkdir(parents=True)
+    (folder / ".asoba-synced").write_text("an-earlier-execution\n")
+    wait = {"ModelPath": str(folder), "WaitForSync": "true", "ExecutionName": "this-execution"}
+
+    # When evict runs while this execution's sync still copies
+    command_id = send_document(aws.ssm, sandbox, "evict", Units=unit, SyncWaitSeconds="60", **wait)
+    time.sleep(1.5)
+
+    # Then the resident still serves, the command waiting
+    assert state(sandbox, unit, "ActiveState") == "active"
+    invocation = aws.ssm.get_command_invocation(CommandId=command_id, InstanceId=sandbox.instance_id)
+    assert invocation["Status"] == "InProgress"
+
+    # When the sync completes (its marker names this execution)
+    before = datetime.now(UTC)
+    (folder / ".asoba-synced").write_text("this-execution\n")
+    result = ok(wait_invocation(aws.ssm, sandbox, command_id))
+
+    # Then it stops only now, and says when (the instance's clock: a stop-start's downtime starts)
+    assert state(sandbox, unit, "ActiveState") == "inactive"
+    assert (result["sync"], result["evicted"]) == (
+        "complete",
+        [{"unit": unit, "was": "active", "gpu_memory_freed_bytes": 0}],
+    )
+    assert float(result["waited_s"]) >= 1.5  # type: ignore[arg-type]
+    stopped_at = datetime.fromisoformat(str(result["stopped_at"]).replace("Z", "+00:00"))
+    assert stopped_at >= before.replace(microsecond=before.microsecond // 1000 * 1000)
+
+
+def test_a_sync_that_does_not_complete_evicts_nothing(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
+    sandbox = make_sandbox(gpu=False)
+    unit = "asoba-inference@old.service"
+    add_unit(sandbox, unit)
+    folder = sandbox.models_root / "new-model"
+
+    run = run_document(
+        aws.ssm,
+        sandbox,
+        "evict",
+        Units=unit,
+        ModelPath=str(folder),
+        WaitForSync="true",
+        ExecutionName="this-execution",
+        SyncWaitSeconds="1",
+    )
+
+    assert run.status == "Failed", run.explain()
+    assert run.result == {
+        "ok": False,
+        "error": "nothing evicted: the sync of this-execution did not complete within 1 s "
+        f"({folder}/.asoba-synced: absent)",
+    }
+    assert (state(sandbox, unit, "ActiveState"), state(sandbox, unit, "UnitFileState")) == (
+        "active",
+        "enabled",
+    )

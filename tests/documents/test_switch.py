@@ -97,7 +97,7 @@ def test_the_first_switch_puts_the_router_in_front_while_the_old_unit_finishes(
     assert slow.result() == (200, {"name": "model-a", "path": "/slow"})
     result = ok(wait_invocation(aws.ssm, sandbox, command))
     # And the result says what happened, with the downtime of putting the router in front
-    assert {k: result[k] for k in result if k not in ("gap_s", "drained_in_s")} == {
+    assert {k: result[k] for k in result if k not in ("gap_s", "drained_in_s", "switched_at")} == {
         "ok": True,
         "router": "started",
         "stable_port": stable,
@@ -212,7 +212,7 @@ def test_a_second_switch_drops_no_request_and_drains_the_old_backend_first(
     assert backends.in_flight_at_sigterm("model-b") == 0
     assert (state(sandbox, UNIT_B), state(sandbox, UNIT_B, "UnitFileState")) == ("inactive", "disabled")
     assert (sandbox.unit_dir / UNIT_B).is_file()
-    assert {k: result[k] for k in result if k != "drained_in_s"} == {
+    assert {k: result[k] for k in result if k not in ("drained_in_s", "switched_at")} == {
         "ok": True,
         "router": "reloaded",
         "stable_port": stable,
@@ -226,6 +226,8 @@ def test_a_second_switch_drops_no_request_and_drains_the_old_backend_first(
         "already_switched": False,
     }
     assert isinstance(result["drained_in_s"], float) and result["drained_in_s"] > 0
+    # the moment the stable port answered from model-c, on the instance's clock
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(result["switched_at"]))
     assert router_config(sandbox) == {"backend": backend(port_c, "model-c", UNIT_C), "generation": 2}
     # And answers now come from model-c
     assert {who(stable) for _ in range(10)} == {"model-c"}

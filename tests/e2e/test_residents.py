@@ -4,8 +4,9 @@ The primary model serves on the seed's port; a second one deployed with `"reside
 runs beside it as `asoba-inference@<model>.service` on the next free port, and both answer
 /v1/completions. A third that does not fit is refused with the plan naming the least recently
 used model that would have to stop; with `"evict": "lru"` that model stops and the third runs,
-and `deploy-model undeploy <model>` removes exactly one of them. A third deployment that fails
-after the evict step put the evicted model back.
+and `deploy-model undeploy <model>` removes exactly one of them. The evict step waits for the
+new model's sync: a deployment whose sync fails stopped nothing, and one that fails after the
+evict step put the evicted model back.
 
 The sandbox's GPU is an A10G (about 23 GB): the tests claim GPU memory for the runtime units
 (as the CUDA context and weights of bigger models would) so the third model does not fit, and
@@ -15,6 +16,7 @@ Flux may not be stopped, so the residents are the only room there is.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from tests.e2e.helpers import finish, get_json, start, wait_healthy, wait_until_
 from tests.e2e.test_cli import cli  # noqa: F401  (the fixture: the deploy-model script)
 
 SECOND, THIRD, VANISHING = "tiny-resident-b", "tiny-resident-c", "tiny-resident-gone"
+CORRUPT = "tiny-resident-corrupt"  # its config does not match its weights: it never loads
 # Flux's 4 GiB plus two of these leave 132 MiB of the sandbox's A10G: less than a CUDA context.
 CLAIM_MIB = 9400
 
@@ -45,12 +48,24 @@ class Bucket:
 
 
 @pytest.fixture(scope="module")
-def residents_bucket(local_cloud: Any, model_bucket: str, tiny_model: Path, tiny_in_bucket: str) -> Bucket:
+def residents_bucket(
+    local_cloud: Any,
+    model_bucket: str,
+    tiny_model: Path,
+    tiny_in_bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Bucket:
     from local.bucket import upload_model
 
     s3 = local_cloud.client("s3")
     for name in (SECOND, THIRD, VANISHING):
         upload_model(s3, model_bucket, name, tiny_model)
+    corrupt = tmp_path_factory.mktemp("corrupt") / CORRUPT
+    shutil.copytree(tiny_model, corrupt)
+    config = json.loads((corrupt / "config.json").read_text())
+    config["vocab_size"] += 7
+    (corrupt / "config.json").write_text(json.dumps(config))
+    upload_model(s3, model_bucket, CORRUPT, corrupt)
     return Bucket(s3, model_bucket)
 
 
@@ -122,8 +137,9 @@ def test_models_stay_resident_and_the_least_recently_used_is_evicted_only_when_a
     assert SECOND not in (refused.cause or "").split("stop, least recently used first:")[-1].split(";")[0]
     assert instance.processes() == before
 
-    # When a deployment that evicts fails after the evict step (its weights vanish from S3 once
-    # planned, so the sync fails)
+    # When a deployment that would evict fails in its sync (its weights vanish from S3 once
+    # planned)
+    serving = instance.processes()[RUNTIME_UNIT]
     arn = start(
         sfn,
         machine_arn,
@@ -140,13 +156,25 @@ def test_models_stay_resident_and_the_least_recently_used_is_evicted_only_when_a
     residents_bucket.s3.delete_object(Bucket=residents_bucket.name, Key=f"{VANISHING}/model.safetensors")
     failed = finish(sfn, arn)
 
-    # Then the rollback started the evicted model again: the resident set is as it was
+    # Then nothing was evicted: the evict step waits for the sync, so the least recently used
+    # model served throughout, in the same process
     assert (failed.status, failed.error) == ("FAILED", "SyncFailed"), failed.cause
-    assert "Evict" in failed.states_entered
-    assert instance.unit_state(RUNTIME_UNIT)["ActiveState"] == "active"
+    assert instance.processes()[RUNTIME_UNIT] == serving
     assert instance.unit_state(RUNTIME_UNIT)["UnitFileState"] == "enabled"
     assert instance.unit_state(resident_unit(SECOND))["ActiveState"] == "active"
     assert not (instance.unit_dir / resident_unit(VANISHING)).exists()
+
+    # When one fails after its evict step (its weights do not load: the health check fails)
+    broken = deploy(sfn, machine_arn, CORRUPT, resident="keep", evict="lru")
+
+    # Then the rollback started the evicted model again: the resident set is as it was
+    assert (broken.status, broken.error) == ("FAILED", "HealthCheckFailed"), broken.cause
+    assert "Evict" in broken.states_entered
+    assert instance.unit_state(RUNTIME_UNIT)["ActiveState"] == "active"
+    assert instance.processes()[RUNTIME_UNIT] != serving  # stopped by the evict, started again
+    assert instance.unit_state(RUNTIME_UNIT)["UnitFileState"] == "enabled"
+    assert instance.unit_state(resident_unit(SECOND))["ActiveState"] == "active"
+    assert not (instance.unit_dir / resident_unit(CORRUPT)).exists()
     wait_healthy(ports.coexist)
     complete(ports.coexist, first)
     time.sleep(1.1)

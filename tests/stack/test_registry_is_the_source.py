@@ -25,7 +25,7 @@ class WarmCacheFailed(errors.CommandFailed):
 @pytest.fixture
 def registry_with_a_new_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Step]:
     # Given a new change step after install, in its branch of the parallel group (before
-    # start-service), its document and its handler
+    # evict and start-service), its document and its handler
     template = STEPS["install"]
     assert template.instance is not None
     step = replace(
@@ -80,7 +80,7 @@ def test_a_registered_step_reaches_stack_and_machine(registry_with_a_new_step: S
     states = _states(synth.state_machine_definition)
     assert (step.parallel, step.branch) == ("prepare", "runtime")
     assert states["Install.Result"]["Next"] == "WarmCache"
-    assert states["WarmCache.Result"]["Next"] == "StartService"
+    assert states["WarmCache.Result"]["Next"] == "Evict?"  # the next step, behind its run_if
     assert states["Prepare"]["ResultSelector"]["warm_cache.$"] == "$[1].steps.warm_cache"
     # its function runs its handler, its document is registered, and it may send only that document
     resources = synth.template["Resources"].values()

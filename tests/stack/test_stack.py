@@ -117,10 +117,11 @@ def test_the_runtime_is_installed_started_and_awaited_beside_the_sync(synth: Syn
         states.update(named)
     prepare = states["Prepare"]
     # Then Prepare is one Parallel state with the registry group's two branches: the sync, and
-    # install -> start-service -> health-check, each step's whole fragment (send first, result last)
+    # install -> evict (when the plan evicts) -> start-service -> health-check, each step's whole
+    # fragment (send first, result last)
     group = [step for step in phase(Phase.CHANGE) if step.parallel == "prepare"]
-    assert [step.name for step in group] == ["sync", "install", "start-service", "health-check"]
-    lanes = [["sync"], ["install", "start-service", "health-check"]]
+    assert [step.name for step in group] == ["sync", "install", "evict", "start-service", "health-check"]
+    lanes = [["sync"], ["install", "evict", "start-service", "health-check"]]
     assert prepare["Type"] == "Parallel"
     assert [branch["StartAt"] for branch in prepare["Branches"]] == ["Sync", "Install"]
     for lane, branch in zip(lanes, prepare["Branches"], strict=True):
@@ -130,13 +131,24 @@ def test_the_runtime_is_installed_started_and_awaited_beside_the_sync(synth: Syn
             assert result["ResultPath"] == step.result_path
             if after is None:
                 assert result.get("End") is True
-            else:
+            elif after.run_if is None:
                 assert result["Next"] == after.label
+            else:
+                # behind "<Label>?": run when its path is there, else a result that says skipped
+                guard = branch["States"][result["Next"]]
+                assert (result["Next"], guard["Type"]) == (f"{after.label}?", "Choice")
+                assert guard["Choices"] == [
+                    {"Variable": after.run_if, "IsPresent": True, "Next": after.label}
+                ]
+                skipped = branch["States"][guard["Default"]]
+                assert (skipped["Result"], skipped["ResultPath"]) == ({"skipped": True}, after.result_path)
+                assert skipped["Next"] == branch["States"][f"{after.label}.Result"]["Next"]
     # every result lands at $.steps.<key>, as if they had run in turn, and the scratch copy is
     # emptied again
     assert prepare["ResultSelector"] == {
         "sync.$": "$[0].steps.sync",
         "install.$": "$[1].steps.install",
+        "evict.$": "$[1].steps.evict",
         "start_service.$": "$[1].steps.start_service",
         "health_check.$": "$[1].steps.health_check",
     }

@@ -156,6 +156,16 @@ def test_a_resident_plan_sends_its_own_unit_and_folders(qwen_plan: Plan) -> None
     )
     evict = STEPS["evict"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
     assert evict["Units"] == "asoba-inference@old-a.service asoba-inference@old-b.service"
+    # once this execution's sync is complete (the marker start-service waits for next): the
+    # evicted models serve on while the new one syncs, and its budget covers the sync's
+    assert {k: evict[k] for k in ("ModelPath", "WaitForSync", "ExecutionName")} == {
+        k: started[k] for k in ("ModelPath", "WaitForSync", "ExecutionName")
+    }
+    assert evict["WaitForSync"] == "true"
+    assert STEPS["evict"].instance.budget(CONFIG, state) == (  # type: ignore[union-attr]
+        CONFIG.step_budgets.evict + CONFIG.step_budgets.sync
+    )
+    assert int(evict["SyncWaitSeconds"]) == CONFIG.step_budgets.sync
     # and the switch: the router's stable port to this unit, the old one drained; rollback undoes it
     switched = STEPS["switch"].instance.parameters(CONFIG, state)  # type: ignore[union-attr]
     assert (
