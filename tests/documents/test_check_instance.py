@@ -114,6 +114,17 @@ def add_runtime(sandbox: Sandbox, unit: str, env: dict[str, str], *, state: str)
             time.sleep(0.1)
 
 
+def add_primary(sandbox: Sandbox, port: int) -> None:
+    """The primary serving model-a: 4 requests done, one failed, none in flight, 40 tokens."""
+    counters = {"SERVED": "4", "IN_FLIGHT": "0", "TOKENS": "40"}
+    add_runtime(
+        sandbox,
+        "asoba-inference.service",
+        {"MODEL_NAME": "model-a", "PORT": str(port), **counters},
+        state="active",
+    )
+
+
 def add_router(sandbox: Sandbox, port: int, *, running: bool) -> None:
     """The stable endpoint's router unit as the switch writes it (enabled), running or stopped."""
     (sandbox.env_dir / "router.env").write_text(f"ROUTER_PORT={port}\n")
@@ -133,12 +144,7 @@ def test_every_resident_model_is_checked_and_its_requests_counted(
     # and the router holding the stable port
     sandbox = make_sandbox(gpu=False)
     primary_port, resident_port = free_port(), free_port()
-    add_runtime(
-        sandbox,
-        "asoba-inference.service",
-        {"MODEL_NAME": "model-a", "PORT": str(primary_port), "SERVED": "4", "IN_FLIGHT": "0", "TOKENS": "40"},
-        state="active",
-    )
+    add_primary(sandbox, primary_port)
     add_runtime(
         sandbox,
         "asoba-inference@model-b.service",
@@ -181,12 +187,7 @@ def test_a_failed_resident_or_a_stopped_router_fails_the_check(
     # counters, and the router enabled but not running
     sandbox = make_sandbox(gpu=False)
     primary_port, loading_port = free_port(), free_port()
-    add_runtime(
-        sandbox,
-        "asoba-inference.service",
-        {"MODEL_NAME": "model-a", "PORT": str(primary_port), "SERVED": "4", "IN_FLIGHT": "0", "TOKENS": "40"},
-        state="active",
-    )
+    add_primary(sandbox, primary_port)
     crashing = {"MODEL_NAME": "model-b", "PORT": "8003"}
     add_runtime(sandbox, "asoba-inference@model-b.service", crashing, state="failed")
     add_runtime(
