@@ -148,10 +148,19 @@ def sync_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     base: dict[str, str] = {}
     if plan.base_model and plan.base_source_uri:
         # An adapter: its base folder is synced by the same command, before the adapter.
-        base = {"BaseModelName": plan.base_model, "BaseSourceUri": plan.base_source_uri}
+        base = {
+            "BaseModelName": plan.base_model,
+            "BaseSourceUri": plan.base_source_uri,
+            "BaseExpectFiles": str(plan.base_source_files),
+            "BaseExpectBytes": str(plan.base_source_bytes),
+        }
     return {
         "ModelName": plan.deploy_model,
         "SourceUri": plan.source_uri,
+        # what the plan counted there: a folder changed since fails before any byte moves and
+        # leaves no marker for start-service and evict (check_sync checks the result too)
+        "ExpectFiles": str(plan.source_files),
+        "ExpectBytes": str(plan.source_bytes),
         **base,
         **_roots(config, "RuntimeRoot"),
         "ModelsRoot": _models_root(config, plan),

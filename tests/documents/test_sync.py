@@ -164,6 +164,55 @@ def test_sync_follows_changes_in_s3(aws: Aws, make_sandbox: Callable[..., Sandbo
     ) == (2, 150_000 + len(changed["generation_config.json"]), 1)
 
 
+def test_a_folder_that_changed_since_the_plan_fails_before_any_byte_moves(
+    aws: Aws, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    # Given the plan counted the model's files, and one file then vanished from S3
+    sandbox = make_sandbox()
+    source = upload_model(aws, "models/vanishing", MODEL)
+    files, size = len(MODEL), sum(map(len, MODEL.values()))
+    aws.s3.delete_object(Bucket=aws.bucket, Key="models/vanishing/extra/notes.txt")
+    left = sum(len(data) for name, data in MODEL.items() if name != "extra/notes.txt")
+
+    run = run_document(
+        aws.ssm,
+        sandbox,
+        "sync",
+        ModelName="vanishing",
+        SourceUri=source,
+        ExecutionName="exec-a",
+        ExpectFiles=files,
+        ExpectBytes=size,
+    )
+
+    # Then it fails naming both counts, nothing was downloaded and no marker says complete (what
+    # start-service and evict wait for)
+    assert (run.status, run.result) == (
+        "Failed",
+        {
+            "ok": False,
+            "error": f"the model folder changed in S3 after it was planned: planned {files} files, "
+            f"{size} bytes; listed {files - 1} files, {left} bytes",
+        },
+    )
+    assert local_files(sandbox.models_root / "vanishing") == {}
+    assert not (sandbox.models_root / "vanishing" / SYNC_MARKER).exists()
+
+    # And the same counts as S3's pass
+    run = run_document(
+        aws.ssm,
+        sandbox,
+        "sync",
+        ModelName="vanishing",
+        SourceUri=source,
+        ExecutionName="exec-a",
+        ExpectFiles=str(len(MODEL) - 1),
+        ExpectBytes=str(left),
+    )
+    assert run.status == "Success", run.explain()
+    assert (sandbox.models_root / "vanishing" / SYNC_MARKER).read_text() == "exec-a\n"
+
+
 def test_an_empty_prefix_is_a_clear_failure(aws: Aws, make_sandbox: Callable[..., Sandbox]) -> None:
     sandbox = make_sandbox()
     run = run_document(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from asoba_deploy.core.steps import STEPS
+from local import lambda_runner
 from local.executions import run_execution
 from local.sandbox.sandbox import port_open
 from tests.conftest import Ports
@@ -138,23 +141,32 @@ def test_models_stay_resident_and_the_least_recently_used_is_evicted_only_when_a
     assert instance.processes() == before
 
     # When a deployment that would evict fails in its sync (its weights vanish from S3 once
-    # planned)
+    # planned: the sync's send is held until they are gone)
     serving = instance.processes()[RUNTIME_UNIT]
-    arn = start(
-        sfn,
-        machine_arn,
-        {
-            "model": VANISHING,
-            "benchmark": False,
-            "allow_stop_flux": False,
-            "resident": "keep",
-            "evict": "lru",
-        },
-        "resident-evict-fails",
-    )
-    wait_until_state_entered(sfn, arn, "SnapshotPrevious")
-    residents_bucket.s3.delete_object(Bucket=residents_bucket.name, Key=f"{VANISHING}/model.safetensors")
-    failed = finish(sfn, arn)
+    vanished = threading.Event()
+    with lambda_runner.hold(
+        lambda event: event.get("action") == "send",
+        until=lambda event: vanished.is_set(),
+        timeout=300,
+        handler=STEPS["sync"].handler,
+    ) as held:
+        arn = start(
+            sfn,
+            machine_arn,
+            {
+                "model": VANISHING,
+                "benchmark": False,
+                "allow_stop_flux": False,
+                "resident": "keep",
+                "evict": "lru",
+            },
+            "resident-evict-fails",
+        )
+        wait_until_state_entered(sfn, arn, "SnapshotPrevious")
+        residents_bucket.s3.delete_object(Bucket=residents_bucket.name, Key=f"{VANISHING}/model.safetensors")
+        vanished.set()
+        failed = finish(sfn, arn)
+    assert held, "the sync's send was not held"
 
     # Then nothing was evicted: the evict step waits for the sync, so the least recently used
     # model served throughout, in the same process
