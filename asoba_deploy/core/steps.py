@@ -114,32 +114,19 @@ def stop_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     return {"Unit": str(units[0]), "WaitSeconds": str(max(10, config.step_budgets.stop_flux - 30))}
 
 
-def evict_budget(config: Settings, state: ExecutionState) -> int:
-    """evict runs beside the sync, as start-service does: waiting for its marker, it may take as
-    long as the sync may, and then the stop (its own budget); streaming, only the stop."""
-    budgets = config.step_budgets
-    return int(budgets.evict + (budgets.sync if waits_for_sync(_plan(state)) else 0))
-
-
 def evict_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     """The resident units the plan evicts (`evict: lru`, or the old unit of a stop-start behind
     the router), the least recently used first, stopped once this execution's sync is complete."""
-    plan = _plan(state)
-    units = plan.evict_units
+    units = _plan(state).evict_units
     if not units:
         raise CommandFailed("evict runs only when the plan names units to evict ($.plan.evict_units)")
-    wait = waits_for_sync(plan)
-    token = sync_marker_token(state)
-    if wait and not token:
-        raise CommandFailed("evict needs the execution's name to find this sync's marker")
-    sync_wait = max(1, evict_budget(config, state) - config.step_budgets.evict)
+    marker = _sync_marker(state, "evict")
     return {
         "Units": " ".join(units),
         "WaitSeconds": str(max(10, config.step_budgets.evict - 30)),
-        "ModelPath": plan.model_path,
-        "WaitForSync": "true" if wait else "false",
-        "ExecutionName": token,
-        "SyncWaitSeconds": str(sync_wait),
+        **marker,
+        # the marker may take as long as the sync may (the document ignores it when not waiting)
+        "SyncWaitSeconds": str(config.step_budgets.sync if marker["WaitForSync"] == "true" else 1),
     }
 
 
@@ -245,26 +232,37 @@ def waits_for_sync(plan: Plan) -> bool:
     return plan.load_from != "stream"
 
 
-def start_service_budget(config: Settings, state: ExecutionState) -> int:
-    """start-service runs beside the sync: waiting for its marker, it may take as long as the sync
-    may, and then the restart (its own budget); streaming, only the restart."""
-    budgets = config.step_budgets
-    waits = waits_for_sync(_plan(state))
-    return int(budgets.start_service + (budgets.sync if waits else 0))
+def _after_the_sync(own: str) -> Callable[[Settings, ExecutionState], int]:
+    """The budget of a step that runs beside the sync and waits for its marker (start-service,
+    evict): as long as the sync may, then its own budget `own`; streaming, its own alone."""
+
+    def budget(config: Settings, state: ExecutionState) -> int:
+        budgets = config.step_budgets
+        return int(getattr(budgets, own) + (budgets.sync if waits_for_sync(_plan(state)) else 0))
+
+    return budget
 
 
-def start_service_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
+start_service_budget = _after_the_sync("start_service")
+evict_budget = _after_the_sync("evict")
+
+
+def _sync_marker(state: ExecutionState, step: str) -> dict[str, str]:
+    """ModelPath, WaitForSync and ExecutionName: the marker of this execution's sync that `step`
+    waits for before it acts (not when the runtime streams the weights)."""
     plan = _plan(state)
     wait = waits_for_sync(plan)
     token = sync_marker_token(state)
     if wait and not token:
-        raise CommandFailed("start-service needs the execution's name to find this sync's marker")
+        raise CommandFailed(f"{step} needs the execution's name to find this sync's marker")
+    return {"ModelPath": plan.model_path, "WaitForSync": "true" if wait else "false", "ExecutionName": token}
+
+
+def start_service_parameters(config: Settings, state: ExecutionState) -> dict[str, str]:
     budget = start_service_budget(config, state)
     return {
-        "ServiceUnit": plan.unit,
-        "ModelPath": plan.model_path,
-        "WaitForSync": "true" if wait else "false",
-        "ExecutionName": token,
+        "ServiceUnit": _plan(state).unit,
+        **_sync_marker(state, "start-service"),
         "WaitSeconds": str(max(1, budget - START_MARGIN_SECONDS)),
     }
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from asoba_deploy.core.steps import SYNC_MARKER
-from local.sandbox import Sandbox, run_document
+from local.sandbox import DocumentRun, Sandbox, run_document
 from tests.fixtures import Aws
 
 MODEL = {
@@ -174,16 +174,19 @@ def test_a_folder_that_changed_since_the_plan_fails_before_any_byte_moves(
     aws.s3.delete_object(Bucket=aws.bucket, Key="models/vanishing/extra/notes.txt")
     left = sum(len(data) for name, data in MODEL.items() if name != "extra/notes.txt")
 
-    run = run_document(
-        aws.ssm,
-        sandbox,
-        "sync",
-        ModelName="vanishing",
-        SourceUri=source,
-        ExecutionName="exec-a",
-        ExpectFiles=files,
-        ExpectBytes=size,
-    )
+    def sync(expect_files: int, expect_bytes: int) -> DocumentRun:
+        return run_document(
+            aws.ssm,
+            sandbox,
+            "sync",
+            ModelName="vanishing",
+            SourceUri=source,
+            ExecutionName="exec-a",
+            ExpectFiles=expect_files,
+            ExpectBytes=expect_bytes,
+        )
+
+    run = sync(files, size)
 
     # Then it fails naming both counts, nothing was downloaded and no marker says complete (what
     # start-service and evict wait for)
@@ -199,16 +202,7 @@ def test_a_folder_that_changed_since_the_plan_fails_before_any_byte_moves(
     assert not (sandbox.models_root / "vanishing" / SYNC_MARKER).exists()
 
     # And the same counts as S3's pass
-    run = run_document(
-        aws.ssm,
-        sandbox,
-        "sync",
-        ModelName="vanishing",
-        SourceUri=source,
-        ExecutionName="exec-a",
-        ExpectFiles=str(len(MODEL) - 1),
-        ExpectBytes=str(left),
-    )
+    run = sync(files - 1, left)
     assert run.status == "Success", run.explain()
     assert (sandbox.models_root / "vanishing" / SYNC_MARKER).read_text() == "exec-a\n"
 
